@@ -1,0 +1,43 @@
+# Every target creates .venv with python3 -m venv and installs what it needs; all are idempotent.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+SANDBOX_DIR ?= .sandbox
+
+.PHONY: sandbox test lint typecheck unit bench crds tools clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+tools: $(STAMP)
+	$(BIN)/python tools/install_helm.py $(BIN)
+
+sandbox: $(STAMP)
+	$(BIN)/choreo-dp sandbox --dir $(SANDBOX_DIR)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy src
+
+unit: tools
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q
+
+test: lint typecheck unit
+
+bench: tools
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bench
+
+crds: $(STAMP)
+	$(BIN)/choreo-dp crds --output-dir crds
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

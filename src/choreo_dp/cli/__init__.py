@@ -1,0 +1,1 @@
+"""The ``choreo-dp`` command line."""

@@ -1,0 +1,70 @@
+"""Helpers shared by every verb: env-var defaults, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+EXIT_USAGE = 2
+Handler = Callable[[argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """Bad flags or configuration: reported as one line on stderr, exit code 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints the whole usage on error; the contract wants one clear line."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def env_name(flag: str) -> str:
+    return "CHOREO_DP_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def add_env_argument(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
+    """An option whose default also comes from ``CHOREO_DP_<FLAG>``."""
+    env = env_name(flag)
+    if env in os.environ:
+        raw = os.environ[env]
+        convert = kwargs.get("type")
+        try:
+            kwargs["default"] = convert(raw) if callable(convert) else raw
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{env}={raw!r}: {exc}") from None
+        kwargs["required"] = False
+    help_text = kwargs.get("help", "")
+    kwargs["help"] = f"{help_text} (env {env})".strip()
+    parser.add_argument(flag, **kwargs)
+
+
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    add_env_argument(parser, "--log-format", choices=["text", "json"], default="text", help="log line format")
+    add_env_argument(parser, "--log-level", default="INFO", help="log level (DEBUG, INFO, WARNING, ERROR)")
+
+
+def not_implemented(verb: str) -> Handler:
+    def handler(_: argparse.Namespace) -> int:
+        sys.stderr.write(f"choreo-dp {verb}: not implemented yet\n")
+        return EXIT_USAGE
+
+    return handler
+
+
+def port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {value}")
+    return value
+
+
+def existing_file(text: str) -> str:
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return text

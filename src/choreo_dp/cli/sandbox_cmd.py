@@ -1,0 +1,20 @@
+"""``choreo-dp sandbox``: everything on one machine; ``sandbox apiserver``: only the emulated API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from choreo_dp.cli.common import OneLineParser, add_env_argument, not_implemented, port
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("sandbox", help="the whole data plane on one machine, no cluster")
+    add_env_argument(p, "--dir", default=".sandbox", help="working directory for state and logs")
+    p.add_argument("--once", action="store_true", help="exit after the demo app is Ready")
+    p.set_defaults(handler=not_implemented("sandbox"))
+    verbs = p.add_subparsers(dest="sandbox_verb", metavar="VERB", parser_class=OneLineParser)
+    a = verbs.add_parser("apiserver", help="serve only the emulated Kubernetes API")
+    a.add_argument("--port", type=port, required=True, help="port on 127.0.0.1 (0 picks a free one)")
+    a.add_argument("--kubeconfig", required=True, help="kubeconfig file to write")
+    a.add_argument("--simulate-workloads", action="store_true", help="act like kubelet for Deployments")
+    a.set_defaults(handler=not_implemented("sandbox apiserver"))

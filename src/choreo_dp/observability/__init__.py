@@ -1,0 +1,1 @@
+"""Logging, liveness and metrics shared by the operator and the agent."""
