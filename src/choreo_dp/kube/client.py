@@ -1,0 +1,358 @@
+"""A small asyncio Kubernetes client on aiohttp.
+
+The official ``kubernetes`` package is synchronous; calling it from the operator or the agent
+would block their event loops. This client covers what the product needs: get, list, create,
+server-side apply, patch, delete, watch and events, with bounded retries on 429 and 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import aiohttp
+
+from choreo_dp.kube import config as kubeconfig
+from choreo_dp.kube import resources as R
+from choreo_dp.kube.backoff import Backoff
+from choreo_dp.kube.errors import ApiError
+from choreo_dp.kube.resources import Resource
+
+log = logging.getLogger(__name__)
+
+PatchType = Literal["merge", "json", "strategic", "apply"]
+_CONTENT_TYPES: dict[str, str] = {
+    "merge": "application/merge-patch+json",
+    "json": "application/json-patch+json",
+    "strategic": "application/strategic-merge-patch+json",
+    "apply": "application/apply-patch+yaml",
+}
+_IDEMPOTENT = frozenset({"GET", "PUT", "PATCH", "DELETE", "HEAD"})
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    raw = headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None
+
+
+def _label_selector(selector: str | Mapping[str, str] | None) -> str | None:
+    if selector is None or isinstance(selector, str):
+        return selector
+    return ",".join(f"{k}={v}" for k, v in selector.items())
+
+
+class KubeClient:
+    def __init__(
+        self,
+        cfg: kubeconfig.ConnectionConfig,
+        *,
+        max_retries: int = 5,
+        backoff: Backoff = Backoff(),
+        request_timeout: float = 30.0,
+        max_connections: int = 64,
+        user_agent: str = "choreo-dp",
+    ) -> None:
+        self.config = cfg
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.request_timeout = request_timeout
+        self._max_connections = max_connections
+        self._user_agent = user_agent
+        self._session: aiohttp.ClientSession | None = None
+        self._served_cache: dict[str, bool] = {}
+
+    @classmethod
+    async def from_kubeconfig(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> KubeClient:
+        cfg = await asyncio.to_thread(kubeconfig.load, path)
+        return cls(cfg, **kwargs)
+
+    async def __aenter__(self) -> KubeClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self.config.ssl_context(), limit=self._max_connections)
+            self._session = aiohttp.ClientSession(
+                base_url=self.config.server,
+                connector=connector,
+                headers={"User-Agent": self._user_agent, "Accept": "application/json"},
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        for name in self.config._tempfiles:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+        self.config._tempfiles.clear()
+
+    def _auth_headers(self) -> dict[str, str]:
+        token = self.config.current_token()
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        retry: bool | None = None,
+    ) -> Any:
+        """One API call with bounded retries; returns the decoded JSON body."""
+        session = self._ensure_session()
+        clean_params = {k: str(v) for k, v in (params or {}).items() if v is not None}
+        data = None if body is None else json.dumps(body, separators=(",", ":"))
+        may_retry_5xx = method in _IDEMPOTENT if retry is None else retry
+        attempt = 0
+        while True:
+            headers = self._auth_headers()
+            if data is not None:
+                headers["Content-Type"] = content_type
+            try:
+                async with session.request(
+                    method,
+                    path,
+                    params=clean_params,
+                    data=data,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=self.request_timeout),
+                ) as resp:
+                    payload = await resp.read()
+                    if resp.status < 400:
+                        return json.loads(payload) if payload else {}
+                    error = self._error(resp.status, payload, resp.headers)
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                error = ApiError(503, "ConnectionError", f"{type(exc).__name__}: {exc}")
+            retryable = error.status == 429 or (error.status >= 500 and may_retry_5xx)
+            if not retryable or attempt >= self.max_retries:
+                raise error
+            delay = self.backoff.delay(attempt, error.retry_after)
+            log.debug("retrying %s %s after %s in %.2fs", method, path, error, delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    @staticmethod
+    def _error(status: int, payload: bytes, headers: Mapping[str, str]) -> ApiError:
+        try:
+            body = json.loads(payload) if payload else {}
+        except ValueError:
+            body = {"message": payload[:500].decode(errors="replace")}
+        if not isinstance(body, dict):
+            body = {"message": str(body)[:500]}
+        return ApiError(
+            status,
+            str(body.get("reason", "")),
+            str(body.get("message", "")),
+            retry_after=_retry_after(headers),
+            body=body,
+        )
+
+    # --- verbs -----------------------------------------------------------------------------
+
+    async def get(
+        self, res: Resource, name: str, namespace: str | None = None, subresource: str | None = None
+    ) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = await self.request("GET", res.path(namespace, name, subresource))
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise
+        return result
+
+    async def list(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        label_selector: str | Mapping[str, str] | None = None,
+        field_selector: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str]:
+        body = await self.request(
+            "GET",
+            res.path(namespace),
+            params={"labelSelector": _label_selector(label_selector), "fieldSelector": field_selector},
+        )
+        items: list[dict[str, Any]] = body.get("items") or []
+        for item in items:
+            item.setdefault("apiVersion", res.api_version)
+            item.setdefault("kind", res.kind)
+        return items, str(body.get("metadata", {}).get("resourceVersion", ""))
+
+    async def create(
+        self, res: Resource, body: dict[str, Any], namespace: str | None = None
+    ) -> dict[str, Any]:
+        ns = namespace or body.get("metadata", {}).get("namespace")
+        result: dict[str, Any] = await self.request("POST", res.path(ns), body=body)
+        return result
+
+    async def replace(
+        self, res: Resource, body: dict[str, Any], subresource: str | None = None
+    ) -> dict[str, Any]:
+        meta = body["metadata"]
+        result: dict[str, Any] = await self.request(
+            "PUT", res.path(meta.get("namespace"), meta["name"], subresource), body=body
+        )
+        return result
+
+    async def apply(
+        self,
+        body: dict[str, Any],
+        field_manager: str,
+        *,
+        force: bool = True,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        """Server-side apply of a full manifest (the resource comes from apiVersion and kind)."""
+        res = R.for_kind(body["apiVersion"], body["kind"])
+        meta = body["metadata"]
+        # JSON is valid YAML, so the apply content type accepts it as is.
+        result: dict[str, Any] = await self.request(
+            "PATCH",
+            res.path(meta.get("namespace"), meta["name"], subresource),
+            params={"fieldManager": field_manager, "force": "true" if force else "false"},
+            body=body,
+            content_type=_CONTENT_TYPES["apply"],
+        )
+        return result
+
+    async def patch(
+        self,
+        res: Resource,
+        name: str,
+        patch: Any,
+        namespace: str | None = None,
+        patch_type: PatchType = "merge",
+        subresource: str | None = None,
+        field_manager: str | None = None,
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "PATCH",
+            res.path(namespace, name, subresource),
+            params={"fieldManager": field_manager},
+            body=patch,
+            content_type=_CONTENT_TYPES[patch_type],
+        )
+        return result
+
+    async def delete(
+        self,
+        res: Resource,
+        name: str,
+        namespace: str | None = None,
+        propagation: Literal["Background", "Foreground", "Orphan"] = "Background",
+        precondition_uid: str | None = None,
+    ) -> bool:
+        body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+        if precondition_uid:
+            body["preconditions"] = {"uid": precondition_uid}
+        try:
+            await self.request("DELETE", res.path(namespace, name), body=body)
+        except ApiError as exc:
+            if exc.not_found:
+                return False
+            raise
+        return True
+
+    async def watch(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        label_selector: str | Mapping[str, str] | None = None,
+        resource_version: str | None = None,
+        timeout_seconds: int = 300,
+        allow_bookmarks: bool = True,
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Yield (type, object) until the server ends the watch; ApiError(410) when too old."""
+        session = self._ensure_session()
+        params = {
+            "watch": "1",
+            "timeoutSeconds": str(timeout_seconds),
+            "allowWatchBookmarks": "true" if allow_bookmarks else None,
+            "resourceVersion": resource_version,
+            "labelSelector": _label_selector(label_selector),
+        }
+        clean = {k: v for k, v in params.items() if v}
+        timeout = aiohttp.ClientTimeout(total=timeout_seconds + 30, sock_connect=self.request_timeout)
+        async with session.get(
+            res.path(namespace), params=clean, headers=self._auth_headers(), timeout=timeout
+        ) as resp:
+            if resp.status >= 400:
+                raise self._error(resp.status, await resp.read(), resp.headers)
+            async for line in resp.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                etype, obj = event.get("type"), event.get("object") or {}
+                if etype == "ERROR":
+                    raise ApiError(
+                        int(obj.get("code", 500)), str(obj.get("reason", "")), str(obj.get("message", ""))
+                    )
+                yield str(etype), obj
+
+    async def served(self, group_version: str) -> bool:
+        """Whether the server serves an API group version (e.g. ``gateway.networking.k8s.io/v1``)."""
+        if group_version not in self._served_cache:
+            try:
+                await self.request("GET", f"/apis/{group_version}" if "/" in group_version else "/api/v1")
+                self._served_cache[group_version] = True
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                self._served_cache[group_version] = False
+        return self._served_cache[group_version]
+
+    async def post_event(
+        self,
+        involved: Mapping[str, Any],
+        type_: Literal["Normal", "Warning"],
+        reason: str,
+        message: str,
+        component: str,
+    ) -> None:
+        """Record a core/v1 Event on an object; failures are logged, never raised."""
+        meta = involved.get("metadata", {})
+        namespace = meta.get("namespace") or "default"
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name', 'object')}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion"),
+                "kind": involved.get("kind"),
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "source": {"component": component},
+            "reportingComponent": component,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.request("POST", R.EVENTS.path(namespace), body=body, retry=False)
+        except ApiError as exc:
+            log.warning("could not post event %s on %s: %s", reason, meta.get("name"), exc)
