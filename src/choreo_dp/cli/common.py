@@ -36,7 +36,7 @@ def add_env_argument(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) 
         convert = kwargs.get("type")
         try:
             kwargs["default"] = convert(raw) if callable(convert) else raw
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
             raise UsageError(f"{env}={raw!r}: {exc}") from None
         kwargs["required"] = False
     help_text = kwargs.get("help", "")

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench [--full] [name ...]`` (``make bench``)."""
