@@ -1,0 +1,1 @@
+"""The outbound tunnel: the shared protocol (:mod:`.protocol`) and the data-plane agent."""
