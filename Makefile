@@ -38,6 +38,7 @@ bench: tools
 
 crds: $(STAMP)
 	$(BIN)/choreo-dp crds --output-dir crds
+	$(BIN)/python -m choreo_dp.api.docgen docs/crds.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -157,3 +157,11 @@ def test_crds_command_writes_the_same_files(tmp_path: Path) -> None:
     assert main(["crds", "--output-dir", str(tmp_path)]) == 0
     for name in CRDS:
         assert (tmp_path / name).read_text() == (ROOT / "crds" / name).read_text()
+
+
+def test_crd_reference_doc_is_current() -> None:
+    from choreo_dp.api.docgen import render_markdown
+
+    assert (ROOT / "docs" / "crds.md").read_text() == render_markdown(), (
+        "docs/crds.md is stale: run `python -m choreo_dp.api.docgen docs/crds.md`"
+    )
