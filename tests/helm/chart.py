@@ -112,8 +112,8 @@ TEST_CA = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n"
 
 # What a customer must set: the control plane, the data plane id, and where the token is.
 REQUIRED: dict[str, Any] = {
-    "controlPlane": {"url": CP_URL, "token": {"existingSecret": "dp-token", "existingSecretKey": "tok"}},
-    "dataPlane": {"id": DP_ID},
+    "controlPlane": {"url": CP_URL},
+    "dataPlane": {"id": DP_ID, "token": {"existingSecret": "dp-token", "existingSecretKey": "tok"}},
 }
 
 
@@ -133,7 +133,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("defaults", REQUIRED),
         Scenario(
             "token-created",
-            merge(REQUIRED, {"controlPlane": {"token": {"existingSecret": "", "value": "s3cr3t-token"}}}),
+            merge(REQUIRED, {"dataPlane": {"token": {"existingSecret": "", "value": "s3cr3t-token"}}}),
         ),
         Scenario(
             "mtls",

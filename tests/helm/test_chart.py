@@ -444,8 +444,8 @@ def test_schema_rejects_bad_values(case: str, bad: dict[str, Any], message: str)
 MISSING: list[tuple[str, dict[str, Any], str]] = [
     ("no url", {"controlPlane": {"url": ""}}, "controlPlane.url is required"),
     ("no dataplane", {"dataPlane": {"id": ""}}, "dataPlane.id is required"),
-    ("no token", {"controlPlane": {"token": {"existingSecret": ""}}}, "a dataplane token is required"),
-    ("two tokens", {"controlPlane": {"token": {"value": "x"}}}, "only one of controlPlane.token"),
+    ("no token", {"dataPlane": {"token": {"existingSecret": ""}}}, "a dataplane token is required"),
+    ("two tokens", {"dataPlane": {"token": {"value": "x"}}}, "only one of dataPlane.token"),
     ("ws without insecure", {"controlPlane": {"url": "ws://cp:80"}}, "controlPlane.insecure=true"),
     (
         "workload identity without client id",

@@ -130,7 +130,7 @@ def test_agent_configuration_parses(scenario: str, monkeypatch: pytest.MonkeyPat
     assert ns.health_port == container_port(ctr, "health")
 
     volume, key = mounted_source(dep, ns.token_file)
-    token: dict[str, Any] = cp["token"]
+    token: dict[str, Any] = s.values["dataPlane"]["token"]
     if token.get("existingSecret"):
         assert (volume["secret"]["secretName"], key) == (token["existingSecret"], token["existingSecretKey"])
     else:

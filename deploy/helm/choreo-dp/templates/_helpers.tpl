@@ -79,16 +79,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{- define "choreo-dp.tokenSecretName" -}}
-{{- if .Values.controlPlane.token.existingSecret }}
-{{- .Values.controlPlane.token.existingSecret }}
+{{- if .Values.dataPlane.token.existingSecret }}
+{{- .Values.dataPlane.token.existingSecret }}
 {{- else }}
 {{- printf "%s-token" (include "choreo-dp.fullname" .) }}
 {{- end }}
 {{- end }}
 
 {{- define "choreo-dp.tokenSecretKey" -}}
-{{- if .Values.controlPlane.token.existingSecret }}
-{{- .Values.controlPlane.token.existingSecretKey }}
+{{- if .Values.dataPlane.token.existingSecret }}
+{{- .Values.dataPlane.token.existingSecretKey }}
 {{- else }}
 {{- "token" }}
 {{- end }}
@@ -127,11 +127,11 @@ The control plane's port, for the NetworkPolicy: explicit in the URL, else 443 f
 {{- if not .Values.dataPlane.id }}
 {{- fail "dataPlane.id is required: --set dataPlane.id=ID (the id registered at the control plane)" }}
 {{- end }}
-{{- if and (not .Values.controlPlane.token.existingSecret) (not .Values.controlPlane.token.value) }}
-{{- fail "a dataplane token is required: set controlPlane.token.existingSecret (recommended) or controlPlane.token.value" }}
+{{- if and (not .Values.dataPlane.token.existingSecret) (not .Values.dataPlane.token.value) }}
+{{- fail "a dataplane token is required: set dataPlane.token.existingSecret (recommended) or dataPlane.token.value" }}
 {{- end }}
-{{- if and .Values.controlPlane.token.existingSecret .Values.controlPlane.token.value }}
-{{- fail "set only one of controlPlane.token.existingSecret and controlPlane.token.value" }}
+{{- if and .Values.dataPlane.token.existingSecret .Values.dataPlane.token.value }}
+{{- fail "set only one of dataPlane.token.existingSecret and dataPlane.token.value" }}
 {{- end }}
 {{- if and .Values.controlPlane.caBundle .Values.controlPlane.caBundleConfigMap.name }}
 {{- fail "set only one of controlPlane.caBundle and controlPlane.caBundleConfigMap.name" }}
