@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
 from typing import Any
 
-from choreo_dp.cli.common import add_env_argument, add_logging_arguments, not_implemented, port
+from choreo_dp.cli.common import UsageError, add_env_argument, add_logging_arguments, port
+
+log = logging.getLogger(__name__)
 
 
 def add_agent_arguments(p: Any) -> None:
@@ -17,6 +24,78 @@ def add_agent_arguments(p: Any) -> None:
     p.add_argument("--insecure", action="store_true", help="allow ws:// (development only)")
 
 
+def agent_config(args: argparse.Namespace) -> Any:
+    """Validate the flags into an AgentConfig; UsageError (exit 2) on anything wrong."""
+    import os
+
+    from choreo_dp.tunnel.agent import AgentConfig, ConfigError, tunnel_url
+
+    try:
+        tunnel_url(args.control_plane, args.insecure)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    for flag in ("token_file", "ca_file", "client_cert", "client_key"):
+        value = getattr(args, flag, None)
+        if value and not os.path.isfile(value):
+            raise UsageError(f"--{flag.replace('_', '-')}: no such file: {value}")
+    if bool(args.client_cert) != bool(args.client_key):
+        raise UsageError("--client-cert and --client-key go together")
+    return AgentConfig(
+        control_plane=args.control_plane,
+        dataplane_id=args.dataplane,
+        token_file=args.token_file,
+        ca_file=args.ca_file,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        insecure=args.insecure,
+    )
+
+
+def install_stop_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+def health_host() -> str:
+    """Probes must be reachable by the kubelet in a pod; elsewhere stay on loopback."""
+    import os
+
+    default = "0.0.0.0" if "KUBERNETES_SERVICE_HOST" in os.environ else "127.0.0.1"
+    return os.environ.get("CHOREO_DP_HEALTH_HOST", default)
+
+
+async def run_agent(args: argparse.Namespace, stop: asyncio.Event | None = None) -> int:
+    from choreo_dp.kube import KubeClient
+    from choreo_dp.observability import health
+    from choreo_dp.observability.health import Liveness
+    from choreo_dp.tunnel.agent import Agent
+
+    cfg = agent_config(args)
+    stop = stop or asyncio.Event()
+    install_stop_handlers(stop)
+    kube = await KubeClient.from_kubeconfig(args.kubeconfig)
+    liveness = Liveness("agent", max_silence=120.0)
+    runner = await health.serve([liveness], health_host(), [args.health_port, args.metrics_port])
+    try:
+        await Agent(cfg, kube, liveness=liveness).run(stop)
+    finally:
+        await runner.cleanup()
+        await kube.close()
+    return 0
+
+
+def handle(args: argparse.Namespace) -> int:
+    from choreo_dp.observability.logging import configure_logging
+
+    agent_config(args)  # flag errors before anything starts
+    configure_logging(args.log_format, args.log_level)
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(run_agent(args))
+    return 0
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("agent", help="run the outbound tunnel agent")
     add_agent_arguments(p)
@@ -24,4 +103,4 @@ def register(sub: Any) -> None:
     add_env_argument(p, "--metrics-port", type=port, default=9091, help="Prometheus /metrics port")
     add_env_argument(p, "--health-port", type=port, default=8082, help="/healthz port")
     add_logging_arguments(p)
-    p.set_defaults(handler=not_implemented("agent"))
+    p.set_defaults(handler=handle)
