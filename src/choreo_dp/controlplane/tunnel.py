@@ -1,0 +1,525 @@
+"""The tunnel endpoint: one session per connected agent (docs/protocol.md).
+
+A session is two tasks on the event loop, no threads: a reader that decodes and dispatches agent
+frames, and a writer that owns the socket's send side. The writer streams desired changes from the
+store (never from memory: the store is the truth, and a change is committed before anyone is
+woken), runs the resync snapshot when the agent's inventory is complete, and sends replies the
+reader queued. REST changes reach it through :meth:`TunnelSession.wake` via the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import Literal
+
+from fastapi import FastAPI, WebSocket
+from starlette.responses import JSONResponse
+
+from choreo_dp.controlplane.context import ControlPlane
+from choreo_dp.controlplane.store import KIND_ENVIRONMENT, Change, LogGap, Snapshot, StoreError, now_rfc3339
+from choreo_dp.tunnel import protocol as p
+
+log = logging.getLogger(__name__)
+
+# Inventories larger than this are refused: far beyond any realistic data plane, and it bounds the
+# memory one (possibly misbehaving) agent can make us hold during a resync.
+MAX_INVENTORY_ITEMS = 1_000_000
+SEND_TIMEOUT = 30.0
+GOAWAY_RETRY_REPLACED = 5.0
+GOAWAY_RETRY_SHUTDOWN = 1.0
+
+Phase = Literal["await_inventory", "snapshot_ready", "streaming"]
+
+
+class _Closing(Exception):
+    pass
+
+
+def _bearer(websocket: WebSocket) -> str | None:
+    header = websocket.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+async def _deny(websocket: WebSocket, status: int, detail: str) -> None:
+    """Refuse the upgrade with a real HTTP status when the server supports it (agents back off on 401)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        await websocket.send_denial_response(
+            JSONResponse({"detail": detail}, status_code=status, headers=headers)
+        )
+    else:
+        await websocket.close(code=1008, reason=detail[:120])
+
+
+class TunnelSession:
+    def __init__(self, cp: ControlPlane, websocket: WebSocket, dataplane: str) -> None:
+        self.cp = cp
+        self.ws = websocket
+        self._dataplane = dataplane
+        self._session_id = p.new_id()[:16]
+        self._started_at = now_rfc3339()
+        client = websocket.client
+        self._remote = f"{client.host}:{client.port}" if client else "?"
+        self._seq = p.Sequencer()
+        self._wake = asyncio.Event()
+        self._outbox: deque[tuple[p.Body, str | None]] = deque()
+        self._goaway: p.GoAway | None = None
+        self._close_code = 1000
+        self.version = p.PROTOCOL_VERSION
+        self.epoch = ""
+        self.mode: p.Mode = "incremental"
+        self.phase: Phase = "streaming"
+        self.sent_revision = 0
+        self.agent_revision = 0
+        self._snapshot: Snapshot | None = None
+        self._buckets = 0
+        self._inventory: dict[str, str] = {}
+        self._compared: list[int] | None = None
+        self._next_chunk = 0
+        self.last_seen = time.monotonic()
+
+    # -- hub.Session -------------------------------------------------------------------------
+    @property
+    def dataplane(self) -> str:
+        return self._dataplane
+
+    @property
+    def session_id(self) -> str:
+        return self._session_id
+
+    @property
+    def started_at(self) -> str:
+        return self._started_at
+
+    @property
+    def remote(self) -> str:
+        return self._remote
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def replaced(self) -> None:
+        self.go_away("replaced by a newer session of this dataplane", GOAWAY_RETRY_REPLACED)
+
+    def go_away(self, reason: str, retry_after: float) -> None:
+        if self._goaway is None:
+            self._goaway = p.GoAway(reason=reason, retry_after=retry_after)
+            self._wake.set()
+
+    # -- sending -----------------------------------------------------------------------------
+    def send_soon(self, body: p.Body, corr: str | None = None) -> None:
+        """Queue a reply for the writer; an agent that stops reading gets dropped, not buffered."""
+        if len(self._outbox) >= self.cp.tunnel.outbox_limit:
+            self.go_away("too many unread frames", GOAWAY_RETRY_REPLACED)
+            return
+        self._outbox.append((body, corr))
+        self._wake.set()
+
+    async def _send(self, body: p.Body, corr: str | None = None) -> None:
+        text = p.encode(body, seq=self._seq.next(), corr=corr, version=self.version)
+        try:
+            await asyncio.wait_for(self.ws.send_text(text), SEND_TIMEOUT)
+        except TimeoutError:
+            raise _Closing("send timed out (agent not reading)") from None
+        except Exception as exc:  # the socket is gone (ClientDisconnected, RuntimeError after close)
+            raise _Closing(f"send failed: {exc.__class__.__name__}") from None
+        self.cp.metrics.frames_out.labels(body.TYPE).inc()
+        self.cp.metrics.bytes_out.inc(len(text))
+
+    async def _drain_outbox(self) -> None:
+        while self._outbox:
+            body, corr = self._outbox.popleft()
+            await self._send(body, corr)
+
+    # -- handshake ---------------------------------------------------------------------------
+    async def _receive_text(self) -> str | bytes | None:
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        data: str | bytes | None = message.get("text")
+        if data is None:
+            data = message.get("bytes") or b""
+        self.last_seen = time.monotonic()
+        self.cp.metrics.bytes_in.inc(len(data))
+        return data
+
+    async def _await_hello(self) -> p.Hello | None:
+        """Read frames until a valid hello; anything else is answered with an error, not fatal."""
+        while True:
+            data = await self._receive_text()
+            if data is None:
+                return None
+            try:
+                frame = p.decode(data)
+            except p.ProtocolError as exc:
+                self.cp.metrics.frames_in.labels("invalid").inc()
+                await self._send(exc.to_error())
+                continue
+            self.cp.metrics.frames_in.labels(frame.type).inc()
+            if isinstance(frame.body, p.Hello):
+                return frame.body
+            await self._send(
+                p.Error(code="protocol", message=f"expected hello, got {frame.type}", ref=frame.id)
+            )
+
+    async def _welcome(self, hello: p.Hello) -> bool:
+        version = p.negotiate(p.SUPPORTED_VERSIONS, hello.versions)
+        if version is None:
+            await self._send(
+                p.Error(
+                    code="unsupported_version",
+                    message=f"no common protocol version (ours {list(p.SUPPORTED_VERSIONS)}, yours {hello.versions})",
+                )
+            )
+            return False
+        self.version = version
+        if hello.dataplane_id != self.dataplane:
+            await self._send(
+                p.Error(
+                    code="unauthorized",
+                    message=f"the token belongs to dataplane {self.dataplane!r}, not {hello.dataplane_id!r}",
+                )
+            )
+            return False
+        record = await self.cp.store.get_dataplane(self.dataplane)
+        if record is None:  # deleted between authentication and now
+            await self._send(p.Error(code="unauthorized", message="dataplane is not registered"))
+            return False
+        self.agent_revision = hello.applied_revision
+        self.mode = p.choose_mode(
+            cp_epoch=record.epoch,
+            cp_revision=record.revision,
+            log_floor=record.horizon,
+            agent_epoch=hello.epoch,
+            agent_revision=hello.applied_revision,
+        )
+        self.cp.hub.attach(self)
+        self.cp.metrics.session_starts.labels(self.mode).inc()
+        if self.mode == "incremental":
+            self.epoch = record.epoch
+            self.sent_revision = hello.applied_revision
+            self.phase = "streaming"
+            await self._send(
+                p.Welcome(
+                    version=version,
+                    epoch=record.epoch,
+                    revision=record.revision,
+                    mode="incremental",
+                    heartbeat_interval=self.cp.tunnel.heartbeat_interval,
+                    session=self.session_id,
+                )
+            )
+        else:
+            snap = await self.cp.store.snapshot(self.dataplane)
+            self.epoch = snap.epoch
+            self._snapshot = snap
+            self.sent_revision = snap.revision
+            self._buckets = p.bucket_count(len(snap.hashes), hello.inventory_count)
+            self.phase = "await_inventory"
+            await self._send(
+                p.Welcome(
+                    version=version,
+                    epoch=snap.epoch,
+                    revision=snap.revision,
+                    mode="resync",
+                    heartbeat_interval=self.cp.tunnel.heartbeat_interval,
+                    session=self.session_id,
+                )
+            )
+            digests = p.bucket_digests(snap.hashes, self._buckets)
+            await self._send(
+                p.SnapshotBegin(
+                    epoch=snap.epoch,
+                    revision=snap.revision,
+                    total=len(snap.hashes),
+                    buckets=self._buckets,
+                    digests=p.encode_digests(digests),
+                )
+            )
+        log.info(
+            "dataplane %s: session %s from %s, agent epoch=%s revision=%d, cp epoch=%s revision=%d -> %s",
+            self.dataplane,
+            self.session_id,
+            self.remote,
+            hello.epoch,
+            hello.applied_revision,
+            record.epoch,
+            record.revision,
+            self.mode,
+        )
+        return True
+
+    # -- the session -------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            hello = await asyncio.wait_for(self._await_hello(), self.cp.tunnel.hello_timeout)
+        except TimeoutError:
+            await self._close(1008, "no hello")
+            return
+        except _Closing:
+            return
+        if hello is None:
+            return
+        try:
+            if not await self._welcome(hello):
+                await self._close(1008, "refused")
+                return
+        except _Closing:
+            self.cp.hub.detach(self)
+            return
+        await self.cp.store.mark_connection(self.dataplane, True)
+        self.cp.store.queue_heartbeat(self.dataplane)
+        self.cp.metrics.sessions.set(len(self.cp.hub))
+        reader = asyncio.create_task(self._reader(), name=f"tunnel-reader-{self.dataplane}")
+        writer = asyncio.create_task(self._writer(), name=f"tunnel-writer-{self.dataplane}")
+        try:
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = task.exception()
+                if exc is not None and not isinstance(exc, _Closing):
+                    log.error(
+                        "dataplane %s: session %s failed", self.dataplane, self.session_id, exc_info=exc
+                    )
+                elif isinstance(exc, _Closing):
+                    log.info("dataplane %s: session %s closing: %s", self.dataplane, self.session_id, exc)
+        finally:
+            for task in (reader, writer):
+                task.cancel()
+            for task in (reader, writer):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            still_active = self.cp.hub.detach(self)
+            self.cp.metrics.sessions.set(len(self.cp.hub))
+            with contextlib.suppress(Exception):
+                await self._close(self._close_code, "bye")
+            if still_active:
+                with contextlib.suppress(Exception):
+                    await self.cp.store.mark_connection(self.dataplane, False)
+            log.info("dataplane %s: session %s ended", self.dataplane, self.session_id)
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(code=code, reason=reason), 5)
+
+    async def _writer(self) -> None:
+        settings = self.cp.tunnel
+        tick = max(0.05, min(settings.heartbeat_interval, settings.idle_timeout) / 2)
+        while True:
+            await self._drain_outbox()
+            if self._goaway is not None:
+                await self._send(self._goaway)
+                return
+            if self.phase == "snapshot_ready":
+                await self._finish_snapshot()
+                continue
+            if self.phase == "streaming" and await self._stream_some():
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), tick)
+            except TimeoutError:
+                silent = time.monotonic() - self.last_seen
+                if silent > settings.idle_timeout:
+                    raise _Closing(f"nothing heard from the agent for {silent:.0f}s") from None
+            self._wake.clear()
+
+    async def _stream_some(self) -> bool:
+        """Send the next batch of changes after ``sent_revision``; False when there is nothing new."""
+        try:
+            changes = await self.cp.store.changes_since(
+                self.dataplane, self.sent_revision, limit=self.cp.tunnel.send_batch
+            )
+        except LogGap as exc:
+            # The agent fell behind the log while connected: a reconnect resyncs it.
+            self.go_away(f"change log compacted past revision {exc.since}; resync needed", 0.0)
+            return False
+        except StoreError:
+            self.go_away("dataplane no longer registered", GOAWAY_RETRY_REPLACED)
+            return False
+        for change in changes:
+            await self._send(self._change_frame(change, prev=self.sent_revision))
+            self.sent_revision = change.revision
+            if self._outbox or self._goaway is not None:
+                break  # replies (heartbeat echoes) must not wait behind a long stream
+        return bool(changes)
+
+    @staticmethod
+    def _change_frame(change: Change, prev: int | None) -> p.Body:
+        if change.op == "delete" or change.spec is None or change.spec_hash is None:
+            return p.DesiredDelete(key=change.key, revision=change.revision, prev=prev)
+        return p.DesiredPut(
+            key=change.key,
+            kind="Environment" if change.kind == KIND_ENVIRONMENT else "ChoreoApp",
+            revision=change.revision,
+            prev=prev,
+            spec_hash=change.spec_hash,
+            spec=change.spec,
+            metadata={"environment": change.environment, "name": change.name},
+        )
+
+    async def _finish_snapshot(self) -> None:
+        snap = self._snapshot
+        assert snap is not None
+        compared = self._compared if self._compared is not None else list(range(self._buckets))
+        puts, same = p.snapshot_diff(snap.hashes, self._inventory, compared, self._buckets)
+        objects = await self.cp.store.get_objects(self.dataplane, puts)
+        # Environments first, so apps never arrive before the environment they live in.
+        objects.sort(key=lambda o: (o.kind != KIND_ENVIRONMENT, o.key))
+        for obj in objects:
+            change = Change(
+                obj.revision, "put", obj.key, obj.kind, obj.environment, obj.name, obj.spec, obj.spec_hash
+            )
+            await self._send(self._change_frame(change, prev=None))
+        for part in p.chunked(same, p.SNAPSHOT_KEYS_CHUNK):
+            if part:
+                await self._send(p.SnapshotKeys(keys=part))
+        await self._send(p.SnapshotEnd(epoch=snap.epoch, revision=snap.revision))
+        log.info(
+            "dataplane %s: resync at revision %d: %d of %d buckets differ, %d puts, %d keys confirmed",
+            self.dataplane,
+            snap.revision,
+            len(compared),
+            self._buckets,
+            len(objects),
+            len(same),
+        )
+        self._snapshot = None
+        self._inventory = {}
+        self.phase = "streaming"
+
+    # -- receiving ---------------------------------------------------------------------------
+    async def _reader(self) -> None:
+        while True:
+            data = await self._receive_text()
+            if data is None:
+                raise _Closing("agent disconnected")
+            try:
+                frame = p.decode(data, versions=(self.version,))
+            except p.ProtocolError as exc:
+                self.cp.metrics.frames_in.labels("invalid").inc()
+                log.debug("dataplane %s: bad frame: %s", self.dataplane, exc)
+                self.send_soon(exc.to_error())
+                continue
+            self.cp.metrics.frames_in.labels(frame.type).inc()
+            await self._dispatch(frame)
+
+    async def _dispatch(self, frame: p.Frame) -> None:
+        body = frame.body
+        dp = self.dataplane
+        store = self.cp.store
+        if isinstance(body, p.Heartbeat):
+            store.queue_heartbeat(dp)
+            if frame.envelope.corr is None:
+                self.send_soon(p.Heartbeat(time=now_rfc3339()), corr=frame.id)
+        elif isinstance(body, p.Applied):
+            epoch = body.epoch or self.epoch
+            if epoch != self.epoch:
+                self.send_soon(
+                    self._error("protocol", f"applied for epoch {epoch}, session is {self.epoch}", frame)
+                )
+            elif body.revision > max(self.sent_revision, self.agent_revision):
+                self.send_soon(
+                    self._error(
+                        "protocol", f"applied {body.revision} but only {self.sent_revision} was sent", frame
+                    )
+                )
+            else:
+                store.queue_applied(dp, body.revision, epoch)
+        elif isinstance(body, p.StatusBatch):
+            for item in body.items:
+                try:
+                    p.parse_key(item.key)
+                except ValueError as exc:
+                    self.send_soon(self._error("bad_body", f"status for {exc}", frame))
+                    continue
+                store.queue_status(dp, item.key, item.status)
+        elif isinstance(body, p.Nack):
+            self.cp.metrics.nacks.labels(body.code[:32]).inc()
+            log.warning(
+                "dataplane %s: nack %s at revision %d: %s (%s)%s",
+                dp,
+                body.key,
+                body.revision,
+                body.code,
+                body.message,
+                ", retrying" if body.retryable else "",
+            )
+            await store.record_nack(dp, body.key, body.revision, body.code, body.message, body.retryable)
+        elif isinstance(body, p.Inventory):
+            self._take_inventory(body, frame)
+        elif isinstance(body, p.Orphans):
+            store.queue_agent_info(
+                dp, {"orphans": body.count, "orphanedKeys": body.keys[:100], "orphanReason": body.reason}
+            )
+            if body.count:
+                log.warning("dataplane %s holds %d orphans (%s)", dp, body.count, body.reason)
+        elif isinstance(body, p.Error):
+            log.info(
+                "dataplane %s: agent reports error %s: %s (ref %s)", dp, body.code, body.message, body.ref
+            )
+        elif isinstance(body, p.GoAway):
+            raise _Closing(f"agent goaway: {body.reason}")
+        else:
+            self.send_soon(self._error("protocol", f"{frame.type} is not a message an agent sends", frame))
+
+    def _take_inventory(self, body: p.Inventory, frame: p.Frame) -> None:
+        if self.phase != "await_inventory":
+            self.send_soon(self._error("protocol", "inventory outside a resync", frame))
+            return
+        if body.chunk != self._next_chunk:
+            self.send_soon(
+                self._error("protocol", f"inventory chunk {body.chunk}, expected {self._next_chunk}", frame)
+            )
+            return
+        if body.chunk == 0:
+            if body.buckets is not None and any(not 0 <= b < self._buckets for b in body.buckets):
+                self.send_soon(self._error("bad_body", f"bucket index outside 0..{self._buckets - 1}", frame))
+                return
+            self._compared = None if body.buckets is None else sorted(set(body.buckets))
+        if len(self._inventory) + len(body.items) > MAX_INVENTORY_ITEMS:
+            self.go_away(f"inventory larger than {MAX_INVENTORY_ITEMS} items", GOAWAY_RETRY_REPLACED)
+            return
+        self._inventory.update(body.items)
+        self._next_chunk += 1
+        if body.last:
+            self.phase = "snapshot_ready"
+            self._wake.set()
+
+    @staticmethod
+    def _error(code: p.ErrorCode, message: str, frame: p.Frame) -> p.Error:
+        return p.Error(code=code, message=message[:4096], ref=frame.id)
+
+
+def add_tunnel_route(app: FastAPI, cp: ControlPlane) -> None:
+    @app.websocket(p.TUNNEL_PATH)
+    async def tunnel(websocket: WebSocket) -> None:
+        token = _bearer(websocket)
+        if token is None:
+            cp.metrics.session_rejects.labels("no_token").inc()
+            await _deny(websocket, 401, "missing bearer token")
+            return
+        dataplane = await cp.store.authenticate_dataplane(token)
+        if dataplane is None:
+            cp.metrics.session_rejects.labels("bad_token").inc()
+            await _deny(websocket, 401, "invalid dataplane token")
+            return
+        if p.SUBPROTOCOL not in websocket.scope.get("subprotocols", []):
+            cp.metrics.session_rejects.labels("subprotocol").inc()
+            await _deny(websocket, 400, f"the {p.SUBPROTOCOL} subprotocol is required")
+            return
+        await websocket.accept(subprotocol=p.SUBPROTOCOL)
+        session = TunnelSession(cp, websocket, dataplane)
+        await session.run()
+
+
+def shutdown_sessions(cp: ControlPlane) -> None:
+    """Tell every agent we are going away (they reconnect after a short, jittered backoff)."""
+    for session in cp.hub.sessions():
+        if isinstance(session, TunnelSession):
+            session.go_away("control plane shutting down", GOAWAY_RETRY_SHUTDOWN)
