@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -487,3 +488,17 @@ def test_notes_tell_how_to_check_the_connection_and_apps() -> None:
     notes = (CHART / "templates" / "NOTES.txt").read_text()
     assert "kubectl get dataplane" in notes
     assert "kubectl get choreoapps -A" in notes
+
+
+def test_packaged_chart_is_self_contained(tmp_path: Path) -> None:
+    """`helm package` keeps crds-src/ (read with .Files) and the schema: the .tgz renders the same."""
+    result = run_helm("package", str(CHART), "--destination", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    (tgz,) = tmp_path.glob("choreo-dp-*.tgz")
+    args = ["template", "choreo-dp", str(tgz), "--namespace", NAMESPACE]
+    packaged = run_helm(*args, values=REQUIRED)
+    assert packaged.returncode == 0, packaged.stderr
+    docs = [d for d in yaml.safe_load_all(packaged.stdout) if d]
+    assert docs == render(REQUIRED)
+    rejected = run_helm(*args, values=merge(REQUIRED, {"bogus": 1}))
+    assert rejected.returncode != 0
