@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from choreo_dp.cli.agent_cmd import agent_config
 from choreo_dp.cli.common import env_name
 from choreo_dp.cli.main import build_parser
 from tests.helm.chart import CP_URL, DP_ID, NAMESPACE, SCENARIOS, Manifest, container, deployment
@@ -156,6 +157,14 @@ def test_agent_configuration_parses(scenario: str, monkeypatch: pytest.MonkeyPat
 
     unknown = {n for n in rendered_env(ctr) if n.startswith("CHOREO_DP_")} - option_envs(verb)
     assert not unknown, f"env the agent does not read: {unknown}"
+
+    # The agent's own validation of that configuration (URL scheme, cert/key pairing, files), with
+    # the files the pod mounts (checked above) standing in for the real ones.
+    mounted = {p for p in (ns.token_file, ns.ca_file, ns.client_cert, ns.client_key) if p}
+    monkeypatch.setattr(os.path, "isfile", lambda path: path in mounted)
+    cfg = agent_config(ns)
+    assert (cfg.control_plane, cfg.dataplane_id, cfg.token_file) == (ns.control_plane, DP_ID, ns.token_file)
+    assert cfg.proxy is True  # HTTPS_PROXY / NO_PROXY from the pod's environment are honoured
     if "proxy" in s.values:
         assert rendered_env(ctr)["HTTPS_PROXY"] == s.values["proxy"]["httpsProxy"]
 
