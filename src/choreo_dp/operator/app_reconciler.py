@@ -1,0 +1,195 @@
+"""Reconcile one ChoreoApp: policy, secrets, render, apply, prune, status."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from choreo_dp.api import ChoreoApp, Condition, Environment
+from choreo_dp.kube import resources as R
+from choreo_dp.operator.app_status import AppObservation, Refusal, compute_app_status
+from choreo_dp.operator.children import apply_children, prune_children
+from choreo_dp.operator.keys import AppKey, ChildKey
+from choreo_dp.operator.summaries import CronJobSummary, DeploymentSummary
+from choreo_dp.render import RenderError, check_app_policy, render_app
+from choreo_dp.render.endpoints import EndpointExposure
+from choreo_dp.render.labels import REVISION_ANNOTATION
+
+if TYPE_CHECKING:
+    from choreo_dp.operator.controller import Controller
+
+log = logging.getLogger("choreo_dp.operator.app")
+
+APP_CHILD_KINDS = frozenset(
+    {
+        "Deployment",
+        "CronJob",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "HTTPRoute",
+        "Ingress",
+    }
+)
+# SecretsSynced reasons that mean "still trying, not broken".
+_SECRETS_PENDING = frozenset({"Pending", "Syncing", "Waiting"})
+
+
+def _validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return f"invalid spec: {where}: {first.get('msg')}" if where else f"invalid spec: {first.get('msg')}"
+
+
+def _revision(body: dict[str, Any]) -> int | None:
+    raw = ((body.get("metadata") or {}).get("annotations") or {}).get(REVISION_ANNOTATION)
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+async def reconcile(ctl: Controller, key: AppKey) -> float | None:
+    body = ctl.state.apps.get(key)
+    if body is None:
+        # Gone: its children go with it through ownerReferences; only our memory needs cleaning.
+        ctl.state.forget_owner(key)
+        ctl.clear_warning(key)
+        ctl.queue.discard(key)
+        if ctl.secrets is not None:
+            await ctl.secrets.forget_app(key.namespace, key.name)
+        return None
+    meta = body["metadata"]
+    if meta.get("deletionTimestamp"):
+        return None
+    obs = AppObservation(
+        name=key.name,
+        generation=int(meta.get("generation") or 0),
+        revision=_revision(body),
+        spec=None,
+        previous_conditions=_previous_conditions(body),
+    )
+    requeue = await _reconcile_workload(ctl, key, body, obs)
+    status = compute_app_status(obs)
+    await _write_status(ctl, key, body, status)
+    if obs.refusal is not None and obs.refusal.phase in ("Failed", "Degraded"):
+        await ctl.warn_once(key, body, obs.refusal.reason, obs.refusal.message)
+    elif status["phase"] == "Degraded":
+        await ctl.warn_once(key, body, "Degraded", str(status["message"]))
+    else:
+        ctl.clear_warning(key)
+    if requeue is None and status["phase"] in ("Progressing", "Degraded", "Pending"):
+        requeue = ctl.config.progressing_requeue_seconds
+    return requeue
+
+
+async def _reconcile_workload(
+    ctl: Controller, key: AppKey, body: dict[str, Any], obs: AppObservation
+) -> float | None:
+    try:
+        app = ChoreoApp.model_validate(body)
+    except ValidationError as exc:
+        obs.refusal = Refusal("Failed", "InvalidSpec", _validation_message(exc))
+        return None
+    obs.spec = app.spec
+    obs.deployment = ctl.state.deployments.get(key)
+    obs.cronjob = ctl.state.cronjobs.get(key)
+    obs.pods = list(ctl.state.pods.get(key, {}).values())
+    env_body = ctl.state.envs.get(app.spec.environment)
+    if env_body is None:
+        obs.refusal = Refusal(
+            "Pending", "EnvironmentNotFound", f"environment {app.spec.environment!r} not found"
+        )
+        return None
+    try:
+        env = Environment.model_validate(env_body)
+    except ValidationError:
+        obs.refusal = Refusal(
+            "Pending", "EnvironmentInvalid", f"environment {app.spec.environment!r} is invalid"
+        )
+        return None
+    if env_body["metadata"].get("deletionTimestamp"):
+        obs.refusal = Refusal(
+            "Pending", "EnvironmentTerminating", f"environment {env.metadata.name!r} is being deleted"
+        )
+        return None
+    violation = check_app_policy(app, env)
+    if violation is not None:
+        obs.refusal = Refusal("Failed", violation.reason, violation.message)
+        return None
+
+    secrets_hash: str | None = None
+    if app.spec.secrets:
+        if ctl.secrets is None:
+            obs.refusal = Refusal(
+                "Degraded", "SecretsUnavailable", "Key Vault secret sync is not enabled in this operator"
+            )
+            return None
+        result = await ctl.secrets.sync_app(body, env)
+        obs.secrets = result.condition
+        if not result.ready:
+            cond = result.condition
+            phase = "Progressing" if cond.reason in _SECRETS_PENDING else "Degraded"
+            # No workload: the app would crash on a missing variable.
+            obs.refusal = Refusal(phase, cond.reason, f"secrets not synced: {cond.message}")
+            return None
+        secrets_hash = result.values_hash
+
+    try:
+        rendered = render_app(app, env, ctl.caps, secrets_hash=secrets_hash)
+    except RenderError as exc:
+        obs.refusal = Refusal("Failed", exc.reason, exc.message)
+        return None
+    obs.exposures = rendered.exposures
+    applied = await apply_children(ctl, key, rendered.manifests)
+    for child_key, live in applied.items():
+        _note_applied(ctl, key, child_key, live)
+    keep = {ChildKey.of(m) for m in rendered.manifests}
+    uid = str(body["metadata"].get("uid", ""))
+    await prune_children(ctl, key, uid, keep, APP_CHILD_KINDS)
+    # Summaries may have been refreshed by the applies.
+    obs.deployment = (
+        ctl.state.deployments.get(key) if app.spec.type in ("service", "webhook", "worker") else None
+    )
+    obs.cronjob = ctl.state.cronjobs.get(key) if obs.deployment is None else None
+    obs.applied_generation = ctl.state.applied_generation.get(key, 0)
+    return None
+
+
+def _note_applied(ctl: Controller, key: AppKey, child: ChildKey, live: dict[str, Any]) -> None:
+    if child.kind == "Deployment":
+        ctl.state.applied_generation[key] = int((live.get("metadata") or {}).get("generation") or 0)
+        ctl.state.deployments[key] = DeploymentSummary.from_body(live)
+    elif child.kind == "CronJob":
+        ctl.state.cronjobs[key] = CronJobSummary.from_body(live)
+
+
+def _previous_conditions(body: dict[str, Any]) -> list[Condition]:
+    out = []
+    for raw in (body.get("status") or {}).get("conditions") or []:
+        try:
+            out.append(Condition.model_validate(raw))
+        except ValidationError:
+            continue
+    return out
+
+
+def _comparable(status: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in status.items() if v is not None and v != []}
+
+
+async def _write_status(ctl: Controller, key: AppKey, body: dict[str, Any], status: dict[str, Any]) -> None:
+    current = body.get("status") or {}
+    if _comparable(current) == _comparable(status):
+        return
+    live = await ctl.kube.patch(
+        R.CHOREOAPPS, key.name, {"status": status}, key.namespace, "merge", subresource="status"
+    )
+    cached = ctl.state.apps.get(key)
+    if cached is not None and live:
+        cached["status"] = live.get("status") or status
+
+
+__all__ = ["APP_CHILD_KINDS", "EndpointExposure", "reconcile"]

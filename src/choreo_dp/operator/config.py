@@ -1,0 +1,67 @@
+"""Operator configuration: what the CLI, ``choreo-dp run`` and the sandbox pass to :func:`run_operator`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from choreo_dp.api import Condition, Environment
+
+if TYPE_CHECKING:
+    from choreo_dp.kube import KubeClient
+
+DEFAULT_OPERATOR_NAMESPACE = "choreo-system"
+
+
+class SecretsResult(Protocol):
+    @property
+    def secret_name(self) -> str: ...
+    @property
+    def values_hash(self) -> str | None: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def condition(self) -> Condition: ...
+
+
+class SecretsPort(Protocol):
+    """What the operator needs from the Key Vault sync (``choreo_dp.secrets.SecretSyncer``)."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def sync_app(self, app_obj: Any, env: Environment) -> SecretsResult: ...
+    async def forget_app(self, namespace: str, name: str) -> None: ...
+
+
+SecretsFactory = Callable[["KubeClient"], SecretsPort]
+
+
+def default_secrets_factory(kube: KubeClient) -> SecretsPort:
+    from choreo_dp.secrets import SecretSyncer
+
+    return SecretSyncer(kube)
+
+
+@dataclass
+class OperatorConfig:
+    kubeconfig: str | None = None
+    operator_namespace: str = field(
+        default_factory=lambda: os.environ.get("CHOREO_DP_OPERATOR_NAMESPACE", DEFAULT_OPERATOR_NAMESPACE)
+    )
+    # Health (/healthz) and metrics (/metrics) servers; None = not served (e.g. in tests).
+    listen_host: str = "127.0.0.1"
+    health_port: int | None = None
+    metrics_port: int | None = None
+    # Concurrent reconciles; each is a few API calls, so this bounds in-flight writes too.
+    workers: int = 16
+    # Safety-net resyncs: every app/environment is reconciled at least this often.
+    app_resync_seconds: float = 300.0
+    env_resync_seconds: float = 30.0
+    # Progressing apps are looked at again after this long even without events.
+    progressing_requeue_seconds: float = 30.0
+    liveness_max_silence: float = 60.0
+    secrets_factory: SecretsFactory | None = default_secrets_factory
+    # None = discover (gateway.networking.k8s.io/v1 served?); True/False to force.
+    gateway_api: bool | None = None

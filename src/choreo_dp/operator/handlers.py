@@ -1,0 +1,113 @@
+"""kopf glue: which resources are watched and how their events reach the controller.
+
+Only low-level ``on.event`` handlers are used: kopf supplies robust list+watch streams (with
+server-side label selectors for the children), and our controller does the level-triggered
+reconciling. So kopf writes nothing to the objects (no progress or diffbase annotations).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from choreo_dp.kube.config import ConnectionConfig
+from choreo_dp.operator.controller import Controller
+from choreo_dp.render.labels import MANAGED_BY, MANAGED_BY_VALUE
+
+log = logging.getLogger("choreo_dp.operator.handlers")
+
+# (group, version, plural) of the children the operator owns and watches.
+APP_CHILDREN: tuple[tuple[str, str, str], ...] = (
+    ("apps", "v1", "deployments"),
+    ("batch", "v1", "cronjobs"),
+    ("", "v1", "services"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("networking.k8s.io", "v1", "ingresses"),
+)
+GATEWAY_CHILDREN: tuple[tuple[str, str, str], ...] = (("gateway.networking.k8s.io", "v1", "httproutes"),)
+ENV_CHILDREN: tuple[tuple[str, str, str], ...] = (
+    ("", "v1", "namespaces"),
+    ("", "v1", "resourcequotas"),
+    ("", "v1", "limitranges"),
+    ("", "v1", "serviceaccounts"),
+    ("", "v1", "secrets"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
+)
+PODS = ("", "v1", "pods")
+MANAGED = {MANAGED_BY: MANAGED_BY_VALUE}
+
+
+def watched_children(gateway_api: bool) -> tuple[tuple[str, str, str], ...]:
+    return APP_CHILDREN + (GATEWAY_CHILDREN if gateway_api else ()) + ENV_CHILDREN
+
+
+def build_registry(ctl: Controller, conn: ConnectionConfig) -> kopf.OperatorRegistry:
+    # Handlers are coroutines on purpose: kopf runs plain functions in a thread pool, and the
+    # controller's cache and queue belong to the event loop.
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(
+            server=conn.server,
+            token=conn.current_token(),
+            scheme="Bearer" if conn.current_token() else None,
+            ca_path=conn.ca_file,
+            ca_data=conn.ca_data,
+            insecure=conn.insecure or None,
+            certificate_path=conn.client_cert_file,
+            private_key_path=conn.client_key_file,
+            default_namespace=conn.namespace,
+        )
+
+    @kopf.on.event("choreo.dev", "v1alpha1", "choreoapps", registry=registry)
+    async def app_event(event: kopf.RawEvent, **_: Any) -> None:
+        ctl.on_app_event(event.get("type"), dict(event["object"]))
+
+    @kopf.on.event("choreo.dev", "v1alpha1", "environments", registry=registry)
+    async def env_event(event: kopf.RawEvent, **_: Any) -> None:
+        ctl.on_env_event(event.get("type"), dict(event["object"]))
+
+    async def child_event(event: kopf.RawEvent, **_: Any) -> None:
+        ctl.on_child_event(event.get("type"), dict(event["object"]))
+
+    async def pod_event(event: kopf.RawEvent, **_: Any) -> None:
+        ctl.on_pod_event(event.get("type"), dict(event["object"]))
+
+    for group, version, plural in watched_children(ctl.caps.gateway_api):
+        kopf.on.event(group, version, plural, labels=MANAGED, registry=registry, id=f"child-{plural}")(
+            child_event
+        )
+    kopf.on.event(*PODS, labels=MANAGED, registry=registry, id="pods")(pod_event)
+    return registry
+
+
+def configure_settings(settings: kopf.OperatorSettings, gateway_api: bool) -> None:
+    """Production settings: our own names under choreo.dev, quiet posting, server-side filtering."""
+    # Unused by our low-level handlers, but kopf must never claim a name outside our prefix.
+    settings.persistence.finalizer = "choreo.dev/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="choreo.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="choreo.dev", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "choreo-dp-operator"
+    settings.peering.standalone = True
+    settings.peering.clusterwide = True
+    # Watches: reconnect well before intermediaries drop idle streams; back off on errors.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.watching.reconnect_backoff = 1.0
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 10
+    settings.networking.error_backoffs = [1, 2, 5, 10, 20, 30]
+    settings.networking.enforce_retry_after = True
+    # Events of one object are coalesced for this long; our handlers only enqueue, so keep it short.
+    settings.batching.batch_window = 0.05
+    selector = f"{MANAGED_BY}={MANAGED_BY_VALUE}"
+    for group, version, plural in (*watched_children(gateway_api), PODS):
+        settings.watching.label_selectors[group, version, plural] = selector
