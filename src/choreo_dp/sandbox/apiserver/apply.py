@@ -1,0 +1,249 @@
+"""Server-side apply and ``metadata.managedFields`` bookkeeping.
+
+Every write records which manager owns which fields: Apply requests replace the
+manager's Apply set with exactly the fields in the applied configuration (removing
+fields it owned before and no longer mentions, unless someone else also owns them);
+every other write (create, update, patch) transfers the fields it changed to the
+writing manager's Update entry.  Conflicts arise only for Apply, only when another
+manager owns a field with a different value, and ``force=true`` takes ownership.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from choreo_dp.sandbox.apiserver.errors import ApiFailure
+from choreo_dp.sandbox.apiserver.fieldsets import (
+    MISSING,
+    FieldSet,
+    Path,
+    describe,
+    field_set,
+    from_fields_v1,
+    get_at,
+    item_key,
+    remove_at,
+    to_fields_v1,
+)
+from choreo_dp.sandbox.apiserver.listtypes import list_info
+from choreo_dp.sandbox.apiserver.patch import clone
+from choreo_dp.sandbox.apiserver.resources import ResourceType
+
+JSON = dict[str, Any]
+
+
+@dataclass
+class Entry:
+    manager: str
+    operation: str
+    subresource: str
+    api_version: str
+    time: str
+    fields: FieldSet
+
+    def to_json(self) -> JSON:
+        out: JSON = {
+            "manager": self.manager,
+            "operation": self.operation,
+            "apiVersion": self.api_version,
+            "time": self.time,
+            "fieldsType": "FieldsV1",
+            "fieldsV1": to_fields_v1(self.fields),
+        }
+        if self.subresource:
+            out["subresource"] = self.subresource
+        return out
+
+
+def read_entries(obj: JSON) -> list[Entry]:
+    out = []
+    for raw in obj.get("metadata", {}).get("managedFields") or []:
+        if not isinstance(raw, dict) or "manager" not in raw:
+            continue
+        out.append(
+            Entry(
+                manager=str(raw.get("manager", "")),
+                operation=str(raw.get("operation", "Update")),
+                subresource=str(raw.get("subresource", "")),
+                api_version=str(raw.get("apiVersion", "")),
+                time=str(raw.get("time", "")),
+                fields=from_fields_v1(raw.get("fieldsV1") or {}),
+            )
+        )
+    return out
+
+
+def write_entries(obj: JSON, entries: list[Entry]) -> None:
+    kept = [e.to_json() for e in entries if e.fields]
+    if kept:
+        obj.setdefault("metadata", {})["managedFields"] = kept
+    else:
+        obj.get("metadata", {}).pop("managedFields", None)
+
+
+def _entry(
+    entries: list[Entry], manager: str, operation: str, subresource: str, api_version: str, now: str
+) -> Entry:
+    for e in entries:
+        if e.manager == manager and e.operation == operation and e.subresource == subresource:
+            e.time = now
+            e.api_version = api_version
+            return e
+    e = Entry(manager, operation, subresource, api_version, now, set())
+    entries.append(e)
+    return e
+
+
+def record_update(
+    old: JSON | None,
+    new: JSON,
+    manager: str,
+    rt: ResourceType,
+    subresource: str,
+    now: str,
+) -> None:
+    """Give the fields this non-apply write changed to ``manager`` (operation Update)."""
+    entries = read_entries(old) if old is not None else []
+    sub = subresource or None
+    new_fs = field_set(new, rt, sub)
+    old_fs = field_set(old, rt, sub) if old is not None else set()
+    changed: FieldSet = set()
+    for path in new_fs:
+        if path not in old_fs or (
+            not (path[-1].startswith("k:") or path[-1].startswith("v:"))
+            and get_at(old, path) != get_at(new, path)
+        ):
+            changed.add(path)
+    if changed or old is None:
+        for e in entries:
+            if e.subresource == subresource:
+                e.fields -= changed
+        _entry(entries, manager, "Update", subresource, rt.api_version, now).fields |= changed
+    gone = old_fs - new_fs
+    for e in entries:
+        if e.subresource == subresource and gone:
+            e.fields -= gone
+    write_entries(new, entries)
+
+
+def _merge(live: Any, applied: Any, rt: ResourceType, names: tuple[str, ...]) -> Any:
+    if isinstance(live, dict) and isinstance(applied, dict):
+        out = dict(live)
+        for key, value in applied.items():
+            out[key] = (
+                _merge(live.get(key, MISSING), value, rt, (*names, key)) if key in live else clone(value)
+            )
+        return out
+    if isinstance(live, list) and isinstance(applied, list):
+        kind, keys = list_info(rt, names)
+        if kind == "map" and keys:
+            result = list(live)
+            index = {item_key(i, keys): n for n, i in enumerate(result)}
+            for item in applied:
+                k = item_key(item, keys)
+                if k in index:
+                    result[index[k]] = _merge(result[index[k]], item, rt, names)
+                else:
+                    index[k] = len(result)
+                    result.append(clone(item))
+            return result
+        if kind == "set":
+            result = list(live)
+            for item in applied:
+                if item not in result:
+                    result.append(clone(item))
+            return result
+    return clone(applied)
+
+
+def _owned_below(path: Path, sets: list[FieldSet]) -> bool:
+    n = len(path)
+    return any(len(p) > n and p[:n] == path for fs in sets for p in fs)
+
+
+def server_side_apply(
+    live: JSON,
+    applied: JSON,
+    manager: str,
+    force: bool,
+    rt: ResourceType,
+    subresource: str,
+    now: str,
+) -> JSON:
+    """The object after ``manager`` applies ``applied`` to ``live`` (neither is modified)."""
+    sub = subresource or None
+    entries = read_entries(live)
+    applied_fs = field_set(applied, rt, sub)
+    mine = _entry(entries, manager, "Apply", subresource, rt.api_version, now)
+    others = [e for e in entries if e is not mine and e.subresource == subresource]
+    conflicts: list[tuple[Entry, Path]] = []
+    for e in others:
+        for path in applied_fs & e.fields:
+            if path[-1].startswith(("k:", "v:")):
+                continue
+            if get_at(live, path) != get_at(applied, path):
+                conflicts.append((e, path))
+    if conflicts and not force:
+        raise _conflict_error(conflicts)
+    for e, path in conflicts:
+        e.fields.discard(path)
+    other_sets = [e.fields for e in others]
+    to_remove = mine.fields - applied_fs
+    result = clone(live)
+    for path in sorted(to_remove, key=len, reverse=True):
+        if any(path in fs for fs in other_sets) or _owned_below(path, [*other_sets, applied_fs]):
+            continue
+        remove_at(result, path)
+    if sub == "status":
+        if "status" in applied:
+            result["status"] = _merge(result.get("status", {}), applied["status"], rt, ("status",))
+    else:
+        body = {k: v for k, v in applied.items() if k not in ("apiVersion", "kind", "metadata")}
+        if rt.has_status:
+            body.pop("status", None)
+        result = _merge(result, body, rt, ())
+        meta_in = applied.get("metadata") or {}
+        meta = result.setdefault("metadata", {})
+        for key in ("labels", "annotations", "finalizers", "ownerReferences"):
+            if key in meta_in and meta_in[key] is not None:
+                meta[key] = (
+                    _merge(meta.get(key, MISSING), meta_in[key], rt, ("metadata", key))
+                    if key in meta
+                    else clone(meta_in[key])
+                )
+        for key in ("labels", "annotations"):
+            if key in meta and not meta[key]:
+                del meta[key]
+    mine.fields = applied_fs
+    write_entries(result, entries)
+    return result
+
+
+def _conflict_error(conflicts: list[tuple[Entry, Path]]) -> ApiFailure:
+    causes = []
+    for e, path in sorted(conflicts, key=lambda c: (c[0].manager, c[1])):
+        causes.append(
+            {
+                "reason": "FieldManagerConflict",
+                "message": f'conflict with "{e.manager}"'
+                + (f" using {e.api_version}" if e.operation == "Update" else ""),
+                "field": describe(path),
+            }
+        )
+    lines = "\n".join(f"- {c['message']}: {c['field']}" for c in causes)
+    n = len(causes)
+    msg = f"Apply failed with {n} conflict{'s' if n != 1 else ''}: " + (
+        f"{causes[0]['message']}: {causes[0]['field']}" if n == 1 else "\n" + lines
+    )
+    return ApiFailure(409, msg, "Conflict", causes=causes)
+
+
+def applied_identity(applied: JSON) -> tuple[str, str, str]:
+    meta = applied.get("metadata") or {}
+    return str(applied.get("apiVersion", "")), str(applied.get("kind", "")), str(meta.get("name", ""))
+
+
+def dumps_fields(fs: FieldSet) -> str:
+    return json.dumps(to_fields_v1(fs), sort_keys=True)
