@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from choreo_dp.api.crdgen import all_crds
+from choreo_dp.kube import KubeClient
+from choreo_dp.kube import resources as R
 from choreo_dp.secrets import TransportSettings
 from tests.fakes_azure import FakeEntra, FakeKeyVault, FakePki, loopback_localhost_names
 
@@ -71,3 +74,18 @@ async def azure(
     finally:
         await kv.stop()
         await entra.stop()
+
+
+@pytest.fixture
+async def kube(tmp_path: Path) -> AsyncIterator[KubeClient]:
+    """The real KubeClient against the emulated API server (issue 3), which garbage-collects by owner."""
+    from choreo_dp.sandbox.apiserver import ApiServer
+
+    async with ApiServer(port=0) as srv:
+        client = await KubeClient.from_kubeconfig(srv.write_kubeconfig(tmp_path / "kubeconfig"))
+        for crd in all_crds().values():
+            await client.create(R.CRDS, crd)
+        try:
+            yield client
+        finally:
+            await client.close()
