@@ -1,8 +1,72 @@
-"""Workload simulator (placeholder until the kubelet-like logic lands)."""
+"""Workload simulator: what kube-controller-manager and a kubelet would do for Deployments.
+
+For each Deployment the simulator keeps one ReplicaSet per pod template (named
+``<deployment>-<template hash>``, labelled ``pod-template-hash``, owned by the
+Deployment) scaled to ``spec.replicas``, older ReplicaSets scaled to 0, and Pods owned
+by the ReplicaSet (so deleting a Deployment cascades through the garbage collector).
+New pods start ``Pending``; ``delay`` seconds later they are ``Running`` and Ready,
+unless a failure mode was set for the Deployment with ``set_pod_failure``:
+
+* ``"CrashLoopBackOff"`` — phase Running, container waiting with reason CrashLoopBackOff,
+  restartCount > 0, not ready;
+* ``"ImagePullBackOff"`` — phase Pending, container waiting with reason ImagePullBackOff,
+  not ready.
+
+Deployment status follows (replicas, updatedReplicas, readyReplicas,
+availableReplicas, unavailableReplicas, observedGeneration, Available/Progressing
+conditions).  Like the real API, counters that are zero are omitted.  Off by default.
+"""
 
 from __future__ import annotations
 
-from choreo_dp.sandbox.apiserver.store import Store
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import time
+from typing import Any
+
+from choreo_dp.sandbox.apiserver.patch import clone
+from choreo_dp.sandbox.apiserver.resources import ResourceType
+from choreo_dp.sandbox.apiserver.store import Store, now_iso, random_suffix
+
+JSON = dict[str, Any]
+log = logging.getLogger(__name__)
+FAILURE_MODES = ("CrashLoopBackOff", "ImagePullBackOff")
+MANAGER = "kube-controller-manager"
+
+
+def _rt(store: Store, group: str, plural: str) -> ResourceType:
+    rt = store.registry.get(group, "v1", plural)
+    assert rt is not None
+    return rt
+
+
+def template_hash(template: Any) -> str:
+    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()
+    # k8s uses a short, DNS-safe hash; keep the flavour without claiming its algorithm.
+    alphabet = "bcdfghjklmnpqrstvwxz2456789"
+    n = int(digest[:16], 16)
+    out = ""
+    for _ in range(10):
+        n, r = divmod(n, len(alphabet))
+        out += alphabet[r]
+    return out
+
+
+def _max_unavailable(spec: JSON, replicas: int) -> int:
+    ru = ((spec.get("strategy") or {}).get("rollingUpdate") or {}).get("maxUnavailable", "25%")
+    if isinstance(ru, str) and ru.endswith("%"):
+        try:
+            return math.floor(replicas * int(ru[:-1]) / 100)
+        except ValueError:
+            return 0
+    try:
+        return int(ru)
+    except (TypeError, ValueError):
+        return 0
 
 
 class WorkloadSimulator:
@@ -10,13 +74,406 @@ class WorkloadSimulator:
         self.store = store
         self.delay = delay
         self.enabled = enabled
-        self.failures: dict[tuple[str, str], str | None] = {}
+        self.failures: dict[tuple[str, str], str] = {}
+        self.dirty: set[tuple[str, str]] = set()
+        self.timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.pod_created: dict[str, float] = {}  # pod uid -> monotonic creation time
+        self._ip = 1
+        self.deploy_rt = _rt(store, "apps", "deployments")
+        self.rs_rt = _rt(store, "apps", "replicasets")
+        self.pod_rt = _rt(store, "", "pods")
+        store.listeners.append(self.on_change)
+
+    # ----- public knobs -------------------------------------------------------------------
+    def set_pod_failure(self, namespace: str, deployment: str, mode: str | None) -> None:
+        """Put the Deployment's pods into a failure mode (or back to healthy with None)."""
+        if mode is not None and mode not in FAILURE_MODES:
+            raise ValueError(f"failure mode must be one of {FAILURE_MODES} or None")
+        key = (namespace, deployment)
+        if mode is None:
+            self.failures.pop(key, None)
+        else:
+            self.failures[key] = mode
+        self._mark(key)
 
     def start(self) -> None:
-        pass
+        if self.enabled:
+            self.task = asyncio.create_task(self._run(), name="apiserver-simulator")
+            for d in self.store.list(self.deploy_rt, None):
+                self._mark((d["metadata"]["namespace"], d["metadata"]["name"]))
 
     async def stop(self) -> None:
-        pass
+        for t in self.timers.values():
+            t.cancel()
+        self.timers.clear()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
 
-    def set_pod_failure(self, namespace: str, deployment: str, mode: str | None) -> None:
-        self.failures[(namespace, deployment)] = mode
+    # ----- change feed --------------------------------------------------------------------
+    def _mark(self, key: tuple[str, str]) -> None:
+        if not self.enabled:
+            return
+        self.dirty.add(key)
+        self.wake.set()
+
+    def on_change(self, type_: str, rt: ResourceType, obj: JSON, old: JSON | None) -> None:
+        if not self.enabled:
+            return
+        meta = obj["metadata"]
+        if rt is self.deploy_rt or (rt.group == "apps" and rt.plural == "deployments"):
+            if type_ == "DELETED":
+                self.failures.pop((meta["namespace"], meta["name"]), None)
+                return
+            if (
+                old is None
+                or old.get("spec") != obj.get("spec")
+                or old["metadata"].get("deletionTimestamp") != meta.get("deletionTimestamp")
+            ):
+                self._mark((meta["namespace"], meta["name"]))
+        elif rt.group == "" and rt.plural == "pods" and type_ == "DELETED":
+            self.pod_created.pop(meta["uid"], None)
+            owner = self._owner_deployment(obj)
+            if owner:
+                self._mark((meta["namespace"], owner))
+
+    def _owner_deployment(self, pod: JSON) -> str | None:
+        for ref in pod["metadata"].get("ownerReferences") or []:
+            if ref.get("kind") == "ReplicaSet":
+                rs = self.store.get(self.rs_rt, pod["metadata"]["namespace"], ref.get("name", ""))
+                if rs is None:
+                    return None
+                for r2 in rs["metadata"].get("ownerReferences") or []:
+                    if r2.get("kind") == "Deployment":
+                        return str(r2.get("name"))
+        return None
+
+    async def _run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            await asyncio.sleep(0)
+            keys, self.dirty = self.dirty, set()
+            for key in keys:
+                try:
+                    self.reconcile(*key)
+                except Exception:  # one odd object must not stop the simulation
+                    log.exception("simulator failed on deployment %s/%s", *key)
+
+    # ----- reconciliation -----------------------------------------------------------------
+    def reconcile(self, namespace: str, name: str) -> None:
+        d = self.store.get(self.deploy_rt, namespace, name)
+        if d is None or d["metadata"].get("deletionTimestamp"):
+            return
+        spec = d.get("spec") or {}
+        desired = int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1)
+        template = spec.get("template") or {}
+        h = template_hash(template)
+        rs_name = f"{name}-{h}"
+        owned_rs = [rs for rs in self.store.list(self.rs_rt, namespace) if self._owned_by(rs, d)]
+        current = next((rs for rs in owned_rs if rs["metadata"]["name"] == rs_name), None)
+        if current is None:
+            current = self._create_rs(d, rs_name, h, template, desired)
+        elif (current.get("spec") or {}).get("replicas") != desired:
+            new = clone(current)
+            new["spec"]["replicas"] = desired
+            current = self.store.write_internal(self.rs_rt, new, current, MANAGER)
+        total = updated = ready = 0
+        pending_soon = False
+        for rs in (
+            owned_rs if any(r["metadata"]["name"] == rs_name for r in owned_rs) else [*owned_rs, current]
+        ):
+            want = desired if rs["metadata"]["name"] == rs_name else 0
+            if rs["metadata"]["name"] != rs_name and (rs.get("spec") or {}).get("replicas") != 0:
+                new = clone(rs)
+                new["spec"]["replicas"] = 0
+                rs = self.store.write_internal(self.rs_rt, new, rs, MANAGER)
+            pods = self._sync_pods(d, rs, want)
+            n_ready = 0
+            for pod in pods:
+                pod, became_ready_later = self._advance_pod(d, pod)
+                pending_soon = pending_soon or became_ready_later
+                if _pod_ready(pod):
+                    n_ready += 1
+            self._rs_status(rs["metadata"]["name"], namespace, len(pods), n_ready)
+            total += len(pods)
+            ready += n_ready
+            if rs["metadata"]["name"] == rs_name:
+                updated = len(pods)
+        self._deployment_status(d, desired, total, updated, ready)
+        key = (namespace, name)
+        if pending_soon and key not in self.timers:
+            loop = asyncio.get_running_loop()
+            self.timers[key] = loop.call_later(self.delay, self._timer_fired, key)
+
+    def _timer_fired(self, key: tuple[str, str]) -> None:
+        self.timers.pop(key, None)
+        self._mark(key)
+
+    @staticmethod
+    def _owned_by(obj: JSON, owner: JSON) -> bool:
+        uid = owner["metadata"]["uid"]
+        return any(r.get("uid") == uid for r in obj["metadata"].get("ownerReferences") or [])
+
+    @staticmethod
+    def _owner_ref(owner: JSON) -> JSON:
+        return {
+            "apiVersion": owner["apiVersion"],
+            "kind": owner["kind"],
+            "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+    def _create_rs(self, d: JSON, rs_name: str, h: str, template: JSON, desired: int) -> JSON:
+        labels = dict((template.get("metadata") or {}).get("labels") or {}, **{"pod-template-hash": h})
+        tmpl = clone(template)
+        tmpl.setdefault("metadata", {})["labels"] = labels
+        selector = clone((d.get("spec") or {}).get("selector") or {"matchLabels": {}})
+        selector.setdefault("matchLabels", {})["pod-template-hash"] = h
+        rs = {
+            "metadata": {
+                "name": rs_name,
+                "namespace": d["metadata"]["namespace"],
+                "labels": labels,
+                "annotations": {"deployment.kubernetes.io/revision": str(d["metadata"].get("generation", 1))},
+                "ownerReferences": [self._owner_ref(d)],
+            },
+            "spec": {"replicas": desired, "selector": selector, "template": tmpl},
+        }
+        return self.store.write_internal(self.rs_rt, rs, None, MANAGER)
+
+    def _sync_pods(self, d: JSON, rs: JSON, want: int) -> list[JSON]:
+        ns = rs["metadata"]["namespace"]
+        pods = [
+            p
+            for p in self.store.list(self.pod_rt, ns)
+            if self._owned_by(p, rs) and not p["metadata"].get("deletionTimestamp")
+        ]
+        while len(pods) > want:
+            victim = pods.pop()
+            self.store.delete(self.pod_rt, ns, victim["metadata"]["name"], "Background")
+        while len(pods) < want:
+            pods.append(self._create_pod(rs))
+        return pods
+
+    def _create_pod(self, rs: JSON) -> JSON:
+        tmpl = (rs.get("spec") or {}).get("template") or {}
+        ns = rs["metadata"]["namespace"]
+        name = f"{rs['metadata']['name']}-{random_suffix()}"
+        while self.store.get(self.pod_rt, ns, name) is not None:
+            name = f"{rs['metadata']['name']}-{random_suffix()}"
+        spec = clone(tmpl.get("spec") or {})
+        spec["nodeName"] = "emulated-node"
+        pod = {
+            "metadata": {
+                "name": name,
+                "generateName": f"{rs['metadata']['name']}-",
+                "namespace": ns,
+                "labels": clone((tmpl.get("metadata") or {}).get("labels") or {}),
+                "annotations": clone((tmpl.get("metadata") or {}).get("annotations") or {}),
+                "ownerReferences": [self._owner_ref(rs)],
+            },
+            "spec": spec,
+            "status": {
+                "phase": "Pending",
+                "qosClass": "BestEffort",
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "True",
+                        "lastProbeTime": None,
+                        "lastTransitionTime": now_iso(),
+                    }
+                ],
+            },
+        }
+        if not pod["metadata"]["annotations"]:
+            del pod["metadata"]["annotations"]
+        stored = self.store.write_internal(self.pod_rt, pod, None, MANAGER)
+        self.pod_created[stored["metadata"]["uid"]] = time.monotonic()
+        return stored
+
+    def _advance_pod(self, d: JSON, pod: JSON) -> tuple[JSON, bool]:
+        """Move a pod to the state it should have now; True if it will change later by itself."""
+        uid = pod["metadata"]["uid"]
+        born = self.pod_created.setdefault(uid, time.monotonic())
+        if time.monotonic() - born < self.delay:
+            return pod, True
+        mode = self.failures.get((d["metadata"]["namespace"], d["metadata"]["name"]))
+        status = self._pod_status(pod, mode)
+        if status == pod.get("status"):
+            return pod, False
+        new = dict(pod)
+        new["status"] = status
+        return self.store.write_internal(self.pod_rt, new, pod, "kubelet"), False
+
+    def _pod_status(self, pod: JSON, mode: str | None) -> JSON:
+        old = pod.get("status") or {}
+        now = now_iso()
+        ip = old.get("podIP")
+        if not ip:
+            self._ip += 1
+            ip = f"10.244.{(self._ip // 250) % 250}.{self._ip % 250 + 2}"
+        ready = mode is None
+        containers = (pod.get("spec") or {}).get("containers") or []
+        statuses = []
+        old_cs = {c.get("name"): c for c in old.get("containerStatuses") or []}
+        for c in containers:
+            prev = old_cs.get(c.get("name")) or {}
+            cs: JSON = {
+                "name": c.get("name"),
+                "image": c.get("image"),
+                "imageID": "",
+                "ready": ready,
+                "started": ready,
+            }
+            if mode is None:
+                started = ((prev.get("state") or {}).get("running") or {}).get("startedAt") or now
+                cs["state"] = {"running": {"startedAt": started}}
+                cs["restartCount"] = int(prev.get("restartCount") or 0)
+                cs["imageID"] = f"docker.io/library/{c.get('image')}"
+                cs["containerID"] = f"containerd://{pod['metadata']['uid'].replace('-', '')}"
+            elif mode == "CrashLoopBackOff":
+                cs["state"] = {
+                    "waiting": {
+                        "reason": "CrashLoopBackOff",
+                        "message": f"back-off 5m0s restarting failed container={c.get('name')} pod={pod['metadata']['name']}",
+                    }
+                }
+                cs["lastState"] = {
+                    "terminated": {"exitCode": 1, "reason": "Error", "startedAt": now, "finishedAt": now}
+                }
+                cs["restartCount"] = max(int(prev.get("restartCount") or 0), 3)
+            else:
+                cs["state"] = {
+                    "waiting": {
+                        "reason": "ImagePullBackOff",
+                        "message": f'Back-off pulling image "{c.get("image")}"',
+                    }
+                }
+                cs["restartCount"] = 0
+            statuses.append(cs)
+        phase = "Pending" if mode == "ImagePullBackOff" else "Running"
+
+        def cond(type_: str, ok: bool) -> JSON:
+            prev = next((x for x in old.get("conditions") or [] if x.get("type") == type_), None)
+            status = "True" if ok else "False"
+            ts = prev["lastTransitionTime"] if prev and prev.get("status") == status else now
+            out: JSON = {"type": type_, "status": status, "lastProbeTime": None, "lastTransitionTime": ts}
+            if not ok:
+                out["reason"] = "ContainersNotReady"
+                out["message"] = (
+                    "containers with unready status: ["
+                    + " ".join(str(c.get("name")) for c in containers)
+                    + "]"
+                )
+            return out
+
+        return {
+            "phase": phase,
+            "conditions": [
+                cond("Initialized", True),
+                cond("Ready", ready),
+                cond("ContainersReady", ready),
+                cond("PodScheduled", True),
+            ],
+            "hostIP": "10.0.0.10",
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "startTime": old.get("startTime") or now,
+            "containerStatuses": statuses,
+            "qosClass": old.get("qosClass", "BestEffort"),
+        }
+
+    def _rs_status(self, name: str, namespace: str, replicas: int, ready: int) -> None:
+        rs = self.store.get(self.rs_rt, namespace, name)
+        if rs is None:
+            return
+        status: JSON = {"observedGeneration": rs["metadata"].get("generation", 1)}
+        for k, v in (
+            ("replicas", replicas),
+            ("fullyLabeledReplicas", replicas),
+            ("readyReplicas", ready),
+            ("availableReplicas", ready),
+        ):
+            if v:
+                status[k] = v
+        if status != rs.get("status"):
+            new = dict(rs)
+            new["status"] = status
+            self.store.write_internal(self.rs_rt, new, rs, MANAGER)
+
+    def _deployment_status(self, d: JSON, desired: int, total: int, updated: int, ready: int) -> None:
+        d = self.store.get(self.deploy_rt, d["metadata"]["namespace"], d["metadata"]["name"]) or d
+        old = d.get("status") or {}
+        now = now_iso()
+        spec = d.get("spec") or {}
+        available_ok = ready >= desired - _max_unavailable(spec, desired)
+        complete = updated == desired and ready == desired and total == desired
+        old_conds = {c.get("type"): c for c in old.get("conditions") or []}
+
+        def cond(type_: str, ok: bool, reason: str, message: str) -> JSON:
+            prev = old_conds.get(type_)
+            status = "True" if ok else "False"
+            ts = prev["lastTransitionTime"] if prev and prev.get("status") == status else now
+            upd = (
+                prev["lastUpdateTime"]
+                if prev and prev.get("status") == status and prev.get("reason") == reason
+                else now
+            )
+            return {
+                "type": type_,
+                "status": status,
+                "lastUpdateTime": upd,
+                "lastTransitionTime": ts,
+                "reason": reason,
+                "message": message,
+            }
+
+        name = d["metadata"]["name"]
+        rs_name = f"{name}-{template_hash(spec.get('template') or {})}"
+        conditions = [
+            cond(
+                "Available",
+                available_ok,
+                "MinimumReplicasAvailable" if available_ok else "MinimumReplicasUnavailable",
+                "Deployment has minimum availability."
+                if available_ok
+                else "Deployment does not have minimum availability.",
+            ),
+            cond(
+                "Progressing",
+                True,
+                "NewReplicaSetAvailable" if complete else "ReplicaSetUpdated",
+                f'ReplicaSet "{rs_name}" has successfully progressed.'
+                if complete
+                else f'ReplicaSet "{rs_name}" is progressing.',
+            ),
+        ]
+        status: JSON = {"observedGeneration": d["metadata"].get("generation", 1)}
+        for k, v in (
+            ("replicas", total),
+            ("updatedReplicas", updated),
+            ("readyReplicas", ready),
+            ("availableReplicas", ready),
+            ("unavailableReplicas", max(desired - ready, 0)),
+        ):
+            if v:
+                status[k] = v
+        status["conditions"] = conditions
+        if status != old:
+            new = dict(d)
+            new["status"] = status
+            self.store.write_internal(self.deploy_rt, new, d, MANAGER)
+
+
+def _pod_ready(pod: JSON) -> bool:
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return c.get("status") == "True"
+    return False
