@@ -502,3 +502,11 @@ def test_packaged_chart_is_self_contained(tmp_path: Path) -> None:
     assert docs == render(REQUIRED)
     rejected = run_helm(*args, values=merge(REQUIRED, {"bogus": 1}))
     assert rejected.returncode != 0
+
+
+def test_chart_refuses_clusters_older_than_1_29() -> None:
+    args = ["template", "choreo-dp", str(CHART), "--namespace", NAMESPACE]
+    old = run_helm(*args, "--kube-version", "1.28.9", values=REQUIRED)
+    assert old.returncode != 0
+    assert "kubeVersion" in old.stderr or "1.29" in old.stderr, old.stderr
+    assert run_helm(*args, "--kube-version", "1.29.0", values=REQUIRED).returncode == 0
