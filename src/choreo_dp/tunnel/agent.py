@@ -93,6 +93,7 @@ class Agent:
         self.reporter = StatusReporter(kube, self.store)
         self.sessions = 0  # welcomed sessions, for tests and metrics
         self.last_failure: str | None = None
+        self.next_delay: float | None = None  # the backoff chosen after the last failure
         self.connected = asyncio.Event()
 
     async def _ssl(self) -> ssl.SSLContext | None:
@@ -193,6 +194,7 @@ class Agent:
                 if token_wait:
                     delay = max(delay, 5.0)
             attempt += 1
+            self.next_delay = delay
             log.info("reconnecting in %.1fs", delay)
             await self._wait(stop, delay, until_token_changes=token_wait)
 

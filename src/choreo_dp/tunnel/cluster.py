@@ -109,11 +109,13 @@ class ClusterStore:
         dataplane_id: str,
         *,
         namespace_wait: float = 10.0,
+        environment_wait: float = 3.0,
     ) -> None:
         self.kube = kube
         self.dataplane_id = dataplane_id
         self.selector = {LABEL_DATAPLANE: dataplane_id}
         self.namespace_wait = namespace_wait
+        self.environment_wait = environment_wait
         self.index: dict[str, Managed] = {}
         self.writes = 0  # object writes (apply/delete/patch), for tests and metrics
 
@@ -158,23 +160,40 @@ class ClusterStore:
         ns = (obj.get("spec") or {}).get("namespace")
         return ns if isinstance(ns, str) and ns else default_namespace(env)
 
-    async def _wait_namespace(self, env: str) -> str:
-        """The namespace apps of ``env`` go into, once the operator has created it."""
-        deadline = asyncio.get_running_loop().time() + self.namespace_wait
-        delay = 0.1
+    async def _environment_namespace(self, env: str) -> str:
+        """The namespace apps of ``env`` go into. A missing Environment is waited for briefly (its own
+        put may be in flight), then refused."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.environment_wait
+        delay = 0.05
         while True:
             ns = await self._env_namespace(env)
-            if ns is None:
-                raise ApplyRefused("environment_missing", f"Environment {env!r} does not exist")
-            if await self.kube.get(R.NAMESPACES, ns) is not None:
+            if ns is not None:
                 return ns
-            remaining = deadline - asyncio.get_running_loop().time()
+            remaining = deadline - loop.time()
             if remaining <= 0:
-                raise NotYetApplicable(
-                    "namespace_missing", f"namespace {ns!r} of environment {env!r} not found"
-                )
+                raise ApplyRefused("environment_missing", f"Environment {env!r} does not exist")
             await asyncio.sleep(min(remaining, random.uniform(delay / 2, delay)))
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, 1.0)
+
+    async def _apply_in_namespace(self, body: dict[str, Any], namespace: str | None) -> dict[str, Any]:
+        """Server-side apply; while the namespace does not exist yet (404: the operator creates it
+        from the Environment) retry for ``namespace_wait``, then report not-yet-applicable. Probing
+        the namespace by the 404 keeps the agent's RBAC to choreo.dev resources only."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.namespace_wait
+        delay = 0.05
+        while True:
+            try:
+                return await self.kube.apply(body, FIELD_MANAGER, force=True)
+            except ApiError as exc:
+                if not (exc.not_found and namespace is not None):
+                    raise
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise NotYetApplicable("namespace_missing", f"namespace {namespace!r} does not exist yet")
+            await asyncio.sleep(min(remaining, random.uniform(delay / 2, delay)))
+            delay = min(delay * 2, 1.0)
 
     async def put(self, put: P.DesiredPut, epoch: str) -> bool:
         """Apply one desired object. Returns False when nothing had to be written."""
@@ -206,7 +225,7 @@ class ClusterStore:
             return False
         namespace: str | None = None
         if key.kind == "ChoreoApp":
-            namespace = await self._wait_namespace(key.environment)
+            namespace = await self._environment_namespace(key.environment)
         meta: dict[str, Any] = {
             "name": key.name,
             "labels": {LABEL_DATAPLANE: self.dataplane_id, LABEL_ENVIRONMENT: key.environment},
@@ -220,7 +239,7 @@ class ClusterStore:
             meta["namespace"] = namespace
         body = {"apiVersion": API_VERSION, "kind": key.kind, "metadata": meta, "spec": spec}
         try:
-            obj = await self.kube.apply(body, FIELD_MANAGER, force=True)
+            obj = await self._apply_in_namespace(body, namespace)
         except ApiError as exc:
             if exc.status in (400, 403, 422) or (
                 400 <= exc.status < 500 and exc.status not in (404, 409, 429)

@@ -539,11 +539,13 @@ def snapshot_diff(
 ) -> tuple[list[str], list[str]]:
     """Control-plane side of a resync: within the compared buckets, which desired keys must travel as
     ``desired.put`` (missing or different at the agent) and which only as ``snapshot.keys``
-    (already identical). Keys outside the compared buckets are identical by digest."""
+    (already identical), Environments before ChoreoApps. Keys outside the compared buckets are
+    identical by digest."""
     keep = set(compared)
     puts: list[str] = []
     same: list[str] = []
-    for key in sorted(desired):
+    # Environments first: their apps can only be written once the environment exists.
+    for key in sorted(desired, key=lambda k: (not k.startswith("Environment/"), k)):
         if bucket_of(key, buckets) not in keep:
             continue
         (same if agent_items.get(key) == desired[key] else puts).append(key)

@@ -270,7 +270,12 @@ class Session:
     async def _schedule(self, change: Change, *, chained: bool) -> asyncio.Task[None]:
         # The reader waits here when the window is full: TCP backpressure instead of buffering.
         await self.window.acquire()
-        before = self.key_tail.get(change.key)
+        before = [t for t in (self.key_tail.get(change.key),) if t is not None]
+        if change.key.startswith("ChoreoApp/"):
+            # an app waits for a write of its environment still in flight (the namespace follows it)
+            env_task = self.key_tail.get(P.environment_key(change.key.split("/")[1]))
+            if env_task is not None:
+                before.append(env_task)
         task = asyncio.create_task(self._apply(change, before, chained))
         self.key_tail[change.key] = task
         self.tasks.add(task)
@@ -285,11 +290,11 @@ class Session:
 
         return done
 
-    async def _apply(self, change: Change, before: asyncio.Task[None] | None, chained: bool) -> None:
+    async def _apply(self, change: Change, before: list[asyncio.Task[None]], chained: bool) -> None:
         try:
-            if before is not None:
+            if before:
                 # same key: strictly in order (the previous one's failure is its own business)
-                await asyncio.wait([before])
+                await asyncio.wait(before)
             await self._apply_with_retry(change)
             if chained:
                 acked = self.stream.finish(change.revision)

@@ -1,0 +1,570 @@
+"""The agent against an in-test control plane peer (real TLS on loopback) and the emulated API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from choreo_dp.kube import KubeClient
+from choreo_dp.kube import resources as R
+from choreo_dp.tunnel import protocol as P
+from choreo_dp.tunnel.agent import Agent, AgentConfig, ConfigError, tunnel_url
+from choreo_dp.tunnel.cluster import ANN_ORPHANED, ANN_REVISION, ANN_SPEC_HASH, LABEL_DATAPLANE
+from tests.tunnel.conftest import eventually
+from tests.tunnel.fakecp import FakeControlPlane, frame_text
+
+pytestmark = pytest.mark.timeout(60)
+
+DP = "dp1"
+
+
+def env_spec(**extra: Any) -> dict[str, Any]:
+    return {"displayName": "Dev", **extra}
+
+
+def app_spec(name: str, image: str = "registry.example.com/app:1", env: str = "dev") -> dict[str, Any]:
+    return {"environment": env, "project": "proj", "type": "service", "image": image, "replicas": 1}
+
+
+@dataclass
+class Running:
+    agent: Agent
+    task: asyncio.Task[None]
+    stop: asyncio.Event
+
+    async def halt(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 10)
+
+
+def config(cp: FakeControlPlane, token_file: Path, tls: dict[str, Any], **kw: Any) -> AgentConfig:
+    base: dict[str, Any] = {
+        "control_plane": cp.url,
+        "dataplane_id": DP,
+        "token_file": str(token_file),
+        "ca_file": tls["ca_file"],
+        "backoff_base": 0.05,
+        "backoff_cap": 0.3,
+        "proxy": None,
+    }
+    base.update(kw)
+    return AgentConfig(**base)
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: AgentConfig, kube: KubeClient) -> AsyncIterator[Running]:
+    agent = Agent(cfg, kube)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    r = Running(agent, task, stop)
+    try:
+        yield r
+    finally:
+        if not task.done():
+            await r.halt()
+
+
+async def apps(kube: KubeClient, ns: str = "choreo-dev") -> dict[str, dict[str, Any]]:
+    items, _ = await kube.list(R.CHOREOAPPS, ns)
+    return {i["metadata"]["name"]: i for i in items}
+
+
+async def dataplane(kube: KubeClient) -> dict[str, Any]:
+    obj = await kube.get(R.DATAPLANES, DP)
+    return (obj or {}).get("status") or {}
+
+
+async def converged(cp: FakeControlPlane, kube: KubeClient) -> bool:
+    """Cluster == desired state, DataPlane persisted the cp's revision, cp got the ack."""
+    st = await dataplane(kube)
+    if st.get("appliedRevision") != cp.store.revision or st.get("epoch") != cp.store.epoch:
+        return False
+    if cp.applied != cp.store.revision:
+        return False
+    want = {k: P.spec_hash(spec) for k, (spec, _) in cp.store.desired.items()}
+    have: dict[str, str] = {}
+    for res in (R.ENVIRONMENTS, R.CHOREOAPPS):
+        items, _ = await kube.list(res, label_selector={LABEL_DATAPLANE: DP})
+        for obj in items:
+            ann = obj["metadata"].get("annotations", {})
+            if ann.get(ANN_ORPHANED):
+                continue
+            key = (
+                P.environment_key(obj["metadata"]["name"])
+                if obj["kind"] == "Environment"
+                else P.app_key(obj["spec"]["environment"], obj["metadata"]["name"])
+            )
+            have[key] = ann[ANN_SPEC_HASH]
+            if P.spec_hash({k: v for k, v in obj["spec"].items()}) and key in cp.store.desired:
+                assert ann[ANN_REVISION] == str(cp.store.desired[key][1])
+    return have == want
+
+
+async def seed(cp: FakeControlPlane, n: int) -> None:
+    await cp.put("Environment/dev", env_spec())
+    for i in range(n):
+        await cp.put(P.app_key("dev", f"app-{i}"), app_spec(f"app-{i}"))
+
+
+# --------------------------------------------------------------------------------------------
+
+
+async def test_happy_path_put_update_delete_and_status(
+    fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any]
+) -> None:
+    await seed(fake_cp, 3)
+    async with running(config(fake_cp, token_file, tls), kube) as r:
+        await eventually(lambda: converged(fake_cp, kube), what="initial sync")
+        assert fake_cp.modes == ["resync"]  # a fresh agent has no epoch
+        st = await dataplane(kube)
+        assert st["connected"] is True and st.get("lastHeartbeatTime")
+        conds = {c["type"]: c for c in st["conditions"]}
+        assert conds["Connected"]["status"] == "True"
+        app = (await apps(kube))["app-0"]
+        assert app["metadata"]["labels"][LABEL_DATAPLANE] == DP
+        assert app["spec"]["image"] == "registry.example.com/app:1"
+        # managedFields show server-side apply by the agent's field manager
+        managers = {m.get("manager") for m in app["metadata"].get("managedFields", [])}
+        assert "choreo-dp-agent" in managers
+
+        await fake_cp.put("ChoreoApp/dev/app-1", app_spec("app-1", image="registry.example.com/app:2"))
+        await fake_cp.delete("ChoreoApp/dev/app-2")
+        await eventually(lambda: converged(fake_cp, kube), what="incremental changes")
+        current = await apps(kube)
+        assert set(current) == {"app-0", "app-1"}
+        assert current["app-1"]["spec"]["image"].endswith(":2")
+
+        # status written by the operator flows back, coalesced
+        for phase in ("Progressing", "Ready"):
+            await kube.patch(
+                R.CHOREOAPPS,
+                "app-0",
+                {"status": {"phase": phase, "revision": 2}},
+                "choreo-dev",
+                subresource="status",
+            )
+        await eventually(
+            lambda: fake_cp.statuses.get("ChoreoApp/dev/app-0", {}).get("phase") == "Ready",
+            what="status upstream",
+        )
+        assert r.agent.store.writes == 6  # 1 env + 3 apps + 1 update + 1 delete, nothing else
+    st = await dataplane(kube)
+    assert st["connected"] is False
+
+
+async def test_hand_made_objects_are_never_touched(
+    fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any]
+) -> None:
+    manual = {
+        "apiVersion": "choreo.dev/v1alpha1",
+        "kind": "ChoreoApp",
+        "metadata": {"name": "manual", "namespace": "choreo-dev"},
+        "spec": app_spec("manual"),
+    }
+    await kube.create(R.CHOREOAPPS, manual)
+    await seed(fake_cp, 1)
+    async with running(config(fake_cp, token_file, tls), kube):
+        await eventually(lambda: converged(fake_cp, kube))
+        await fake_cp.delete("ChoreoApp/dev/manual")  # a delete for a key we do not own: no-op
+        await eventually(lambda: converged(fake_cp, kube))
+    assert "manual" in await apps(kube)
+
+
+async def test_agent_restart_resumes_incrementally_without_rewrites(
+    fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any]
+) -> None:
+    await seed(fake_cp, 5)
+    async with running(config(fake_cp, token_file, tls), kube):
+        await eventually(lambda: converged(fake_cp, kube))
+    await fake_cp.put("ChoreoApp/dev/app-9", app_spec("app-9"))
+    async with running(config(fake_cp, token_file, tls), kube) as r:
+        await eventually(lambda: converged(fake_cp, kube))
+        assert fake_cp.modes[-1] == "incremental"
+        assert fake_cp.hellos[-1].applied_revision == 6
+        assert r.agent.store.writes == 1
+
+
+async def test_control_plane_restart(
+    fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any]
+) -> None:
+    await seed(fake_cp, 2)
+    async with running(config(fake_cp, token_file, tls), kube) as r:
+        await eventually(lambda: converged(fake_cp, kube))
+        port = fake_cp.port
+        await fake_cp.kill_link()
+        await fake_cp.stop()
+        await eventually(lambda: r.agent.dp.connected is False, what="disconnect noticed")
+        await fake_cp.put("ChoreoApp/dev/app-5", app_spec("app-5"))  # committed while down
+        await fake_cp.start(port)
+        await eventually(lambda: converged(fake_cp, kube), what="converged after cp restart")
+        assert fake_cp.modes[-1] == "incremental"
+
+
+async def test_duplicated_and_reordered_frames(
+    fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any]
+) -> None:
+    await seed(fake_cp, 1)
+    async with running(config(fake_cp, token_file, tls), kube):
+        await eventually(lambda: converged(fake_cp, kube))
+    for i in range(2, 8):
+        await fake_cp.put(P.app_key("dev", f"app-{i}"), app_spec(f"app-{i}"))
+    await fake_cp.delete("ChoreoApp/dev/app-3")
+    fake_cp.duplicate = True
+    fake_cp.reorder = True
+    async with running(config(fake_cp, token_file, tls), kube) as r:
+        await eventually(lambda: converged(fake_cp, kube))
+        assert r.agent.store.writes == 7  # six puts, one delete: duplicates wrote nothing
+        assert not fake_cp.errors and not fake_cp.nacks
+
+
+@pytest.mark.parametrize("point", ["mid-stream", "after-persist-before-ack"])
+async def test_link_killed_at_points_loses_and_duplicates_nothing(
+    point: str, fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any]
+) -> None:
+    await seed(fake_cp, 1)
+    async with running(config(fake_cp, token_file, tls), kube):
+        await eventually(lambda: converged(fake_cp, kube))
+    for i in range(10):
+        await fake_cp.put(P.app_key("dev", f"app-{i}"), app_spec(f"app-{i}", image=f"r.example.com/a:{i}"))
+    await fake_cp.delete("ChoreoApp/dev/app-0")
+    if point == "mid-stream":
+        fake_cp.drop_after_puts = 4  # link dies with changes sent but not all applied/acked
+    else:
+        fake_cp.drop_on_applied = True  # the agent persisted, the ack is lost
+    async with running(config(fake_cp, token_file, tls), kube) as r:
+        await eventually(lambda: converged(fake_cp, kube))
+        assert len(fake_cp.hellos) >= 3
+        # every change written at most once across the reconnect: 9 updates + 1 new + 1 delete
+        assert r.agent.store.writes <= 11
+
+
+async def test_killed_mid_resync(
+    fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any]
+) -> None:
+    await seed(fake_cp, 6)
+    fake_cp.drop_after_puts = 3  # during the first (resync) snapshot
+    async with running(config(fake_cp, token_file, tls), kube) as r:
+        await eventually(lambda: converged(fake_cp, kube))
+        assert fake_cp.modes[:2] == ["resync", "resync"]
+        # 7 objects; a write cut off by the drop may have landed uncounted, none is repeated
+        assert r.agent.store.writes <= 7
+
+
+async def test_restored_empty_or_older_backup_never_deletes(
+    fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any]
+) -> None:
+    await seed(fake_cp, 4)
+    backup = fake_cp.snapshot_store()
+    await fake_cp.put("ChoreoApp/dev/late", app_spec("late"))
+    async with running(config(fake_cp, token_file, tls), kube):
+        await eventually(lambda: converged(fake_cp, kube))
+    # 1) restored from an older backup with the same epoch: "late" is unknown upstream
+    fake_cp.restore(backup, new_epoch=False)
+    async with running(config(fake_cp, token_file, tls), kube):
+        await eventually(lambda: converged(fake_cp, kube))
+        assert fake_cp.modes[-1] == "resync"
+        assert fake_cp.orphan_reports[-1].keys == ["ChoreoApp/dev/late"]
+        assert fake_cp.orphan_reports[-1].reason == "revision_regressed"
+    assert "late" in await apps(kube)
+    st = await dataplane(kube)
+    assert st["orphans"] == 1 and st["orphanedKeys"] == ["ChoreoApp/dev/late"]
+    # 2) restored empty in a new epoch: nothing is deleted, everything is an orphan
+    fake_cp.restore(type(fake_cp.store)(), new_epoch=True)
+    async with running(config(fake_cp, token_file, tls), kube):
+        await eventually(lambda: converged(fake_cp, kube))
+        await eventually(lambda: bool(fake_cp.orphan_reports) and fake_cp.orphan_reports[-1].count == 6)
+    assert len(await apps(kube)) == 5 and await kube.get(R.ENVIRONMENTS, "dev") is not None
+    st = await dataplane(kube)
+    assert st["orphans"] == 6
+    assert {c["type"]: c for c in st["conditions"]}["OrphansHeld"]["status"] == "True"
+    # 3) a later put adopts an orphan; a later explicit delete removes one
+    async with running(config(fake_cp, token_file, tls), kube):
+        await eventually(lambda: converged(fake_cp, kube))
+        await fake_cp.put("Environment/dev", env_spec())
+        await fake_cp.put("ChoreoApp/dev/app-1", app_spec("app-1"))
+        await fake_cp.put("ChoreoApp/dev/late", app_spec("late"))
+        await fake_cp.delete("ChoreoApp/dev/late")
+        await eventually(lambda: converged(fake_cp, kube))
+    current = await apps(kube)
+    assert "late" not in current
+    assert ANN_ORPHANED not in current["app-1"]["metadata"].get("annotations", {})
+    assert ANN_ORPHANED in current["app-2"]["metadata"]["annotations"]
+
+
+async def test_mass_deletion_in_a_resync_is_held(
+    fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any]
+) -> None:
+    await seed(fake_cp, 10)
+    async with running(config(fake_cp, token_file, tls), kube):
+        await eventually(lambda: converged(fake_cp, kube))
+    for i in range(3):  # 30 % of the apps, while the agent is away and the log is compacted
+        await fake_cp.delete(P.app_key("dev", f"app-{i}"))
+    fake_cp.compact()
+    async with running(config(fake_cp, token_file, tls), kube):
+        await eventually(lambda: converged(fake_cp, kube))
+        assert fake_cp.modes[-1] == "resync"
+        assert fake_cp.orphan_reports[-1].reason == "mass_deletion"
+    assert len(await apps(kube)) == 10
+    # an explicit, incremental delete in the same epoch is applied
+    async with running(config(fake_cp, token_file, tls), kube):
+        await fake_cp.delete(P.app_key("dev", "app-5"))
+        await eventually(lambda: converged(fake_cp, kube))
+    assert "app-5" not in await apps(kube)
+    # a small resync difference (1 of 7 non-orphaned apps) is deleted
+    await fake_cp.delete(P.app_key("dev", "app-6"))
+    fake_cp.compact()
+    async with running(config(fake_cp, token_file, tls), kube):
+        await eventually(lambda: converged(fake_cp, kube))
+    assert "app-6" not in await apps(kube)
+
+
+async def test_oversized_and_garbage_frames_get_errors_and_the_agent_survives(
+    fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any]
+) -> None:
+    await seed(fake_cp, 1)
+    async with running(config(fake_cp, token_file, tls), kube) as r:
+        await eventually(lambda: converged(fake_cp, kube))
+        rnd = random.Random(7)
+        valid = frame_text("desired.put", {"key": "ChoreoApp/dev/x", "kind": "ChoreoApp", "revision": 1})
+        corpus: list[str | bytes] = [
+            "x" * (P.MAX_FRAME_BYTES + 100),  # over 1 MiB, under the transport limit: error frame
+            b"\x00\xff binary",
+            "{",
+            "null",
+            frame_text("no.such.type", {}),
+            frame_text("applied", {"revision": 1}, v=99),
+            frame_text("desired.put", {"key": "Secret/x", "kind": "Secret"}),
+            frame_text("snapshot.end", {"epoch": "e", "revision": 1}),
+            frame_text("welcome", {"version": 1, "epoch": "e", "revision": 1, "mode": "resync"}),
+        ]
+        for _ in range(150):
+            chars = list(valid)
+            for _ in range(rnd.randint(1, 8)):
+                chars[rnd.randrange(len(chars))] = chr(rnd.randint(0, 0x2FF))
+            corpus.append("".join(chars))
+        for frame in corpus:
+            await fake_cp.send_raw(frame)
+        errors_before = len(fake_cp.errors)
+        await eventually(lambda: len(fake_cp.errors) >= errors_before + 9, what="error frames")
+        codes = {e.code for e in fake_cp.errors}
+        assert {
+            "too_large",
+            "bad_json",
+            "unknown_type",
+            "unsupported_version",
+            "bad_body",
+            "protocol",
+        } <= codes
+        await fake_cp.put("ChoreoApp/dev/after", app_spec("after"))
+        await eventually(lambda: converged(fake_cp, kube), what="still working after garbage")
+        assert len(fake_cp.hellos) == 1  # the same session survived all of it
+        # beyond the transport limit the library closes (1009); the agent reconnects and resumes
+        await fake_cp.send_raw("y" * (P.TRANSPORT_MAX_BYTES + 10))
+        await eventually(lambda: len(fake_cp.hellos) == 2, what="reconnect after 1009")
+        await fake_cp.put("ChoreoApp/dev/after2", app_spec("after2"))
+        await eventually(lambda: converged(fake_cp, kube))
+        assert r.agent.sessions >= 1
+
+
+async def test_invalid_token_long_backoff_condition_and_token_rotation(
+    fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any]
+) -> None:
+    await seed(fake_cp, 1)
+    await asyncio.to_thread(token_file.write_text, "wrong\n")
+    async with running(config(fake_cp, token_file, tls, unauthorized_backoff=300.0), kube) as r:
+
+        async def unauthorized() -> bool:
+            st = await dataplane(kube)
+            conds = {c["type"]: c for c in st.get("conditions", [])}
+            c = conds.get("Connected", {})
+            return c.get("status") == "False" and c.get("reason") == "Unauthorized"
+
+        await eventually(unauthorized, what="Unauthorized condition")
+        assert r.agent.last_failure == "Unauthorized"
+        await eventually(lambda: r.agent.next_delay is not None)
+        assert r.agent.next_delay is not None and r.agent.next_delay >= 0.8 * 300.0  # the long backoff
+        assert fake_cp.handshakes == 1
+        await asyncio.to_thread(
+            token_file.write_text, "tok\n"
+        )  # rotated: picked up without waiting out the backoff
+        await eventually(lambda: converged(fake_cp, kube), timeout=15)
+
+
+async def test_wrong_ca_is_refused(
+    fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any], tmp_path: Path
+) -> None:
+    import trustme
+
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    async with running(config(fake_cp, token_file, tls, ca_file=str(other)), kube) as r:
+
+        async def tls_error() -> bool:
+            st = await dataplane(kube)
+            conds = {c["type"]: c for c in st.get("conditions", [])}
+            return conds.get("Connected", {}).get("reason") == "TLSError"
+
+        await eventually(tls_error, what="TLSError condition")
+        assert not fake_cp.hellos and r.agent.sessions == 0
+
+
+async def test_mtls_client_certificate(
+    kube: KubeClient, token_file: Path, tls: dict[str, Any], tmp_path: Path
+) -> None:
+    ca = tls["ca"]
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    ca.configure_trust(server_ctx)
+    client = ca.issue_cert("dp1.agent")
+    client.cert_chain_pems[0].write_to_path(str(tmp_path / "c.pem"))
+    client.private_key_pem.write_to_path(str(tmp_path / "k.pem"))
+    cp = FakeControlPlane(ssl_context=server_ctx)
+    await cp.start()
+    try:
+        await seed(cp, 1)
+        cfg = config(
+            cp, token_file, tls, client_cert=str(tmp_path / "c.pem"), client_key=str(tmp_path / "k.pem")
+        )
+        async with running(cfg, kube):
+            await eventually(lambda: converged(cp, kube))
+        async with running(config(cp, token_file, tls), kube) as r:  # no client cert: refused
+            await eventually(lambda: r.agent.last_failure is not None)
+            assert r.agent.sessions == 0
+    finally:
+        await cp.stop()
+
+
+async def test_https_proxy_is_honoured(
+    fake_cp: FakeControlPlane,
+    kube: KubeClient,
+    token_file: Path,
+    tls: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        line = head.split(b"\r\n", 1)[0].decode()
+        seen.append(line)
+        method, target, _ = line.split(" ", 2)
+        if method != "CONNECT":
+            writer.close()
+            return
+        host, port = target.rsplit(":", 1)
+        up_r, up_w = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await writer.drain()
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+    proxy = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    try:
+        await seed(fake_cp, 1)
+        async with running(config(fake_cp, token_file, tls, proxy=True), kube):
+            await eventually(lambda: converged(fake_cp, kube))
+        assert seen and seen[0].startswith(f"CONNECT 127.0.0.1:{fake_cp.port} ")
+    finally:
+        proxy.close()
+
+
+async def test_dead_link_is_detected_by_ping_timeout(
+    fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any]
+) -> None:
+    await seed(fake_cp, 1)
+    cfg = config(fake_cp, token_file, tls, ping_interval=0.2, ping_timeout=0.4)
+    async with running(cfg, kube) as r:
+        await eventually(lambda: converged(fake_cp, kube))
+        assert fake_cp.active is not None
+        fake_cp.active.transport.pause_reading()  # a silent peer: no pongs, no close
+        await eventually(lambda: len(fake_cp.hellos) == 2, what="reconnect after dead link")
+        assert r.agent.sessions >= 1
+
+
+@pytest.mark.emulator_only
+async def test_slow_kubernetes_api_with_429s_converges_with_bounded_queues(
+    apiserver: Any, fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any]
+) -> None:
+    await seed(fake_cp, 1)
+    async with running(config(fake_cp, token_file, tls, window=4), kube) as r:
+        await eventually(lambda: converged(fake_cp, kube))
+        apiserver.faults.add(verb="patch", resource="choreoapps", status=429, count=60, retry_after=0)
+        for i in range(40):
+            await fake_cp.put(P.app_key("dev", f"app-{i}"), app_spec(f"app-{i}"))
+        peak = {"tasks": 0, "early": 0}
+
+        async def done() -> bool:
+            sessions = [t for t in asyncio.all_tasks() if t.get_name().startswith("tunnel-")]
+            peak["tasks"] = max(peak["tasks"], len(sessions))
+            return await converged(fake_cp, kube)
+
+        await eventually(done, timeout=40, what="convergence under 429s")
+        assert (
+            any(n.code == "kubernetes_unavailable" and n.retryable for n in fake_cp.nacks)
+            or fake_cp.nacks == []
+        )
+        assert r.agent.store.writes >= 40
+
+
+def test_ws_scheme_refused_without_insecure() -> None:
+    with pytest.raises(ConfigError):
+        tunnel_url("ws://127.0.0.1:1", insecure=False)
+    assert tunnel_url("ws://127.0.0.1:1", insecure=True) == "ws://127.0.0.1:1/api/v1/tunnel"
+    assert tunnel_url("wss://cp.example.com:443", insecure=False) == "wss://cp.example.com:443/api/v1/tunnel"
+    with pytest.raises(ConfigError):
+        tunnel_url("ftp://x", insecure=True)
+
+
+async def test_app_waits_for_its_namespace_then_nacks_retryable_and_holds_the_ack(
+    fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any]
+) -> None:
+    await fake_cp.put("Environment/late", {"namespace": "ns-late"})
+    async with running(config(fake_cp, token_file, tls), kube) as r:
+        await eventually(lambda: converged(fake_cp, kube))
+        r.agent.store.namespace_wait = 0.3
+        await fake_cp.put("ChoreoApp/late/a", app_spec("a", env="late"))
+        await eventually(lambda: any(n.code == "namespace_missing" and n.retryable for n in fake_cp.nacks))
+        assert fake_cp.applied == 1  # not acknowledged past the change that is not persisted
+        await kube.create(
+            R.NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns-late"}}
+        )
+        await eventually(lambda: converged(fake_cp, kube), timeout=20)
+    assert "a" in await apps(kube, "ns-late")
+
+
+async def test_invalid_spec_and_unknown_environment_are_nacked_for_good(
+    fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any]
+) -> None:
+    await seed(fake_cp, 0)
+    async with running(config(fake_cp, token_file, tls), kube) as r:
+        await eventually(lambda: converged(fake_cp, kube))
+        r.agent.store.environment_wait = 0.2
+        await fake_cp.put("ChoreoApp/dev/bad", {"environment": "dev", "type": "nope"})
+        await fake_cp.put("ChoreoApp/ghost/a", app_spec("a", env="ghost"))
+        await fake_cp.put("ChoreoApp/dev/good", app_spec("good"))
+        await eventually(lambda: fake_cp.applied == fake_cp.store.revision)
+        assert {(n.key, n.code, n.retryable) for n in fake_cp.nacks} == {
+            ("ChoreoApp/dev/bad", "invalid_spec", False),
+            ("ChoreoApp/ghost/a", "environment_missing", False),
+        }
+        assert set(await apps(kube)) == {"good"}
