@@ -83,14 +83,6 @@ def test_operator_can_apply_what_it_renders_and_watch_what_it_watches() -> None:
         assert {"list", "watch"} <= granted.get(key, set()), f"operator watches {key} without list/watch"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "src/choreo_dp/tunnel/cluster.py GETs namespaces, which the agent's choreo.dev-and-Events-only "
-        "role (issue 7) does not grant: the agent should take the namespace from Environment.status "
-        "or treat NotFound on create as not-yet-applicable. Remove this mark once it does."
-    ),
-)
 def test_agent_role_covers_what_the_agent_calls() -> None:
     granted = role("agent")
     used = resources_named(AGENT_CODE)
