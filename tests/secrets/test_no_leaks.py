@@ -95,6 +95,11 @@ async def test_values_appear_only_in_secret_data(
         "in-memory reprs": repr_state,
     }
     assert len(events) >= 2 and haystack["logs"]
+    metrics = haystack["metrics"]
+    assert 'choreo_dp_keyvault_requests_total{result="ok"}' in metrics
+    assert 'choreo_dp_keyvault_requests_total{result="not_found"}' in metrics
+    assert 'choreo_dp_secret_sync_last_success_timestamp_seconds{environment="dev"}' in metrics
+    assert 'choreo_dp_secret_sync_duration_seconds_count{trigger="refresh"}' in metrics
     for value in values.values():
         encoded = base64.b64encode(value.encode()).decode()
         for where, text in haystack.items():

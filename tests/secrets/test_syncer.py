@@ -266,3 +266,25 @@ async def test_deleting_the_app_deletes_its_secret(kube: Any, azure: Azure) -> N
         assert not s.fetcher.states  # nothing left to refresh
     finally:
         await s.close()
+
+
+async def test_after_restart_with_vault_down_the_existing_secret_is_last_known_good(
+    kube: Any, azure: Azure
+) -> None:
+    azure.kv.vaults["kv-dev"].set_secret("d", value := random_secret_value())
+    env = environment("dev", azure.kv.url("kv-dev"))
+    app = await create_app(kube, env, "sturdy", [{"name": "D", "keyVaultSecret": "d"}])
+    first = syncer(kube, azure)
+    try:
+        good = await first.sync_app(app, env)
+    finally:
+        await first.close()
+    await azure.kv.stop()
+    restarted = syncer(kube, azure)
+    try:
+        result = await restarted.sync_app(app, env)
+        assert result.ready and result.values_hash == good.values_hash
+        assert (result.condition.status, result.condition.reason) == ("False", "KeyVaultUnavailable")
+        assert decoded(await get_secret(kube, app) or {}) == {"D": value}
+    finally:
+        await restarted.close()
