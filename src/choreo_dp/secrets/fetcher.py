@@ -74,7 +74,7 @@ class SecretFetcher:
         read_deadline: float = 30.0,
         jitter: float = 0.1,
         failure_backoff: tuple[float, float] = (5.0, 300.0),
-        on_scheduled: Callable[[], None] = lambda: None,
+        on_scheduled: Callable[[float], None] = lambda due: None,
     ) -> None:
         self.pool = pool
         self._jitter = jitter
@@ -131,7 +131,7 @@ class SecretFetcher:
             base, cap = self._failure_backoff
             delay = min(cap, st.interval, base * 2 ** min(st.failures - 1, 16)) * random.uniform(0.8, 1.2)
             st.next_due = now + max(delay, st.error.retry_after or 0.0)
-        self._on_scheduled()
+        self._on_scheduled(st.next_due)
 
     async def _read(self, key: SecretKey) -> Fetched:
         vc = self.pool.client(key.vault_url, key.identity)

@@ -111,13 +111,16 @@ class SecretSyncer:
             ClientPool(transport, credential_factory) if credential_factory else ClientPool(transport)
         )
         self._wake = asyncio.Event()
+        self._next_wake = 0.0
+        # Kubernetes writes from one refresh pass (a rotated secret shared by many apps) are bounded too.
+        self._publish_slots = asyncio.Semaphore(max(4, max_concurrency))
         self.fetcher = SecretFetcher(
             self._pool,
             max_concurrency=max_concurrency,
             max_gate_wait=max_gate_wait,
             jitter=jitter,
             failure_backoff=failure_backoff,
-            on_scheduled=self._wake.set,
+            on_scheduled=self._scheduled,
         )
         self._apps: dict[AppKey, _App] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -128,6 +131,11 @@ class SecretSyncer:
     @property
     def pool(self) -> ClientPool:
         return self._pool
+
+    def _scheduled(self, due: float) -> None:
+        # Wake the loop only when this entry is due before the loop would wake anyway.
+        if due < self._next_wake:
+            self._wake.set()
 
     async def start(self) -> None:
         if self._loop_task is None:
@@ -246,6 +254,7 @@ class SecretSyncer:
             upcoming = min((st.next_due for st in self.fetcher.states.values() if st.users), default=now + 60)
             self._wake.clear()
             timeout = min(60.0, max(0.05, upcoming - time.monotonic()))
+            self._next_wake = time.monotonic() + timeout
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
 
@@ -263,7 +272,7 @@ class SecretSyncer:
             return
         started = time.perf_counter()
         try:
-            async with app.lock:
+            async with self._publish_slots, app.lock:
                 view = self._view(app)
                 if view.digest is not None and view.digest != app.written_hash:
                     await self._write(app, view)
