@@ -1,0 +1,407 @@
+"""Tunnel benchmarks: the reference control plane (TLS, SQLite), the agent, the emulated API, all on
+loopback in one process except where noted.
+
+Figures (quick: a few hundred apps; --full: the issue's 10,000):
+- push_to_applied: REST PUT of one app -> the agent has written it and persisted + acknowledged the
+  revision (timed at the agent's persist, which directly precedes the ``applied`` frame).
+  Baselines: a bare TLS WebSocket echo round trip, and one bare server-side apply to the emulator.
+- resync: N apps in sync, the agent away while 1 % change and the control plane's log is short
+  enough to force a resync; time from reconnect to in-sync and the bytes on the wire (both
+  directions, TLS included, counted by a relay) vs the size of a full snapshot (every put frame).
+- status freshness: a status patch in the cluster -> visible in the control plane's REST view.
+- dead link: the relay silently blackholes the link; time until the agent notices (with the
+  bench's ping 1 s / timeout 2 s; the shipped defaults 10 s / 15 s bound it at 25 s).
+- agent RSS: ``choreo-dp agent`` as a subprocess holding N apps, vs a bare Python importing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import ssl
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trustme
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+
+from choreo_dp.controlplane.context import TunnelSettings
+from choreo_dp.controlplane.server import ControlPlaneServer, ServerConfig
+from choreo_dp.kube import KubeClient
+from choreo_dp.kube import resources as R
+from choreo_dp.sandbox.apiserver import ApiServer
+from choreo_dp.tunnel import protocol as P
+from choreo_dp.tunnel.agent import Agent, AgentConfig
+
+ADMIN = "bench-admin-token-0123456789abcdef"
+DP = "bench"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def app_spec(i: int, version: int = 1) -> dict[str, Any]:
+    return {
+        "environment": "dev",
+        "project": "shop",
+        "type": "service",
+        "image": f"ghcr.io/acme/app-{i}:{version}",
+        "replicas": 2,
+        "env": [{"name": "MODE", "value": "production"}, {"name": "REGION", "value": "eu-west-1"}],
+        "endpoints": [{"name": "http", "port": 8080, "protocol": "REST", "visibility": "Organization"}],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+    }
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def ms(x: float) -> float:
+    return round(x * 1000, 2)
+
+
+class Relay:
+    """A TCP relay counting bytes both ways; ``blackhole()`` silently stops forwarding (a dead link)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.bytes = 0
+        self.dead = False
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    if self.dead:
+                        continue  # swallow: the peer sees silence, not a close
+                    self.bytes += len(data)
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+    def blackhole(self) -> None:
+        self.dead = True
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+
+
+async def baseline_ws_echo(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, n: int) -> list[float]:
+    async def echo(ws: ServerConnection) -> None:
+        async for msg in ws:
+            await ws.send(msg)
+
+    async with serve(echo, "127.0.0.1", 0, ssl=server_ctx) as srv:
+        port = srv.sockets[0].getsockname()[1]
+        async with connect(f"wss://127.0.0.1:{port}", ssl=client_ctx, proxy=None) as ws:
+            frame = P.encode(P.Heartbeat(time="x"), seq=1)
+            out = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                await ws.send(frame)
+                await ws.recv()
+                out.append(time.perf_counter() - t0)
+    return out
+
+
+async def baseline_ssa(kube: KubeClient, n: int) -> list[float]:
+    out = []
+    for i in range(n):
+        body = {
+            "apiVersion": "choreo.dev/v1alpha1",
+            "kind": "ChoreoApp",
+            "metadata": {"name": f"baseline-{i}", "namespace": "choreo-base"},
+            "spec": app_spec(i),
+        }
+        t0 = time.perf_counter()
+        await kube.apply(body, "bench", force=True)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+async def wait_for(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bench: timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def run(quick: bool) -> dict[str, Any]:
+    n_apps = 300 if quick else 10_000
+    samples = 40 if quick else 200
+    out: dict[str, Any] = {"apps": n_apps}
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        cert.cert_chain_pems[0].write_to_path(str(tmp / "cp.pem"))
+        cert.private_key_pem.write_to_path(str(tmp / "cp.key"))
+        ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(server_ctx)
+        client_ctx = ssl.create_default_context(cafile=str(tmp / "ca.pem"))
+
+        echo = await baseline_ws_echo(server_ctx, client_ctx, samples * 2)
+        out["baseline_ws_echo_p50_ms"] = ms(pct(echo, 0.5))
+        out["baseline_ws_echo_p99_ms"] = ms(pct(echo, 0.99))
+
+        async with ApiServer(port=0, history_size=max(10_000, n_apps * 3)) as api:
+            api.write_kubeconfig(tmp / "kubeconfig")
+            kube = await KubeClient.from_kubeconfig(tmp / "kubeconfig")
+            import yaml
+
+            for path in sorted((ROOT / "crds").glob("*.yaml")):
+                await kube.create(R.CRDS, yaml.safe_load(path.read_text()))
+            for ns in ("choreo-dev", "choreo-base"):
+                await kube.create(
+                    R.NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+                )
+            ssa = await baseline_ssa(kube, samples)
+            out["baseline_ssa_write_p50_ms"] = ms(pct(ssa, 0.5))
+            out["baseline_ssa_write_p99_ms"] = ms(pct(ssa, 0.99))
+
+            cp = ControlPlaneServer(
+                ServerConfig(
+                    host="127.0.0.1",
+                    port=0,
+                    db=tmp / "cp.db",
+                    admin_token=ADMIN,
+                    tls_cert=str(tmp / "cp.pem"),
+                    tls_key=str(tmp / "cp.key"),
+                    # short enough that 1 % of the apps changing while the agent is away is a log gap
+                    log_limit=max(2, n_apps // 200),
+                    tunnel=TunnelSettings(),
+                    synchronous="NORMAL",
+                )
+            )
+            await cp.start()
+            relay = Relay(cp.port)
+            await relay.start()
+            http = httpx.AsyncClient(
+                base_url=cp.url, headers={"Authorization": f"Bearer {ADMIN}"}, verify=client_ctx, timeout=30
+            )
+            try:
+                r = await http.put(f"/api/v1/dataplanes/{DP}")
+                (tmp / "token").write_text(r.json()["token"])
+                await http.put(
+                    f"/api/v1/dataplanes/{DP}/environments/dev", json={"spec": {"displayName": "Dev"}}
+                )
+                t0 = time.perf_counter()
+                for i in range(n_apps):
+                    await http.put(
+                        f"/api/v1/dataplanes/{DP}/environments/dev/apps/app-{i}", json={"spec": app_spec(i)}
+                    )
+                out["rest_put_per_app_ms"] = ms((time.perf_counter() - t0) / n_apps)
+
+                def agent_cfg(**kw: Any) -> AgentConfig:
+                    base: dict[str, Any] = {
+                        "control_plane": f"wss://127.0.0.1:{relay.port}",
+                        "dataplane_id": DP,
+                        "token_file": str(tmp / "token"),
+                        "ca_file": str(tmp / "ca.pem"),
+                        "proxy": None,
+                        "backoff_base": 0.05,
+                        "backoff_cap": 0.5,
+                    }
+                    base.update(kw)
+                    return AgentConfig(**base)
+
+                async def in_sync() -> bool:
+                    view = (await http.get(f"/api/v1/dataplanes/{DP}")).json()
+                    return bool(view.get("inSync"))
+
+                # --- initial sync of N apps (fresh agent: a full resync) ---------------------------
+                agent = Agent(agent_cfg(ping_interval=1.0, ping_timeout=2.0), kube)
+                stop = asyncio.Event()
+                task = asyncio.create_task(agent.run(stop))
+                t0 = time.perf_counter()
+                relay.bytes = 0
+                await wait_for(in_sync, 600, "initial sync")
+                out["initial_full_sync_s"] = round(time.perf_counter() - t0, 2)
+                out["initial_full_sync_wire_bytes"] = relay.bytes
+
+                # --- push to applied ------------------------------------------------------------
+                persisted: dict[int, float] = {}
+                original = agent.dp.persist_revision
+
+                async def timed_persist(epoch: str, revision: int) -> None:
+                    await original(epoch, revision)
+                    persisted[revision] = time.perf_counter()
+
+                agent.dp.persist_revision = timed_persist  # type: ignore[method-assign]
+                lat: list[float] = []
+                for k in range(samples):
+                    t0 = time.perf_counter()
+                    r = await http.put(
+                        f"/api/v1/dataplanes/{DP}/environments/dev/apps/app-{k % n_apps}",
+                        json={"spec": app_spec(k % n_apps, version=100 + k)},
+                    )
+                    rev = int(r.json()["revision"])
+
+                    async def acked(rev: int = rev) -> bool:
+                        return any(r >= rev for r in persisted)
+
+                    await wait_for(acked, 30, "ack")
+                    done = min(t for r, t in persisted.items() if r >= rev)
+                    lat.append(done - t0)
+                out["push_to_applied_p50_ms"] = ms(pct(lat, 0.5))
+                out["push_to_applied_p99_ms"] = ms(pct(lat, 0.99))
+                out["push_to_applied_p99_vs_ws_echo_p99"] = round(pct(lat, 0.99) / pct(echo, 0.99), 1)
+                out["push_to_applied_p50_vs_ssa_p50"] = round(pct(lat, 0.5) / pct(ssa, 0.5), 2)
+
+                # --- status freshness -------------------------------------------------------------
+                fresh: list[float] = []
+                for k in range(min(samples, 30)):
+                    name = f"app-{k}"
+                    marker = f"{k}/2"
+                    t0 = time.perf_counter()
+                    await kube.patch(
+                        R.CHOREOAPPS,
+                        name,
+                        {"status": {"phase": "Ready", "ready": marker}},
+                        "choreo-dev",
+                        subresource="status",
+                    )
+
+                    async def visible(name: str = name, marker: str = marker) -> bool:
+                        body = (
+                            await http.get(f"/api/v1/dataplanes/{DP}/environments/dev/apps/{name}")
+                        ).json()
+                        return bool((body.get("status") or {}).get("ready") == marker)
+
+                    await wait_for(visible, 10, "status upstream")
+                    fresh.append(time.perf_counter() - t0)
+                out["status_freshness_p50_ms"] = ms(pct(fresh, 0.5))
+                out["status_freshness_p99_ms"] = ms(pct(fresh, 0.99))
+
+                # --- dead link ---------------------------------------------------------------------
+                await wait_for(in_sync, 60, "in sync before dead link")
+                relay.blackhole()
+                t0 = time.perf_counter()
+
+                async def noticed() -> bool:
+                    return not agent.connected.is_set()
+
+                await wait_for(noticed, 60, "dead link noticed")
+                out["dead_link_detect_s"] = round(time.perf_counter() - t0, 2)
+                bench_cfg, default = agent.cfg, AgentConfig("x", "x", "x")
+                out["dead_link_bound_s_bench_ping"] = (
+                    bench_cfg.ping_interval + bench_cfg.ping_timeout + bench_cfg.close_timeout
+                )
+                out["dead_link_bound_s_default_ping"] = (
+                    default.ping_interval + default.ping_timeout + default.close_timeout
+                )
+                stop.set()
+                await asyncio.wait_for(task, 30)
+                await relay.stop()
+
+                # --- resync after reconnect with 1 % changed ---------------------------------------
+                changed = max(1, n_apps // 100)
+                for i in range(changed):
+                    await http.put(
+                        f"/api/v1/dataplanes/{DP}/environments/dev/apps/app-{i * 97 % n_apps}",
+                        json={"spec": app_spec(i * 97 % n_apps, version=999)},
+                    )
+                full_snapshot = 0
+                for i in range(n_apps):
+                    spec = app_spec(i)
+                    full_snapshot += len(
+                        P.encode(
+                            P.DesiredPut(
+                                key=P.app_key("dev", f"app-{i}"),
+                                kind="ChoreoApp",
+                                revision=i + 1,
+                                spec_hash=P.spec_hash(spec),
+                                spec=spec,
+                                metadata={"environment": "dev"},
+                            ),
+                            seq=i,
+                        ).encode()
+                    )
+                relay = Relay(cp.port)
+                await relay.start()
+                agent = Agent(agent_cfg(), kube)
+                stop = asyncio.Event()
+                task = asyncio.create_task(agent.run(stop))
+                t0 = time.perf_counter()
+                await wait_for(in_sync, 600, "resync")
+                out["resync_1pct_s"] = round(time.perf_counter() - t0, 2)
+                out["resync_1pct_wire_bytes"] = relay.bytes
+                out["full_snapshot_bytes"] = full_snapshot
+                out["resync_bytes_pct_of_full_snapshot"] = round(100 * relay.bytes / full_snapshot, 2)
+                # the same against what the initial full sync really put on the wire (compressed, TLS)
+                out["resync_bytes_pct_of_initial_full_sync_wire"] = round(
+                    100 * relay.bytes / out["initial_full_sync_wire_bytes"], 2
+                )
+                view = (await http.get(f"/api/v1/dataplanes/{DP}")).json()
+                out["resync_orphans"] = view.get("orphans") or 0
+                out["agent_inprocess_writes_in_resync"] = agent.store.writes
+                stop.set()
+                await asyncio.wait_for(task, 30)
+                await relay.stop()
+
+                # --- agent RSS as its own process ----------------------------------------------------
+                env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+                bare = await asyncio.create_subprocess_exec(
+                    sys.executable, "-c", "import choreo_dp.tunnel.agent, time; time.sleep(30)", env=env
+                )
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "choreo_dp.cli.main", "agent",
+                    "--control-plane", f"wss://127.0.0.1:{cp.port}", "--dataplane", DP,
+                    "--token-file", str(tmp / "token"), "--ca-file", str(tmp / "ca.pem"),
+                    "--kubeconfig", str(tmp / "kubeconfig"), "--health-port", "0", "--metrics-port", "0",
+                    "--log-level", "WARNING",
+                    env=env,
+                )  # fmt: skip
+                try:
+                    await http.put(
+                        f"/api/v1/dataplanes/{DP}/environments/dev/apps/app-0",
+                        json={"spec": app_spec(0, version=5000)},
+                    )
+                    await wait_for(in_sync, 120, "subprocess agent in sync")
+                    await asyncio.sleep(1.0)  # let the status watch settle after its initial list
+                    out["agent_rss_mb"] = round(rss_kb(proc.pid) / 1024, 1)
+                    out["baseline_python_import_rss_mb"] = round(rss_kb(bare.pid) / 1024, 1)
+                finally:
+                    for p in (proc, bare):
+                        with contextlib.suppress(ProcessLookupError):
+                            p.terminate()
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(p.wait(), 10)
+            finally:
+                await http.aclose()
+                await relay.stop()
+                await cp.stop()
+                await kube.close()
+    out["note"] = "loopback, TLS, 2 shared cores; ratios against baselines measured in this run"
+    return out
