@@ -82,7 +82,9 @@ async def running_operator(
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(run_operator(config, stop, ready), name="operator-under-test")
     try:
-        done, _ = await asyncio.wait({task, asyncio.create_task(ready.wait())}, timeout=30, return_when="FIRST_COMPLETED")
+        done, _ = await asyncio.wait(
+            {task, asyncio.create_task(ready.wait())}, timeout=30, return_when="FIRST_COMPLETED"
+        )
         if task in done:
             task.result()  # surfaces the startup error
         yield config
@@ -97,11 +99,21 @@ async def running_operator(
 
 
 def environment(name: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "choreo.dev/v1alpha1", "kind": "Environment", "metadata": {"name": name}, "spec": spec}
+    return {
+        "apiVersion": "choreo.dev/v1alpha1",
+        "kind": "Environment",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
 
 
 def choreoapp(name: str, env: str, namespace: str | None = None, **spec: Any) -> dict[str, Any]:
-    body = {"environment": env, "project": "shop", "type": "service", "image": "registry.example.com/shop/x:1"}
+    body = {
+        "environment": env,
+        "project": "shop",
+        "type": "service",
+        "image": "registry.example.com/shop/x:1",
+    }
     body.update(spec)
     return {
         "apiVersion": "choreo.dev/v1alpha1",

@@ -2,9 +2,53 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
 from typing import Any
 
-from choreo_dp.cli.common import add_env_argument, add_logging_arguments, not_implemented, port
+from choreo_dp.cli.common import UsageError, add_env_argument, add_logging_arguments, port
+
+
+def operator_config(args: argparse.Namespace) -> Any:
+    """The :class:`~choreo_dp.operator.OperatorConfig` for parsed flags (also used by ``choreo-dp run``)."""
+    from choreo_dp.cli.agent_cmd import health_host
+    from choreo_dp.operator import OperatorConfig
+
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    return OperatorConfig(
+        kubeconfig=args.kubeconfig,
+        listen_host=health_host(),
+        health_port=args.health_port,
+        metrics_port=args.metrics_port,
+        workers=args.workers,
+    )
+
+
+async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> int:
+    from choreo_dp.cli.agent_cmd import install_stop_handlers
+    from choreo_dp.kube import ConfigError
+    from choreo_dp.operator import run_operator
+
+    config = operator_config(args)
+    stop = stop or asyncio.Event()
+    install_stop_handlers(stop)
+    try:
+        await run_operator(config, stop)
+    except ConfigError as exc:
+        raise UsageError(f"kubeconfig: {exc}") from None
+    return 0
+
+
+def handle(args: argparse.Namespace) -> int:
+    from choreo_dp.observability.logging import configure_logging
+
+    operator_config(args)  # flag errors before anything starts
+    configure_logging(args.log_format, args.log_level)
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(run(args))
+    return 0
 
 
 def register(sub: Any) -> None:
@@ -12,5 +56,6 @@ def register(sub: Any) -> None:
     add_env_argument(p, "--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     add_env_argument(p, "--metrics-port", type=port, default=9090, help="Prometheus /metrics port")
     add_env_argument(p, "--health-port", type=port, default=8081, help="/healthz port")
+    add_env_argument(p, "--workers", type=int, default=16, help="concurrent reconciles")
     add_logging_arguments(p)
-    p.set_defaults(handler=not_implemented("operator"))
+    p.set_defaults(handler=handle)

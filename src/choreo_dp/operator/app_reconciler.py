@@ -159,11 +159,19 @@ async def _reconcile_workload(
 
 
 def _note_applied(ctl: Controller, key: AppKey, child: ChildKey, live: dict[str, Any]) -> None:
+    # The watch event for this write may already have been handled (it races the HTTP answer), so
+    # an answer never replaces a summary of the same object: it only records the generation our
+    # write produced, which "Ready" must see observed.
+    uid = str((live.get("metadata") or {}).get("uid", ""))
     if child.kind == "Deployment":
         ctl.state.applied_generation[key] = int((live.get("metadata") or {}).get("generation") or 0)
-        ctl.state.deployments[key] = DeploymentSummary.from_body(live)
+        current = ctl.state.deployments.get(key)
+        if current is None or current.uid != uid:
+            ctl.state.deployments[key] = DeploymentSummary.from_body(live)
     elif child.kind == "CronJob":
-        ctl.state.cronjobs[key] = CronJobSummary.from_body(live)
+        cron = ctl.state.cronjobs.get(key)
+        if cron is None or cron.uid != uid:
+            ctl.state.cronjobs[key] = CronJobSummary.from_body(live)
 
 
 def _previous_conditions(body: dict[str, Any]) -> list[Condition]:

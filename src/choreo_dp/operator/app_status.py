@@ -52,7 +52,10 @@ def compute_app_status(obs: AppObservation) -> dict[str, Any]:
         nonlocal conditions
         conditions = set_condition(conditions, c)
 
-    put(_cond(obs, "Ready", phase == "Ready", phase if phase != "Ready" else "Available", message))
+    ready_reason = (
+        obs.refusal.reason if obs.refusal is not None else ("Available" if phase == "Ready" else phase)
+    )
+    put(_cond(obs, "Ready", phase == "Ready", ready_reason, message))
     progressing = phase in ("Progressing", "Pending")
     put(_cond(obs, "Progressing", progressing, "RolloutInProgress" if progressing else phase, message))
     put(_exposed(obs))

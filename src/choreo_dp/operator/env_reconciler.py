@@ -201,7 +201,8 @@ async def _finalize(ctl: Controller, key: EnvKey, body: dict[str, Any], env: Env
     # Retain: everything stays, but stops being ours. Remove our labels and ownerReferences so the
     # garbage collector keeps the namespace's guard rails (the app ServiceAccount above all).
     unmanage = {"metadata": {"labels": {MANAGED_BY: None, ENVIRONMENT_LABEL: None}}}
-    for child in list(ctl.state.live.get(key, {})):
+    children = set(ctl.state.live.get(key, {})) | ctl.state.desired_by_owner.get(key, set())
+    for child in sorted(children):
         if child.kind == "Namespace":
             continue
         patch = {"metadata": {**unmanage["metadata"], "ownerReferences": None}}

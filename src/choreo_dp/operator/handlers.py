@@ -106,8 +106,6 @@ def configure_settings(settings: kopf.OperatorSettings, gateway_api: bool) -> No
     settings.networking.connect_timeout = 10
     settings.networking.error_backoffs = [1, 2, 5, 10, 20, 30]
     settings.networking.enforce_retry_after = True
-    # Events of one object are coalesced for this long; our handlers only enqueue, so keep it short.
-    settings.batching.batch_window = 0.05
     selector = f"{MANAGED_BY}={MANAGED_BY_VALUE}"
     for group, version, plural in (*watched_children(gateway_api), PODS):
         settings.watching.label_selectors[group, version, plural] = selector

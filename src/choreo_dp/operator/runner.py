@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+from collections.abc import Collection, Iterator
+from typing import Any
 
 import kopf
 
@@ -16,6 +19,27 @@ from choreo_dp.operator.handlers import build_registry, configure_settings
 from choreo_dp.render import ClusterCapabilities
 
 log = logging.getLogger("choreo_dp.operator")
+
+
+class _NotKopfTasks(Collection["asyncio.Task[Any]"]):
+    """The tasks kopf must leave alone when it stops.
+
+    ``kopf.operator`` cancels every task created while it ran as "hung" — in a shared process
+    (``choreo-dp run``, the sandbox, tests) that includes the agent's and the caller's own tasks.
+    Only tasks running kopf's own coroutines are kopf's to cancel.
+    """
+
+    def __contains__(self, task: object) -> bool:
+        if not isinstance(task, asyncio.Task):
+            return False
+        code = getattr(task.get_coro(), "cr_code", None)
+        return code is None or f"{os.sep}kopf{os.sep}" not in code.co_filename
+
+    def __iter__(self) -> Iterator[asyncio.Task[Any]]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
 
 
 async def run_operator(
@@ -45,15 +69,21 @@ async def run_operator(
         settings = kopf.OperatorSettings()
         configure_settings(settings, gateway_api)
         registry = build_registry(ctl, kube.config)
-        await kopf.operator(
-            registry=registry,
-            settings=settings,
-            standalone=True,
-            clusterwide=True,
-            stop_flag=stop_flag,
-            ready_flag=ready_flag,
-            memo=kopf.Memo(),
-        )
+        try:
+            tasks = await kopf.spawn_tasks(
+                registry=registry,
+                settings=settings,
+                standalone=True,
+                clusterwide=True,
+                stop_flag=stop_flag,
+                ready_flag=ready_flag,
+                memo=kopf.Memo(),
+            )
+            await kopf.run_tasks(tasks, ignored=_NotKopfTasks())
+        except asyncio.CancelledError:
+            # kopf cancels its own tasks when the stop flag is set; that is a clean stop, not ours.
+            if stop_flag is None or not stop_flag.is_set():
+                raise
     finally:
         if ctl is not None:
             await ctl.stop()
