@@ -104,6 +104,11 @@ class FakeControlPlane:
         if new_epoch:
             self.store.epoch = uuid.uuid4().hex[:12]
 
+    def drop_after(self, n: int) -> None:
+        """Abort the link right after the n-th change frame sent from now on."""
+        self._puts_sent = 0
+        self.drop_after_puts = n
+
     def snapshot_store(self) -> Store:
         return copy.deepcopy(self.store)
 

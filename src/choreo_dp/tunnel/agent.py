@@ -25,6 +25,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus, WebSocketExce
 
 from choreo_dp.kube import ApiError, KubeClient
 from choreo_dp.observability.health import Liveness
+from choreo_dp.tunnel import metrics as M
 from choreo_dp.tunnel import protocol as P
 from choreo_dp.tunnel.cluster import ClusterStore
 from choreo_dp.tunnel.dpstatus import DataPlaneStatus
@@ -97,6 +98,7 @@ class Agent:
         self.last_failure: str | None = None
         self.next_delay: float | None = None  # the backoff chosen after the last failure
         self.connected = asyncio.Event()
+        self.session: Session | None = None  # the live session, for tests and introspection
 
     async def _ssl(self) -> ssl.SSLContext | None:
         if not self.url.startswith("wss://"):
@@ -105,6 +107,8 @@ class Agent:
 
     async def _dp_condition(self, reason: str, message: str) -> None:
         """Best effort: the cluster may itself be unreachable."""
+        if reason not in ("Disconnected", "Stopped"):
+            M.CONNECT_FAILURES.labels(reason).inc()
         try:
             await self.dp.set_connected(False, reason, message)
         except (ApiError, OSError, TimeoutError) as exc:
@@ -229,12 +233,16 @@ class Agent:
                 window=self.cfg.window,
             )
             self.connected.set()
+            self.session = session
+            M.CONNECTED.set(1)
             run = asyncio.create_task(session.run())
             stopper = asyncio.create_task(stop.wait())
             try:
                 await asyncio.wait([run, stopper], return_when=asyncio.FIRST_COMPLETED)
             finally:
                 self.connected.clear()
+                self.session = None
+                M.CONNECTED.set(0)
                 stopper.cancel()
                 if not run.done():
                     run.cancel()

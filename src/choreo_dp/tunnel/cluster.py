@@ -20,6 +20,7 @@ from choreo_dp.api import API_VERSION, ChoreoAppSpec, EnvironmentSpec
 from choreo_dp.api.environment import default_namespace
 from choreo_dp.kube import ApiError, KubeClient
 from choreo_dp.kube import resources as R
+from choreo_dp.tunnel import metrics as M
 from choreo_dp.tunnel import protocol as P
 
 log = logging.getLogger(__name__)
@@ -247,6 +248,7 @@ class ClusterStore:
                 raise ApplyRefused("rejected", f"{exc.status} {exc.reason}: {exc.message}"[:2000]) from None
             raise
         self.writes += 1
+        M.WRITES.labels("apply").inc()
         if ANN_ORPHANED in ((obj.get("metadata") or {}).get("annotations") or {}):
             # adopted again: the hold is over (merge patch, whatever SSA did with the annotation)
             res = R.CHOREOAPPS if key.kind == "ChoreoApp" else R.ENVIRONMENTS
@@ -276,6 +278,7 @@ class ClusterStore:
         uid = obj.get("metadata", {}).get("uid")
         deleted = await self.kube.delete(res, current.name, current.namespace, precondition_uid=uid)
         self.writes += 1
+        M.WRITES.labels("delete").inc()
         self.index.pop(key_text, None)
         return deleted
 

@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from choreo_dp.kube import ApiError
 from choreo_dp.observability.health import Liveness
+from choreo_dp.tunnel import metrics as M
 from choreo_dp.tunnel import protocol as P
 from choreo_dp.tunnel.cluster import ApplyRefused, ClusterStore, NotYetApplicable
 from choreo_dp.tunnel.dpstatus import DataPlaneStatus
@@ -209,8 +210,10 @@ class Session:
                 frame = P.decode(raw)
             except P.ProtocolError as exc:
                 log.info("refused frame: %s", exc)
+                M.FRAMES_REFUSED.labels(exc.code).inc()
                 self.send_soon(exc.to_error())
                 continue
+            M.FRAMES_IN.labels(frame.type).inc()
             await self._handle(frame)
 
     async def _handle(self, frame: P.Frame) -> None:
@@ -317,6 +320,7 @@ class Session:
                 return
             except ApplyRefused as exc:
                 log.warning("refused %s r%d: %s", change.key, change.revision, exc)
+                M.NACKS.labels(exc.code, "false").inc()
                 await self.send(
                     P.Nack(
                         revision=change.revision,
@@ -331,6 +335,7 @@ class Session:
                 code = exc.code if isinstance(exc, NotYetApplicable) else "kubernetes_unavailable"
                 if not nacked and (isinstance(exc, NotYetApplicable) or attempt >= 3):
                     nacked = True
+                    M.NACKS.labels(code, "true").inc()
                     await self.send(
                         P.Nack(
                             revision=change.revision,
@@ -390,6 +395,7 @@ class Session:
             log.warning("resync held %d deletion(s) as orphans (%s)", len(plan.orphans), plan.hold_reason)
         await self._retrying(lambda: self.dp.persist_revision(end.epoch, end.revision))
         self.persisted = end.revision
+        M.APPLIED_REVISION.set(end.revision)
         self.stream.reset(end.revision)
         self.snapshot = None
         self.state = "incremental"
@@ -410,6 +416,7 @@ class Session:
 
     async def _report_orphans(self, reason: str | None) -> None:
         orphans = self.store.orphans()
+        M.ORPHANS.set(len(orphans))
         if orphans or self.dp.conditions:
             await self._retrying(lambda: self.dp.set_orphans(orphans, reason))
         if orphans:
@@ -429,6 +436,7 @@ class Session:
             # persist first: an acknowledged revision must survive a crash of the agent
             await self._retrying(lambda t=target: self.dp.persist_revision(self.epoch, t))
             self.persisted = target
+            M.APPLIED_REVISION.set(target)
             await self.send(P.Applied(revision=target, epoch=self.epoch))
 
     async def _status_flusher(self) -> None:
