@@ -227,7 +227,8 @@ async def test_duplicated_and_reordered_frames(
 
 
 @pytest.mark.parametrize(
-    "point", [*(f"mid-stream-{n}" for n in random.Random(5).sample(range(1, 12), 3)), "after-persist-before-ack"]
+    "point",
+    [*(f"mid-stream-{n}" for n in random.Random(5).sample(range(1, 12), 3)), "after-persist-before-ack"],
 )
 async def test_link_killed_at_points_loses_and_duplicates_nothing(
     point: str, fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any]
