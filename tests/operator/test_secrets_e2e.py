@@ -1,0 +1,148 @@
+"""Apps with Key Vault secrets: no workload until the secret is synced, rollout on new values."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from choreo_dp.api import Condition, Environment
+from choreo_dp.kube import KubeClient
+from choreo_dp.kube import resources as R
+from tests.operator.harness import (
+    Cluster,
+    choreoapp,
+    emulated_cluster,
+    environment,
+    eventually,
+    running_operator,
+)
+from tests.operator.kubelet import FakeKubelet
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.emulator_only]
+
+
+@dataclass
+class Result:
+    secret_name: str
+    values_hash: str | None
+    ready: bool
+    condition: Condition
+
+
+class FakeSecrets:
+    """Stands in for choreo_dp.secrets.SecretSyncer with switchable outcomes."""
+
+    def __init__(self) -> None:
+        self.hash: str | None = None
+        self.calls = 0
+        self.forgotten: list[tuple[str, str]] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def sync_app(self, app_obj: Any, env: Environment) -> Result:
+        self.calls += 1
+        name = f"{app_obj['metadata']['name']}-secrets"
+        if self.hash is None:
+            cond = Condition(
+                type="SecretsSynced",
+                status="False",
+                reason="KeyVaultUnavailable",
+                message="vault unreachable",
+            )
+            return Result(name, None, False, cond)
+        cond = Condition(type="SecretsSynced", status="True", reason="Synced", message="2 secrets")
+        return Result(name, self.hash, True, cond)
+
+    async def forget_app(self, namespace: str, name: str) -> None:
+        self.forgotten.append((namespace, name))
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def setup(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Cluster, FakeSecrets]]:
+    fake = FakeSecrets()
+    async with emulated_cluster(tmp_path_factory.mktemp("secrets"), simulate_workloads=False) as cluster:
+
+        def factory(_: KubeClient) -> FakeSecrets:
+            return fake
+
+        async with FakeKubelet(cluster.kube), running_operator(cluster, secrets_factory=factory):
+            kv = {"url": "https://vault.example.net/"}
+            await cluster.kube.apply(environment("dev", keyVault=kv), "test")
+            await eventually(lambda: cluster.kube.get(R.NAMESPACES, "choreo-dev"), what="namespace")
+            yield cluster, fake
+
+
+async def _status(kube: KubeClient, name: str) -> dict[str, Any]:
+    app = await kube.get(R.CHOREOAPPS, name, "choreo-dev")
+    assert app is not None
+    return app.get("status") or {}
+
+
+async def test_secrets_gate_the_workload_and_roll_it(setup: tuple[Cluster, FakeSecrets]) -> None:
+    cluster, fake = setup
+    kube = cluster.kube
+    secrets = [{"name": "DB_PASSWORD", "keyVaultSecret": "db-password"}]
+    await kube.apply(choreoapp("vaulted", "dev", type="worker", secrets=secrets), "test")
+
+    async def degraded() -> bool:
+        s = await _status(kube, "vaulted")
+        return s.get("phase") == "Degraded" and "vault unreachable" in (s.get("message") or "")
+
+    await eventually(degraded, what="Degraded while secrets cannot sync")
+    assert await kube.get(R.DEPLOYMENTS, "vaulted", "choreo-dev") is None
+    conds = {c["type"]: c for c in (await _status(kube, "vaulted"))["conditions"]}
+    assert (
+        conds["SecretsSynced"]["status"] == "False"
+        and conds["SecretsSynced"]["reason"] == "KeyVaultUnavailable"
+    )
+
+    fake.hash = "h1"
+    # The syncer announces new values by annotating the app, which wakes the operator.
+    await kube.patch(
+        R.CHOREOAPPS,
+        "vaulted",
+        {"metadata": {"annotations": {"choreo.dev/secrets-hash": "h1"}}},
+        "choreo-dev",
+    )
+
+    async def ready() -> bool:
+        return (await _status(kube, "vaulted")).get("phase") == "Ready"
+
+    await eventually(ready, what="Ready once synced")
+    dep = await kube.get(R.DEPLOYMENTS, "vaulted", "choreo-dev")
+    assert dep is not None
+    template = dep["spec"]["template"]
+    assert template["metadata"]["annotations"]["choreo.dev/secrets-hash"] == "h1"
+    ref = template["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "vaulted-secrets", "key": "DB_PASSWORD"}
+
+    fake.hash = "h2"
+    await kube.patch(
+        R.CHOREOAPPS,
+        "vaulted",
+        {"metadata": {"annotations": {"choreo.dev/secrets-hash": "h2"}}},
+        "choreo-dev",
+    )
+
+    async def rolled() -> bool:
+        d = await kube.get(R.DEPLOYMENTS, "vaulted", "choreo-dev")
+        return (
+            d is not None
+            and d["spec"]["template"]["metadata"]["annotations"]["choreo.dev/secrets-hash"] == "h2"
+        )
+
+    await eventually(rolled, what="pod template carries the new hash")
+    await kube.delete(R.CHOREOAPPS, "vaulted", "choreo-dev")
+    await eventually(lambda: _forgotten(fake), what="syncer told to forget the app")
+
+
+async def _forgotten(fake: FakeSecrets) -> bool:
+    return ("choreo-dev", "vaulted") in fake.forgotten
