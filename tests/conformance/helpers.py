@@ -22,7 +22,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def wait_for(fn: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.05, what: str = "condition") -> T:
+def wait_for(
+    fn: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.05, what: str = "condition"
+) -> T:
     """Poll until ``fn`` returns something truthy; fail with a clear message at the deadline."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -32,3 +34,93 @@ def wait_for(fn: Callable[[], T | None], timeout: float = 15.0, interval: float 
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def raw(
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    query: dict[str, Any] | None = None,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any, dict[str, str]]:
+    """A request through the kubernetes client's transport; returns (status, decoded body, headers).
+
+    Errors are returned, not raised, so tests can assert on Status bodies.
+    """
+    import json
+
+    hdrs = {"Accept": "application/json", **(headers or {})}
+    if body is not None and "Content-Type" not in hdrs:
+        hdrs["Content-Type"] = "application/json"
+    m, url, hdrs2, body2, post = api.param_serialize(
+        method,
+        path,
+        query_params=list((query or {}).items()),
+        header_params=hdrs,
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    try:
+        r = api.call_api(m, url, header_params=hdrs2, body=body2, post_params=post)
+        status, data, rh = r.status, r.read(), dict(r.getheaders())
+    except client.ApiException as exc:
+        status, data, rh = exc.status, exc.body, dict(exc.headers or {})
+    text = data.decode() if isinstance(data, bytes) else data
+    try:
+        decoded = json.loads(text) if text else None
+    except ValueError:
+        decoded = text
+    return status, decoded, rh
+
+
+def install_crds(api: client.ApiClient) -> None:
+    """Create (or keep) the product's CRDs and wait until they are served."""
+    import yaml
+
+    ext = client.ApiextensionsV1Api(api)
+    for f in sorted(CRD_DIR.glob("*.yaml")):
+        doc = yaml.safe_load(f.read_text())
+        try:
+            ext.create_custom_resource_definition(doc)
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    def served() -> bool:
+        status, body, _ = raw(api, "GET", "/apis/choreo.dev/v1alpha1")
+        return status == 200 and {"choreoapps", "environments", "dataplanes"} <= {
+            r["name"] for r in body["resources"]
+        }
+
+    wait_for(served, what="choreo.dev CRDs to be served")
+
+
+def choreo_app(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"environment": "dev", "project": "demo", "type": "service", "image": "nginx:1.25"}
+    base.update(spec)
+    return {
+        "apiVersion": "choreo.dev/v1alpha1",
+        "kind": "ChoreoApp",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": base,
+    }
+
+
+def deployment(
+    name: str, replicas: int = 1, image: str = "nginx:1.25", labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    sel = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": sel},
+            "template": {
+                "metadata": {"labels": sel},
+                "spec": {"containers": [{"name": "app", "image": image}]},
+            },
+        },
+    }

@@ -19,8 +19,17 @@ def test_version_and_core_resources(api: client.ApiClient) -> None:
 
 def test_groups_listed(api: client.ApiClient) -> None:
     groups = {g.name: g for g in client.ApisApi(api).get_api_versions().groups}
-    for name in ("apps", "batch", "autoscaling", "policy", "networking.k8s.io", "rbac.authorization.k8s.io",
-                 "coordination.k8s.io", "apiextensions.k8s.io", "events.k8s.io"):
+    for name in (
+        "apps",
+        "batch",
+        "autoscaling",
+        "policy",
+        "networking.k8s.io",
+        "rbac.authorization.k8s.io",
+        "coordination.k8s.io",
+        "apiextensions.k8s.io",
+        "events.k8s.io",
+    ):
         assert name in groups, name
     assert groups["apps"].preferred_version.group_version == "apps/v1"
     apps = client.AppsV1Api(api).get_api_resources()

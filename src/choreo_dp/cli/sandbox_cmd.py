@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from choreo_dp.cli.common import OneLineParser, add_env_argument, not_implemented, port
+from choreo_dp.cli.common import OneLineParser, UsageError, add_env_argument, not_implemented, port
 
 
 def run_sandbox_verb(args: argparse.Namespace) -> int:
@@ -26,4 +26,14 @@ def register(sub: Any) -> None:
     a.add_argument("--port", type=port, required=True, help="port on 127.0.0.1 (0 picks a free one)")
     a.add_argument("--kubeconfig", required=True, help="kubeconfig file to write")
     a.add_argument("--simulate-workloads", action="store_true", help="act like kubelet for Deployments")
-    a.set_defaults(handler=not_implemented("sandbox apiserver"))
+    a.set_defaults(handler=run_apiserver)
+
+
+def run_apiserver(args: argparse.Namespace) -> int:
+    """``choreo-dp sandbox apiserver``: serve the emulated API until SIGINT/SIGTERM."""
+    from choreo_dp.sandbox.apiserver import serve_forever
+
+    try:
+        return asyncio.run(serve_forever(args.port, args.kubeconfig, simulate_workloads=args.simulate_workloads))
+    except OSError as exc:
+        raise UsageError(f"cannot serve on 127.0.0.1:{args.port}: {exc}") from None

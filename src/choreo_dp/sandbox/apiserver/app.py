@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -425,10 +426,8 @@ class ApiApp:
         finally:
             self.active_watches -= 1
             self.store.unwatch(t.rt, watcher)
-        try:
+        with contextlib.suppress(ConnectionResetError, ConnectionError, RuntimeError):
             await resp.write_eof()
-        except (ConnectionResetError, ConnectionError, RuntimeError):
-            pass
         return resp
 
 

@@ -158,6 +158,12 @@ def _merge(live: Any, applied: Any, rt: ResourceType, names: tuple[str, ...]) ->
     return clone(applied)
 
 
+def _is_item_key(path: Path) -> bool:
+    if len(path) < 2 or not path[-2].startswith("k:") or not path[-1].startswith("f:"):
+        return False
+    return path[-1][2:] in json.loads(path[-2][2:])
+
+
 def _owned_below(path: Path, sets: list[FieldSet]) -> bool:
     n = len(path)
     return any(len(p) > n and p[:n] == path for fs in sets for p in fs)
@@ -191,10 +197,17 @@ def server_side_apply(
         e.fields.discard(path)
     other_sets = [e.fields for e in others]
     to_remove = mine.fields - applied_fs
-    result = clone(live)
-    for path in sorted(to_remove, key=len, reverse=True):
-        if any(path in fs for fs in other_sets) or _owned_below(path, [*other_sets, applied_fs]):
-            continue
+    result: JSON = clone(live)
+    removable = {
+        path
+        for path in to_remove
+        if not any(path in fs for fs in other_sets) and not _owned_below(path, [*other_sets, applied_fs])
+    }
+    for path in sorted(removable, key=len, reverse=True):
+        if any(path[:i] in removable for i in range(1, len(path))):
+            continue  # an ancestor (e.g. the whole list item) goes anyway
+        if _is_item_key(path):
+            continue  # a list item's key fields live and die with the item
         remove_at(result, path)
     if sub == "status":
         if "status" in applied:

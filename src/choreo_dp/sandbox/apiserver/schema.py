@@ -162,9 +162,8 @@ def _validate(value: Any, schema: JSON, path: str, errors: list[JSON], root: boo
     for combinator in ("allOf",):
         for sub in schema.get(combinator) or []:
             _validate(value, sub, path, errors)
-    if schema.get("anyOf"):
-        if not any(not validate(value, sub, path) for sub in schema["anyOf"]):
-            errors.append(cause(where, f"Invalid value: {_shown(value)}: {where} in body must match anyOf"))
+    if schema.get("anyOf") and not any(not validate(value, sub, path) for sub in schema["anyOf"]):
+        errors.append(cause(where, f"Invalid value: {_shown(value)}: {where} in body must match anyOf"))
     if schema.get("oneOf"):
         matches = sum(1 for sub in schema["oneOf"] if not validate(value, sub, path))
         if matches != 1:

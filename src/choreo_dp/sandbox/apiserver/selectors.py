@@ -34,18 +34,47 @@ def _split_requirements(text: str) -> list[str]:
     return [p for p in (s.strip() for s in parts) if p]
 
 
+LabelCheck = Callable[[dict[str, str]], bool]
+
+
+def _label_eq(key: str, value: str, negate: bool) -> LabelCheck:
+    def check(labels: dict[str, str]) -> bool:
+        return (labels.get(key) == value) != negate
+
+    return check
+
+
+def _label_in(key: str, allowed: set[str], negate: bool) -> LabelCheck:
+    def check(labels: dict[str, str]) -> bool:
+        # "notin" also matches objects without the label, as in Kubernetes.
+        return (labels.get(key) in allowed) != negate
+
+    return check
+
+
+def _label_exists(key: str, negate: bool) -> LabelCheck:
+    def check(labels: dict[str, str]) -> bool:
+        return (key in labels) != negate
+
+    return check
+
+
+def _field_eq(path: str, value: str, negate: bool) -> Predicate:
+    def check(obj: JSON) -> bool:
+        return (_field_value(obj, path) == value) != negate
+
+    return check
+
+
 def parse_label_selector(text: str | None) -> Predicate | None:
     if not text or not text.strip():
         return None
-    checks: list[Callable[[dict[str, str]], bool]] = []
+    checks: list[LabelCheck] = []
     for req in _split_requirements(text):
         m = _EQ_RE.match(req)
         if m:
             key, op, value = m.groups()
-            if op == "!=":
-                checks.append(lambda labels, k=key, v=value: labels.get(k) != v)
-            else:
-                checks.append(lambda labels, k=key, v=value: labels.get(k) == v)
+            checks.append(_label_eq(key, value, negate=op == "!="))
             continue
         m = _SET_RE.match(req)
         if not m:
@@ -55,14 +84,9 @@ def parse_label_selector(text: str | None) -> Predicate | None:
             if neg:
                 raise ApiFailure(400, f"unable to parse requirement: {req!r}")
             allowed = {v.strip() for v in values.split(",") if v.strip()}
-            if op == "in":
-                checks.append(lambda labels, k=key, a=allowed: labels.get(k) in a)
-            else:
-                checks.append(lambda labels, k=key, a=allowed: labels.get(k) not in a)
-        elif neg:
-            checks.append(lambda labels, k=key: k not in labels)
+            checks.append(_label_in(key, allowed, negate=op == "notin"))
         else:
-            checks.append(lambda labels, k=key: k in labels)
+            checks.append(_label_exists(key, negate=bool(neg)))
 
     def predicate(obj: JSON) -> bool:
         labels = obj.get("metadata", {}).get("labels") or {}
@@ -92,10 +116,10 @@ def parse_field_selector(text: str | None) -> Predicate | None:
     for req in _split_requirements(text):
         if "!=" in req:
             path, value = req.split("!=", 1)
-            checks.append(lambda o, p=path.strip(), v=value.strip(): _field_value(o, p) != v)
+            checks.append(_field_eq(path.strip(), value.strip(), negate=True))
         elif "=" in req:
             path, value = req.replace("==", "=").split("=", 1)
-            checks.append(lambda o, p=path.strip(), v=value.strip(): _field_value(o, p) == v)
+            checks.append(_field_eq(path.strip(), value.strip(), negate=False))
         else:
             raise ApiFailure(400, f"invalid field selector: {req!r}")
 

@@ -9,6 +9,7 @@ bounded event history for watch resumes and the set of its live watchers.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import random
 import re
 import uuid
@@ -50,6 +51,10 @@ PATCH_TYPES = {
 }
 
 
+def _without_times(entries: Any) -> list[JSON]:
+    return [{k: v for k, v in e.items() if k != "time"} for e in entries or [] if isinstance(e, dict)]
+
+
 def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -85,13 +90,16 @@ class Store:
         self.dependents: dict[str, set[tuple[Key, str, str]]] = {}
         self.listeners: list[Listener] = []
         self.overflowed_watchers = 0
+        self.dropped_floors: dict[Key, int] = {}
 
     # ----- lookup -------------------------------------------------------------------------
     def bucket(self, rt: ResourceType) -> Bucket:
         b = self.buckets.get(rt.storage_key)
         if b is None:
             b = Bucket(rt, History(self.history_size))
-            b.history.floor = self.rv
+            # Every event of this resource is still in the (empty) history, unless an earlier
+            # incarnation (a deleted CRD) had events we no longer keep.
+            b.history.floor = self.dropped_floors.get(rt.storage_key, 0)
             self.buckets[rt.storage_key] = b
         return b
 
@@ -262,7 +270,7 @@ class Store:
     def create(self, rt: ResourceType, namespace: str, body: Any, opts: WriteOptions) -> JSON:
         if not isinstance(body, dict):
             raise ApiFailure(400, "the body of the request was in an unknown format")
-        obj = clone(body)
+        obj: JSON = clone(body)
         meta = obj.get("metadata")
         if not isinstance(meta, dict):
             meta = obj["metadata"] = {}
@@ -322,7 +330,7 @@ class Store:
         record_update(None, obj, opts.manager, rt, "", now)
         if opts.dry_run:
             return obj
-        stored = self._put(rt, obj, None)
+        stored: JSON = self._put(rt, obj, None)
         if rt.plural == "customresourcedefinitions" and rt.group == "apiextensions.k8s.io":
             self._register_crd(stored)
         return stored
@@ -473,8 +481,7 @@ class Store:
         if any(om[k] != nm[k] for k in om if k not in skip):
             return False
         # managedFields differ only in timestamps? then it is still a no-op.
-        strip = lambda mf: [{k: v for k, v in e.items() if k != "time"} for e in mf or []]  # noqa: E731
-        return bool(strip(om.get("managedFields")) == strip(nm.get("managedFields")))
+        return _without_times(om.get("managedFields")) == _without_times(nm.get("managedFields"))
 
     def patch(
         self,
@@ -703,6 +710,7 @@ class Store:
             for w in list(b.watchers):
                 w.close("the resource type was removed")
             self.buckets.pop(key, None)
+            self.dropped_floors[key] = self.rv
 
     # ----- watch --------------------------------------------------------------------------
     def watch(
@@ -712,7 +720,7 @@ class Store:
         resource_version: str | None,
         label_pred: Predicate | None,
         field_pred: Predicate | None,
-    ) -> tuple[Watcher, list[Event]]:
+    ) -> tuple[Watcher, builtins.list[Event]]:
         """Register a watcher; returns it plus the backlog to send first.
 
         No resourceVersion (or "0"): synthetic ADDED events for every matching object.
