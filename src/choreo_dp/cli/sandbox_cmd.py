@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from choreo_dp.cli.common import OneLineParser, UsageError, add_env_argument, not_implemented, port
+from choreo_dp.cli.common import OneLineParser, UsageError, add_env_argument, port
 
 
 def run_sandbox_verb(args: argparse.Namespace) -> int:
