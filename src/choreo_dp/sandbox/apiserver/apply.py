@@ -20,6 +20,7 @@ from choreo_dp.sandbox.apiserver.fieldsets import (
     FieldSet,
     Path,
     describe,
+    diff,
     field_set,
     from_fields_v1,
     get_at,
@@ -105,26 +106,21 @@ def record_update(
     now: str,
 ) -> None:
     """Give the fields this non-apply write changed to ``manager`` (operation Update)."""
-    entries = read_entries(old) if old is not None else []
     sub = subresource or None
-    new_fs = field_set(new, rt, sub)
-    old_fs = field_set(old, rt, sub) if old is not None else set()
-    changed: FieldSet = set()
-    for path in new_fs:
-        if path not in old_fs or (
-            not (path[-1].startswith("k:") or path[-1].startswith("v:"))
-            and get_at(old, path) != get_at(new, path)
-        ):
-            changed.add(path)
-    if changed or old is None:
-        for e in entries:
-            if e.subresource == subresource:
-                e.fields -= changed
-        _entry(entries, manager, "Update", subresource, rt.api_version, now).fields |= changed
-    gone = old_fs - new_fs
+    if old is None:
+        changed, gone = field_set(new, rt, sub), set()
+        entries: list[Entry] = []
+    else:
+        changed, gone = diff(old, new, rt, sub)
+        if not changed and not gone:
+            return  # nothing this manager could own changed; keep managedFields as they are
+        entries = read_entries(old)
     for e in entries:
-        if e.subresource == subresource and gone:
+        if e.subresource == subresource:
+            e.fields -= changed
             e.fields -= gone
+    if changed or old is None:
+        _entry(entries, manager, "Update", subresource, rt.api_version, now).fields |= changed
     write_entries(new, entries)
 
 

@@ -178,3 +178,92 @@ def describe(path: Path) -> str:
         else:
             out += f"[{elem}]"
     return out
+
+
+def diff(
+    old: JSON, new: JSON, rt: ResourceType | None, subresource: str | None = None
+) -> tuple[FieldSet, FieldSet]:
+    """(changed-or-added, removed) field paths between two versions of an object.
+
+    Walks only the subtrees that differ (``==`` on dicts is cheap C code), so a small
+    patch of a large object costs little.
+    """
+    changed: FieldSet = set()
+    removed: FieldSet = set()
+    _diff(
+        top_level_fields(old, rt, subresource),
+        top_level_fields(new, rt, subresource),
+        (),
+        (),
+        rt,
+        changed,
+        removed,
+    )
+    return changed, removed
+
+
+def _subtree(value: Any, path: Path, names: tuple[str, ...], rt: ResourceType | None, out: FieldSet) -> None:
+    _walk(value, path, names, rt, out)
+
+
+def _diff(
+    old: Any,
+    new: Any,
+    path: Path,
+    names: tuple[str, ...],
+    rt: ResourceType | None,
+    changed: FieldSet,
+    removed: FieldSet,
+) -> None:
+    if old == new:
+        return
+    if isinstance(old, dict) and isinstance(new, dict) and (old or not path) and (new or not path):
+        for key, child in new.items():
+            sub = (*path, "f:" + key)
+            if key not in old:
+                _subtree(child, sub, (*names, key), rt, changed)
+            else:
+                _diff(old[key], child, sub, (*names, key), rt, changed, removed)
+        for key, child in old.items():
+            if key not in new:
+                _subtree(child, (*path, "f:" + key), (*names, key), rt, removed)
+        return
+    if isinstance(old, list) and isinstance(new, list):
+        kind, keys = list_info(rt, names)
+        if (
+            kind == "map"
+            and keys
+            and all(isinstance(i, dict) for i in old)
+            and all(isinstance(i, dict) for i in new)
+            and old
+            and new
+        ):
+            old_items = {item_key(i, keys): i for i in old}
+            for item in new:
+                k = item_key(item, keys)
+                ipath = (*path, k)
+                if k not in old_items:
+                    changed.add(ipath)
+                    for key, child in item.items():
+                        _subtree(child, (*ipath, "f:" + key), (*names, key), rt, changed)
+                else:
+                    _diff(old_items.pop(k), item, ipath, names, rt, changed, removed)
+            for k, item in old_items.items():
+                ipath = (*path, k)
+                removed.add(ipath)
+                for key, child in item.items():
+                    _subtree(child, (*ipath, "f:" + key), (*names, key), rt, removed)
+            return
+        if kind == "set" and old and new:
+            old_set = {"v:" + _dumps(v) for v in old}
+            new_set = {"v:" + _dumps(v) for v in new}
+            changed.update((*path, v) for v in new_set - old_set)
+            removed.update((*path, v) for v in old_set - new_set)
+            return
+    # Scalars, atomic lists, or a change of shape: the old subtree goes, the new one arrives.
+    old_paths: FieldSet = set()
+    new_paths: FieldSet = set()
+    _subtree(old, path, names, rt, old_paths)
+    _subtree(new, path, names, rt, new_paths)
+    changed.update(new_paths)
+    removed.update(old_paths - new_paths)
