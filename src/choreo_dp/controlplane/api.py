@@ -25,6 +25,7 @@ from choreo_dp.api import ChoreoAppSpec, EnvironmentSpec
 from choreo_dp.api.common import DNS1123_LABEL
 from choreo_dp.controlplane import promotion
 from choreo_dp.controlplane.context import ControlPlane
+from choreo_dp.controlplane.metrics import Metrics
 from choreo_dp.controlplane.store import (
     KIND_APP,
     KIND_ENVIRONMENT,
@@ -272,6 +273,33 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+class RequestMetrics:
+    """Count requests by route template, method and status (pure ASGI: no per-request task group)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            # the router writes the matched route into the (shared) scope
+            template = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.http_requests.labels(template, scope.get("method", "?"), str(status)).inc()
+
+
 class _TooLarge(Exception):
     pass
 
@@ -362,14 +390,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
     async def _promotion_refused(_: Request, exc: promotion.PromotionRefused) -> JSONResponse:
         return _http_error(409, str(exc))
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        cp.metrics.http_requests.labels(template, request.method, str(response.status_code)).inc()
-        return response
-
+    app.add_middleware(RequestMetrics, metrics=cp.metrics)
     app.add_middleware(BodyLimit)
 
     @app.get("/healthz", response_class=PlainTextResponse, tags=["ops"])

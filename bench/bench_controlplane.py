@@ -1,0 +1,295 @@
+"""The reference control plane as its own process (``choreo-dp control-plane serve``, TLS, loopback).
+
+Figures:
+- REST PUT throughput: ChoreoApp PUTs (each a new revision, committed with WAL + synchronous=FULL
+  before the 202), 8 clients in parallel, against the baseline of bare SQLite inserts with the same
+  pragmas and one commit per row (the floor any durable per-change store pays), measured in this run;
+  p50/p99 latency of the PUTs.
+- Idle agents: N raw WebSocket clients (quick: 100, ``--full``: 1,000), each its own registered
+  dataplane, each doing hello + resync (empty inventory) and then heartbeats every second (10x the
+  rate the server asks for, so the figure is pessimistic) for a fixed window. Server CPU seconds
+  and RSS from /proc: the baseline is the same server idle with no agents over the same window
+  (CPU) and just before the agents connect (RSS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sqlite3
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trustme
+import websockets
+
+from choreo_dp.tunnel import protocol as p
+
+CLIENTS = 8
+HEARTBEAT_EVERY = 1.0
+CONNECT_CONCURRENCY = 50
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _baseline_inserts(path: Path, n: int) -> float:
+    """Bare SQLite: one row per transaction, WAL + synchronous=FULL, like the store's commits."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT NOT NULL, r INTEGER NOT NULL)")
+    payload = '{"project":"shop","type":"service","image":"ghcr.io/acme/x:1"}'
+    t0 = time.perf_counter()
+    for i in range(n):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t (k, v, r) VALUES (?, ?, ?)", (f"app-{i}", payload, i))
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - t0
+    conn.close()
+    return n / elapsed
+
+
+class ServerProcess:
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.port = _free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.token = secrets.token_urlsafe(24)
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1")
+        ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
+        cert.cert_chain_pems[0].write_to_path(str(workdir / "cert.pem"))
+        cert.private_key_pem.write_to_path(str(workdir / "key.pem"))
+        (workdir / "admin-token").write_text(self.token)
+        self.ssl = ssl.create_default_context(cafile=str(workdir / "ca.pem"))
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "choreo_dp.cli.main", "control-plane", "serve",
+            "--listen", f"127.0.0.1:{self.port}", "--db", str(self.dir / "cp.db"),
+            "--tls-cert", str(self.dir / "cert.pem"), "--tls-key", str(self.dir / "key.pem"),
+            "--admin-token-file", str(self.dir / "admin-token"), "--log-level", "WARNING",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        async with httpx.AsyncClient(verify=self.ssl) as http:
+            while True:
+                try:
+                    if (await http.get(f"{self.url}/healthz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("control plane did not start")
+                await asyncio.sleep(0.1)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 20)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def _rest_throughput(server: ServerProcess, n: int) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {server.token}"}
+    limits = httpx.Limits(max_connections=CLIENTS)
+    async with httpx.AsyncClient(
+        base_url=server.url, headers=headers, verify=server.ssl, limits=limits, timeout=30
+    ) as http:
+        (await http.put("/api/v1/dataplanes/bench")).raise_for_status()
+        (await http.put("/api/v1/dataplanes/bench/environments/dev", json={"spec": {}})).raise_for_status()
+        latencies: list[float] = []
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(n):
+            queue.put_nowait(i)
+
+        async def worker() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                spec = {"project": "shop", "type": "service", "image": f"ghcr.io/acme/x:{i}", "replicas": 2}
+                t = time.perf_counter()
+                r = await http.put(f"/api/v1/dataplanes/bench/environments/dev/apps/app-{i % 500}", json=spec)
+                latencies.append(time.perf_counter() - t)
+                if r.status_code != 202:
+                    raise RuntimeError(f"PUT -> {r.status_code} {r.text[:200]}")
+
+        cpu0 = _cpu_seconds(server.pid)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(CLIENTS)))
+        elapsed = time.perf_counter() - t0
+        server_cpu = _cpu_seconds(server.pid) - cpu0
+        final = (await http.get("/api/v1/dataplanes/bench")).json()
+    assert final["revision"] == n + 1, final
+    latencies.sort()
+    return {
+        "rest_put_per_s": round(n / elapsed, 1),
+        "rest_put_p50_ms": round(statistics.median(latencies) * 1000, 2),
+        "rest_put_p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2),
+        "rest_server_cpu_ms_per_put": round(server_cpu / n * 1000, 2),
+    }
+
+
+async def _idle_agent(
+    server: ServerProcess,
+    dp: str,
+    token: str,
+    ready: asyncio.Event,
+    stop: asyncio.Event,
+    gate: asyncio.Semaphore,
+) -> int:
+    """hello -> welcome -> snapshot.begin -> empty inventory -> snapshot.end -> heartbeats."""
+    seq = p.Sequencer()
+    async with gate:
+        ws = await websockets.connect(
+            f"wss://127.0.0.1:{server.port}{p.TUNNEL_PATH}",
+            subprotocols=[p.SUBPROTOCOL],  # type: ignore[list-item]
+            additional_headers={"Authorization": f"Bearer {token}"},
+            ssl=server.ssl,
+            open_timeout=30,
+            ping_interval=None,  # the server pings; the figure is about the server's cost
+        )
+        await ws.send(seq.encode(p.Hello(dataplane_id=dp, versions=[1])))
+        welcome = p.decode(await asyncio.wait_for(ws.recv(), 30))
+        assert welcome.type == "welcome", welcome
+        begin = p.decode(await asyncio.wait_for(ws.recv(), 30))
+        assert begin.type == "snapshot.begin", begin
+        await ws.send(seq.encode(p.Inventory(chunk=0, last=True, buckets=[], items={})))
+        end = p.decode(await asyncio.wait_for(ws.recv(), 30))
+        assert end.type == "snapshot.end", end
+    ready.set()
+    echoes = 0
+    try:
+        while not stop.is_set():
+            await ws.send(seq.encode(p.Heartbeat(time="now")))
+            echo = p.decode(await asyncio.wait_for(ws.recv(), 30))
+            echoes += echo.type == "heartbeat"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), HEARTBEAT_EVERY)
+    finally:
+        await ws.close()
+    return echoes
+
+
+async def _idle_agents(server: ServerProcess, n: int, window: float) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {server.token}"}
+    tokens: dict[str, str] = {}
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, verify=server.ssl, timeout=30) as http:
+        for i in range(n):
+            r = await http.put(f"/api/v1/dataplanes/idle-{i}")
+            tokens[f"idle-{i}"] = r.json()["token"]
+    # baseline: the same server, no agents, same window
+    cpu0 = _cpu_seconds(server.pid)
+    await asyncio.sleep(window)
+    idle_cpu = _cpu_seconds(server.pid) - cpu0
+    rss_before = _rss_mib(server.pid)
+
+    stop = asyncio.Event()
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    readies = [asyncio.Event() for _ in range(n)]
+    t0 = time.perf_counter()
+    tasks = [
+        asyncio.create_task(_idle_agent(server, dp, tok, readies[i], stop, gate))
+        for i, (dp, tok) in enumerate(tokens.items())
+    ]
+    waiting = asyncio.gather(*(r.wait() for r in readies))
+    # all agents synced, or one of them failed (they only return after ``stop``), bounded
+    await asyncio.wait(
+        {asyncio.ensure_future(waiting), *tasks}, timeout=180, return_when=asyncio.FIRST_COMPLETED
+    )
+    failed = [t for t in tasks if t.done() and t.exception() is not None]
+    if failed or not all(r.is_set() for r in readies):
+        stop.set()
+        first = failed[0].exception() if failed else "timeout"
+        raise RuntimeError(
+            f"{len(failed)} agents failed, {sum(not r.is_set() for r in readies)} not synced: {first!r}"
+        )
+    connect_seconds = time.perf_counter() - t0
+    cpu1 = _cpu_seconds(server.pid)
+    await asyncio.sleep(window)
+    busy_cpu = _cpu_seconds(server.pid) - cpu1
+    rss_after = _rss_mib(server.pid)
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, verify=server.ssl, timeout=30) as http:
+        connected = 0
+        for dp in tokens:
+            connected += bool((await http.get(f"/api/v1/dataplanes/{dp}")).json()["connected"])
+    stop.set()
+    echoes = sum(await asyncio.gather(*tasks))
+    return {
+        "agents": n,
+        "agents_connected": connected,
+        "agents_connect_all_s": round(connect_seconds, 2),
+        "agents_window_s": window,
+        "agents_heartbeats_echoed": echoes,
+        "agents_server_cpu_s": round(busy_cpu, 2),
+        "agents_server_cpu_pct_of_core": round(100 * busy_cpu / window, 1),
+        "baseline_idle_server_cpu_s": round(idle_cpu, 2),
+        "agents_server_rss_mib": round(rss_after, 1),
+        "baseline_server_rss_mib": round(rss_before, 1),
+        "agents_rss_kib_per_agent": round((rss_after - rss_before) * 1024 / n, 1),
+    }
+
+
+async def run(quick: bool) -> dict[str, Any]:
+    puts = 1000 if quick else 5000
+    agents = 100 if quick else 1000
+    window = 10.0 if quick else 30.0
+    with tempfile.TemporaryDirectory(prefix="bench-cp-") as tmp:
+        workdir = Path(tmp)
+        baseline = _baseline_inserts(workdir / "baseline.db", puts)
+        server = ServerProcess(workdir)
+        await server.start()
+        try:
+            rest = await _rest_throughput(server, puts)
+            idle = await _idle_agents(server, agents, window)
+        finally:
+            await server.stop()
+    return {
+        "rest_puts": puts,
+        **rest,
+        "baseline_sqlite_insert_commit_per_s": round(baseline, 1),
+        "rest_put_vs_sqlite_ratio": round(rest["rest_put_per_s"] / baseline, 3),
+        **idle,
+    }
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(asyncio.run(run(quick="--full" not in sys.argv)), indent=2))
