@@ -237,3 +237,52 @@ def test_get_watch(kube_target: KubeTarget, core: client.CoreV1Api, ns: str, tmp
 def test_kubectl_lists_builtin_kinds(kubectl: Kubectl, resource: str, ns: str) -> None:
     proc = kubectl("get", resource, "-n", ns)
     assert proc.returncode == 0
+
+
+def test_typed_create_subcommands_and_scale(kubectl: Kubectl, api: client.ApiClient) -> None:
+    ns = unique("typed")
+    kubectl("create", "namespace", ns)
+    kubectl("create", "configmap", "c1", "-n", ns, "--from-literal=a=b")
+    kubectl("create", "secret", "generic", "s1", "-n", ns, "--from-literal=pw=x")
+    kubectl(
+        "create",
+        "secret",
+        "docker-registry",
+        "reg",
+        "-n",
+        ns,
+        "--docker-server=r.example",
+        "--docker-username=u",
+        "--docker-password=p",
+    )
+    kubectl("create", "serviceaccount", "bot", "-n", ns)
+    core = client.CoreV1Api(api)
+    assert core.read_namespaced_config_map("c1", ns).data == {"a": "b"}
+    assert core.read_namespaced_secret("s1", ns).type == "Opaque"
+    assert core.read_namespaced_secret("reg", ns).type == "kubernetes.io/dockerconfigjson"
+    assert core.read_namespaced_service_account("bot", ns).metadata.name == "bot"
+    wait_for(lambda: core.read_namespaced_service_account("default", ns), what="default service account")
+    assert kubectl("auth", "can-i", "get", "pods", "-n", ns).stdout.strip() == "yes"
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=yaml.safe_dump(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "scaled", "namespace": ns},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"a": "b"}},
+                    "template": {
+                        "metadata": {"labels": {"a": "b"}},
+                        "spec": {"containers": [{"name": "c", "image": "x:1"}]},
+                    },
+                },
+            }
+        ),
+    )
+    kubectl("scale", "deployment", "scaled", "-n", ns, "--replicas=3")
+    assert client.AppsV1Api(api).read_namespaced_deployment("scaled", ns).spec.replicas == 3
+    kubectl("delete", "namespace", ns, "--wait=false")

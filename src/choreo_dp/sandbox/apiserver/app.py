@@ -14,9 +14,10 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from choreo_dp.sandbox.apiserver import discovery, openapi
+from choreo_dp.sandbox.apiserver import discovery, openapi, protobuf
 from choreo_dp.sandbox.apiserver.errors import ApiFailure, status_body, success_status
 from choreo_dp.sandbox.apiserver.faults import Faults
+from choreo_dp.sandbox.apiserver.patch import clone, json_patch, merge_patch, strategic_merge
 from choreo_dp.sandbox.apiserver.resources import ResourceType
 from choreo_dp.sandbox.apiserver.selectors import parse_field_selector, parse_label_selector
 from choreo_dp.sandbox.apiserver.store import PATCH_TYPES, Store, WriteOptions
@@ -190,6 +191,8 @@ class ApiApp:
         if method == "PUT" and t.name:
             await self.faults.apply("update", t.rt.plural, t.subresource, t.namespace, t.name)
             sub = "" if t.subresource == "finalize" else t.subresource
+            if sub == "scale":
+                return self._write_scale(t, "put", body, _manager(request), dry)
             opts = WriteOptions(manager=_manager(request), dry_run=dry, subresource=sub)
             obj = self.store.update(t.rt, t.namespace, t.name, body, opts)
             return self._object_response(request, t.rt, obj, 200)
@@ -202,6 +205,8 @@ class ApiApp:
                     415,
                     f"the body of the request was in an unknown format - accepted media types include: {', '.join(PATCH_TYPES)}",
                 )
+            if t.subresource == "scale":
+                return self._write_scale(t, ptype, body, _manager(request), dry)
             force = _flag(q.get("force"))
             opts = WriteOptions(
                 manager=_manager(request), dry_run=dry, subresource=t.subresource, force=force
@@ -244,7 +249,9 @@ class ApiApp:
         if not request.body_exists:
             return None
         ctype = request.headers.get("Content-Type", "")
-        if "protobuf" in ctype or "cbor" in ctype:
+        if "protobuf" in ctype:
+            return protobuf.decode(await request.read())
+        if "cbor" in ctype:
             # client-go falls back to JSON after a 415, and we only speak JSON.
             raise ApiFailure(
                 415,
@@ -282,6 +289,40 @@ class ApiApp:
                 status,
             )
         return json_response(obj, status)
+
+    def _write_scale(self, t: Target, how: str, body: Any, manager: str, dry: bool) -> web.Response:
+        """``/scale`` writes: compute the new Scale, then write spec.replicas of the main object."""
+        obj = self.store.must_get(t.rt, t.namespace, t.name)
+        current = _scale(t.rt, obj)
+        if how == "put":
+            new = body
+        elif how == "json":
+            new = json_patch(clone(current), body)
+        elif how in ("merge", "apply"):
+            new = merge_patch(current, body)
+        else:
+            new = strategic_merge(current, body, None)
+        if not isinstance(new, dict):
+            raise ApiFailure(400, "the body of the request was in an unknown format")
+        want_rv = (new.get("metadata") or {}).get("resourceVersion")
+        if want_rv and str(want_rv) != obj["metadata"]["resourceVersion"]:
+            raise ApiFailure(
+                409,
+                f'Operation cannot be fulfilled on {t.rt.qualified} "{t.name}": the object has been modified; please apply your changes to the latest version and try again',
+            )
+        replicas = (new.get("spec") or {}).get("replicas")
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise ApiFailure(
+                422,
+                f'Scale.autoscaling "{t.name}" is invalid: spec.replicas: Invalid value: {replicas!r}: must be greater than or equal to 0',
+            )
+        updated = clone(obj)
+        updated.setdefault("spec", {})["replicas"] = replicas
+        updated["metadata"].pop("resourceVersion", None)
+        stored = self.store.update(
+            t.rt, t.namespace, t.name, updated, WriteOptions(manager=manager, dry_run=dry)
+        )
+        return json_response(_scale(t.rt, stored))
 
     def _get(self, request: web.Request, t: Target) -> web.Response:
         obj = self.store.must_get(t.rt, t.namespace, t.name)

@@ -108,7 +108,7 @@ def record_update(
     """Give the fields this non-apply write changed to ``manager`` (operation Update)."""
     sub = subresource or None
     if old is None:
-        changed, gone = field_set(new, rt, sub), set()
+        changed, gone = field_set(new, rt, sub), set[tuple[str, ...]]()
         entries: list[Entry] = []
     else:
         changed, gone = diff(old, new, rt, sub)

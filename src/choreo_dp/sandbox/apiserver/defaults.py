@@ -42,7 +42,8 @@ def apply_builtin_defaults(rt: ResourceType, obj: JSON, creating: bool) -> None:
     kind = rt.kind if not rt.crd else ""
     spec = obj.get("spec")
     if kind == "Secret":
-        obj.setdefault("type", "Opaque")
+        if not obj.get("type"):
+            obj["type"] = "Opaque"
         string_data = obj.pop("stringData", None)
         if isinstance(string_data, dict):
             data = obj.setdefault("data", {}) or {}

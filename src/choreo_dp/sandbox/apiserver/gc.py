@@ -1,5 +1,8 @@
 """Garbage collection, as kube-controller-manager does it: owner references and namespaces.
 
+New namespaces also get what the real controllers put in every namespace: the ``default``
+ServiceAccount and the ``kube-root-ca.crt`` ConfigMap.
+
 Listens to the store's change feed and keeps only *sets* of pending work (uids,
 namespaces, foreground-deleting objects), so pending work is bounded by the number
 of stored objects however fast deletions arrive.
@@ -26,6 +29,7 @@ class GarbageCollector:
         self.check_refs: set[tuple[Key, str, str]] = set()
         self.namespaces: set[str] = set()
         self.foreground: set[tuple[Key, str, str]] = set()
+        self.new_namespaces: set[str] = set()
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         store.listeners.append(self.on_change)
@@ -55,7 +59,9 @@ class GarbageCollector:
                 self.foreground.add(ref)
             if rt.plural == "namespaces" and rt.group == "" and meta.get("deletionTimestamp"):
                 self.namespaces.add(meta["name"])
-        if self.gone_uids or self.check_refs or self.namespaces or self.foreground:
+            elif rt.plural == "namespaces" and rt.group == "" and type_ == "ADDED":
+                self.new_namespaces.add(meta["name"])
+        if self.gone_uids or self.check_refs or self.namespaces or self.foreground or self.new_namespaces:
             self.wake.set()
 
     async def _run(self) -> None:
@@ -71,8 +77,13 @@ class GarbageCollector:
 
     def sweep(self) -> None:
         for _ in range(100):  # each pass may create more work; bounded so one sweep cannot spin
-            if not (self.gone_uids or self.check_refs or self.namespaces or self.foreground):
+            if not (
+                self.gone_uids or self.check_refs or self.namespaces or self.foreground or self.new_namespaces
+            ):
                 return
+            fresh, self.new_namespaces = self.new_namespaces, set()
+            for ns in fresh:
+                self._bootstrap_namespace(ns)
             gone, self.gone_uids = self.gone_uids, set()
             for uid in gone:
                 for ref in list(self.store.dependents.get(uid, ())):
@@ -86,6 +97,30 @@ class GarbageCollector:
             nss, self.namespaces = self.namespaces, set()
             for ns in nss:
                 self._drain_namespace(ns)
+
+    def _bootstrap_namespace(self, ns: str) -> None:
+        if self.store.namespace_phase(ns) != "Active":
+            return
+        reg = self.store.registry
+        sa_rt = reg.get("", "v1", "serviceaccounts")
+        cm_rt = reg.get("", "v1", "configmaps")
+        assert sa_rt is not None and cm_rt is not None
+        if self.store.get(sa_rt, ns, "default") is None:
+            self.store.write_internal(
+                sa_rt, {"metadata": {"name": "default", "namespace": ns}}, None, "kube-controller-manager"
+            )
+        if self.store.get(cm_rt, ns, "kube-root-ca.crt") is None:
+            cm = {
+                "metadata": {
+                    "name": "kube-root-ca.crt",
+                    "namespace": ns,
+                    "annotations": {"kubernetes.io/description": "emulated cluster: no real CA"},
+                },
+                "data": {
+                    "ca.crt": "# the emulated API server serves plain HTTP on loopback; there is no CA\n"
+                },
+            }
+            self.store.write_internal(cm_rt, cm, None, "kube-controller-manager")
 
     def _lookup(self, ref: tuple[Key, str, str]) -> tuple[ResourceType, JSON] | None:
         rt = self.store.registry.storage_type(ref[0])
