@@ -5,9 +5,11 @@ Figures (quick: a few hundred apps; --full: the issue's 10,000):
 - push_to_applied: REST PUT of one app -> the agent has written it and persisted + acknowledged the
   revision (timed at the agent's persist, which directly precedes the ``applied`` frame).
   Baselines: a bare TLS WebSocket echo round trip, and one bare server-side apply to the emulator.
-- resync: N apps in sync, the agent away while 1 % change and the control plane's log is short
-  enough to force a resync; time from reconnect to in-sync and the bytes on the wire (both
-  directions, TLS included, counted by a relay) vs the size of a full snapshot (every put frame).
+- resync: N apps in sync, the control plane unreachable while 1 % change and its log is short
+  enough to force a resync; time from the link coming back to in-sync (includes the agent's
+  reconnect backoff, capped at 0.5 s here) and the bytes on the wire (both directions, TLS
+  included, counted by a relay) vs the size of a full snapshot (every put frame). Also the same
+  from a cold agent start, which first lists its inventory from the API.
 - status freshness: a status patch in the cluster -> visible in the control plane's REST view.
 - dead link: the relay silently blackholes the link; time until the agent notices (with the
   bench's ping 1 s / timeout 2 s; the shipped defaults 10 s / 15 s bound it at 25 s).
@@ -75,6 +77,8 @@ class Relay:
         self.target_port = target_port
         self.bytes = 0
         self.dead = False
+        self.refuse = False
+        self.writers: list[asyncio.StreamWriter] = []
         self.server: asyncio.Server | None = None
         self.port = 0
 
@@ -83,7 +87,11 @@ class Relay:
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refuse:
+            writer.close()
+            return
         up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers += [writer, up_w]
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):
@@ -99,6 +107,17 @@ class Relay:
 
     def blackhole(self) -> None:
         self.dead = True
+
+    def cut_and_refuse(self) -> None:
+        """Close every relayed connection and refuse new ones (the control plane is unreachable)."""
+        self.refuse = True
+        for w in self.writers:
+            w.close()
+        self.writers.clear()
+
+    def revive(self) -> None:
+        self.dead = self.refuse = False
+        self.bytes = 0
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -321,17 +340,26 @@ async def run(quick: bool) -> dict[str, Any]:
                 out["dead_link_bound_s_default_ping"] = (
                     default.ping_interval + default.ping_timeout + default.close_timeout
                 )
-                stop.set()
-                await asyncio.wait_for(task, 30)
-                await relay.stop()
+                relay.cut_and_refuse()  # from a dead link to an unreachable control plane
 
-                # --- resync after reconnect with 1 % changed ---------------------------------------
+                # --- resync after reconnect with 1 % changed (the cp's log is too short: resync) ----
                 changed = max(1, n_apps // 100)
-                for i in range(changed):
-                    await http.put(
-                        f"/api/v1/dataplanes/{DP}/environments/dev/apps/app-{i * 97 % n_apps}",
-                        json={"spec": app_spec(i * 97 % n_apps, version=999)},
-                    )
+
+                async def change_one_percent(version: int) -> None:
+                    for i in range(changed):
+                        await http.put(
+                            f"/api/v1/dataplanes/{DP}/environments/dev/apps/app-{i * 97 % n_apps}",
+                            json={"spec": app_spec(i * 97 % n_apps, version=version)},
+                        )
+
+                await change_one_percent(999)
+                writes_before = agent.store.writes
+                relay.revive()
+                t0 = time.perf_counter()
+                await wait_for(in_sync, 600, "resync")
+                out["resync_1pct_s"] = round(time.perf_counter() - t0, 2)
+                out["resync_1pct_wire_bytes"] = relay.bytes
+                out["resync_1pct_writes"] = agent.store.writes - writes_before
                 full_snapshot = 0
                 for i in range(n_apps):
                     spec = app_spec(i)
@@ -348,24 +376,25 @@ async def run(quick: bool) -> dict[str, Any]:
                             seq=i,
                         ).encode()
                     )
-                relay = Relay(cp.port)
-                await relay.start()
-                agent = Agent(agent_cfg(), kube)
-                stop = asyncio.Event()
-                task = asyncio.create_task(agent.run(stop))
-                t0 = time.perf_counter()
-                await wait_for(in_sync, 600, "resync")
-                out["resync_1pct_s"] = round(time.perf_counter() - t0, 2)
-                out["resync_1pct_wire_bytes"] = relay.bytes
                 out["full_snapshot_bytes"] = full_snapshot
                 out["resync_bytes_pct_of_full_snapshot"] = round(100 * relay.bytes / full_snapshot, 2)
-                # the same against what the initial full sync really put on the wire (compressed, TLS)
                 out["resync_bytes_pct_of_initial_full_sync_wire"] = round(
                     100 * relay.bytes / out["initial_full_sync_wire_bytes"], 2
                 )
                 view = (await http.get(f"/api/v1/dataplanes/{DP}")).json()
                 out["resync_orphans"] = view.get("orphans") or 0
-                out["agent_inprocess_writes_in_resync"] = agent.store.writes
+                stop.set()
+                await asyncio.wait_for(task, 30)
+
+                # --- the same from a cold agent start (lists its inventory first) -------------------
+                await change_one_percent(1999)
+                relay.revive()
+                agent = Agent(agent_cfg(), kube)
+                stop = asyncio.Event()
+                task = asyncio.create_task(agent.run(stop))
+                t0 = time.perf_counter()
+                await wait_for(in_sync, 600, "cold resync")
+                out["cold_start_resync_1pct_s"] = round(time.perf_counter() - t0, 2)
                 stop.set()
                 await asyncio.wait_for(task, 30)
                 await relay.stop()

@@ -578,3 +578,25 @@ async def test_invalid_spec_and_unknown_environment_are_nacked_for_good(
             ("ChoreoApp/ghost/a", "environment_missing", False),
         }
         assert set(await apps(kube)) == {"good"}
+
+
+async def test_inventory_is_listed_in_pages(kube: KubeClient) -> None:
+    from choreo_dp.tunnel.cluster import list_pages
+
+    for i in range(5):
+        await kube.create(
+            R.ENVIRONMENTS,
+            {
+                "apiVersion": "choreo.dev/v1alpha1",
+                "kind": "Environment",
+                "metadata": {"name": f"e{i}", "labels": {LABEL_DATAPLANE: DP}},
+                "spec": {},
+            },
+        )
+    await kube.create(
+        R.ENVIRONMENTS,
+        {"apiVersion": "choreo.dev/v1alpha1", "kind": "Environment", "metadata": {"name": "x"}, "spec": {}},
+    )
+    pages = [items async for items, _ in list_pages(kube, R.ENVIRONMENTS, {LABEL_DATAPLANE: DP}, page=2)]
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert sorted(i["metadata"]["name"] for p in pages for i in p) == [f"e{i}" for i in range(5)]

@@ -222,7 +222,12 @@ class Agent:
         ) as ws:
             if ws.subprotocol != P.SUBPROTOCOL:
                 raise InvalidHandshake(f"control plane did not accept subprotocol {P.SUBPROTOCOL}")
-            await self.store.refresh()
+            # The status watcher's list + watch keeps the index of managed objects current; only
+            # when it has not synced (yet) does the session list the inventory itself.
+            try:
+                await asyncio.wait_for(self.reporter.synced.wait(), 30.0)
+            except TimeoutError:
+                await self.store.refresh()
             session = Session(
                 ws,
                 dataplane_id=self.cfg.dataplane_id,

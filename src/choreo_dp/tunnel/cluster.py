@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 
 from choreo_dp.api import API_VERSION, ChoreoAppSpec, EnvironmentSpec
 from choreo_dp.api.environment import default_namespace
-from choreo_dp.kube import ApiError, KubeClient
+from choreo_dp.kube import ApiError, KubeClient, Resource
 from choreo_dp.kube import resources as R
 from choreo_dp.tunnel import metrics as M
 from choreo_dp.tunnel import protocol as P
@@ -81,6 +82,31 @@ def key_of(obj: dict[str, Any]) -> str | None:
     return None
 
 
+LIST_PAGE = 500
+
+
+async def list_pages(
+    kube: KubeClient, res: Resource, selector: dict[str, str], page: int = LIST_PAGE
+) -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
+    """List in pages (limit/continue) so a large inventory is never decoded all at once; yields
+    (items, resourceVersion) per page."""
+    token: str | None = None
+    label = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+    while True:
+        body = await kube.request(
+            "GET", res.path(None), params={"labelSelector": label, "limit": page, "continue": token}
+        )
+        items: list[dict[str, Any]] = body.get("items") or []
+        for item in items:
+            item.setdefault("apiVersion", res.api_version)
+            item.setdefault("kind", res.kind)
+        meta = body.get("metadata") or {}
+        yield items, str(meta.get("resourceVersion", ""))
+        token = meta.get("continue") or None
+        if not token:
+            return
+
+
 def managed_from(obj: dict[str, Any]) -> Managed | None:
     key = key_of(obj)
     if key is None:
@@ -125,13 +151,19 @@ class ClusterStore:
     async def refresh(self) -> dict[str, Managed]:
         index: dict[str, Managed] = {}
         for res in (R.ENVIRONMENTS, R.CHOREOAPPS):
-            items, _ = await self.kube.list(res, label_selector=self.selector)
-            for obj in items:
-                m = managed_from(obj)
-                if m is not None:
-                    index[m.key] = m
+            async for items, _ in list_pages(self.kube, res, self.selector):
+                for obj in items:
+                    m = managed_from(obj)
+                    if m is not None:
+                        index[m.key] = m
         self.index = index
         return index
+
+    def replace_kind(self, kind: str, objects: list[Managed]) -> None:
+        """A fresh list of one kind (the status watcher's (re)list) replaces that part of the index."""
+        self.index = {k: m for k, m in self.index.items() if m.kind != kind}
+        for m in objects:
+            self.index[m.key] = m
 
     def observe(self, event_type: str, obj: dict[str, Any]) -> None:
         """Keep the index current from watch events."""

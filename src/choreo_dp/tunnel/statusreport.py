@@ -17,7 +17,7 @@ import aiohttp
 from choreo_dp.kube import ApiError, KubeClient, Resource
 from choreo_dp.kube import resources as R
 from choreo_dp.tunnel import protocol as P
-from choreo_dp.tunnel.cluster import ClusterStore, key_of
+from choreo_dp.tunnel.cluster import ClusterStore, Managed, key_of, list_pages, managed_from
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,18 @@ class StatusReporter:
         attempt = 0
         while True:
             try:
-                items, rv = await self.kube.list(res, label_selector=self.store.selector)
-                for obj in items:
-                    self.on_event("ADDED", obj)
+                rv = ""
+                listed: list[Managed] = []
+                async for items, page_rv in list_pages(self.kube, res, self.store.selector):
+                    rv = page_rv
+                    for obj in items:
+                        obj.setdefault("kind", res.kind)
+                        self.on_event("ADDED", obj)
+                        m = managed_from(obj)
+                        if m is not None:
+                            listed.append(m)
+                # the list is the truth for this kind (objects deleted while unwatched drop out)
+                self.store.replace_kind(res.kind, listed)
                 self._synced_kinds.add(res.kind)
                 if len(self._synced_kinds) == 2:
                     self.synced.set()
