@@ -171,3 +171,16 @@ def test_new_crd_is_served_and_deleted(api: client.ApiClient) -> None:
         lambda: raw(api, "GET", f"/apis/{group}/v1/namespaces/default/{plural}")[0] == 404,
         what="CRD resource to disappear",
     )
+
+
+def test_cel_validation_rules(api: client.ApiClient, custom: client.CustomObjectsApi, ns: str) -> None:
+    path = f"/apis/{G}/{V}/namespaces/{ns}/{P}"
+    no_schedule = choreo_app(unique("cel"), ns, type="scheduledTask")
+    status, body, _ = raw(api, "POST", path, body=no_schedule)
+    assert status == 422 and "schedule is required" in body["message"]
+    bad_scaling = choreo_app(unique("cel"), ns, autoscaling={"minReplicas": 5, "maxReplicas": 2})
+    status, body, _ = raw(api, "POST", path, body=bad_scaling)
+    assert status == 422 and "maxReplicas" in body["message"]
+    ok = choreo_app(unique("cel"), ns, type="scheduledTask", schedule="*/5 * * * *")
+    status, body, _ = raw(api, "POST", path, body=ok)
+    assert status == 201, body

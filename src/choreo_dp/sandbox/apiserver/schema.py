@@ -2,7 +2,8 @@
 
 The order matches the real API server: unknown fields are pruned, nulls in non-nullable
 fields dropped, defaults applied, then the result is validated.  CEL rules
-(``x-kubernetes-validations``) are evaluated for a documented subset only, see ``cel.py``.
+(``x-kubernetes-validations``) are evaluated for a documented subset only (see ``cel.py``);
+rules outside it are not enforced.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
+from choreo_dp.sandbox.apiserver import cel
 from choreo_dp.sandbox.apiserver.errors import cause
 
 JSON = dict[str, Any]
@@ -159,6 +161,12 @@ def _validate(value: Any, schema: JSON, path: str, errors: list[JSON], root: boo
         _validate_object(value, schema, path, errors, root)
     elif isinstance(value, list):
         _validate_array(value, schema, path, errors)
+    for rule in schema.get("x-kubernetes-validations") or []:
+        ok = cel.evaluate(str(rule.get("rule", "")), value)
+        if ok is False:
+            message = rule.get("message") or f"failed rule: {rule.get('rule')}"
+            field = where if not rule.get("fieldPath") else f"{path}{rule['fieldPath']}"
+            errors.append(cause(field, f'Invalid value: "{type_name(value)}": {message}'))
     for combinator in ("allOf",):
         for sub in schema.get(combinator) or []:
             _validate(value, sub, path, errors)
