@@ -394,8 +394,12 @@ def create_app(cp: ControlPlane) -> FastAPI:
     app.add_middleware(BodyLimit)
 
     @app.get("/healthz", response_class=PlainTextResponse, tags=["ops"])
-    async def healthz() -> str:
-        return "ok\n"
+    async def healthz() -> Response:
+        if not cp.liveness.healthy:
+            return PlainTextResponse(
+                f"store writer: no progress for {cp.liveness.silence:.0f}s\n", status_code=500
+            )
+        return PlainTextResponse("ok\n")
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["ops"])
     async def metrics() -> Response:
@@ -426,8 +430,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
             # The old token is dead: a session opened with it must not keep running.
             session = cp.hub.get(dp)
             if session is not None:
-                cp.hub.detach(session)
-                session.replaced()
+                session.go_away("dataplane token rotated", 1.0)
         return {**_dataplane_view(cp, record), "created": created, "token": token}
 
     @api.get("/dataplanes", response_model=DataplaneList, tags=["dataplanes"])

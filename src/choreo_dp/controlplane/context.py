@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from choreo_dp.controlplane.hub import Hub
 from choreo_dp.controlplane.metrics import Metrics
 from choreo_dp.controlplane.store import Store
+from choreo_dp.observability.health import Liveness
 
 
 @dataclass
@@ -33,6 +34,8 @@ class ControlPlane:
     hub: Hub = field(default_factory=Hub)
     metrics: Metrics = field(default_factory=Metrics)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
+    # Beaten by the periodic store flush: /healthz fails when the store thread stops making progress.
+    liveness: Liveness = field(default_factory=lambda: Liveness("store", max_silence=60.0))
 
     def is_admin(self, token: str) -> bool:
         return bool(self.admin_token) and hmac.compare_digest(token.encode(), self.admin_token.encode())

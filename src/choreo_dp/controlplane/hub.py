@@ -15,6 +15,10 @@ from typing import Protocol
 
 log = logging.getLogger(__name__)
 
+# A replaced agent waits this long before dialing again: if two agents share one token by mistake,
+# they alternate every few seconds instead of fighting in a tight loop.
+REPLACED_RETRY_AFTER = 5.0
+
 
 class Session(Protocol):
     @property
@@ -32,8 +36,8 @@ class Session(Protocol):
     def wake(self) -> None:
         """Something changed in the store for this dataplane."""
 
-    def replaced(self) -> None:
-        """A newer session took over: send goaway and close soon."""
+    def go_away(self, reason: str, retry_after: float) -> None:
+        """Send goaway with ``reason`` and close soon (a newer session took over, token revoked...)."""
 
 
 class Hub:
@@ -54,7 +58,7 @@ class Hub:
                 session.session_id,
                 previous.session_id,
             )
-            previous.replaced()
+            previous.go_away("replaced by a newer session of this dataplane", REPLACED_RETRY_AFTER)
             return previous
         return None
 

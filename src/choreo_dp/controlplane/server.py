@@ -178,7 +178,8 @@ class ControlPlaneServer:
             await asyncio.sleep(interval)
             try:
                 with self.cp.metrics.store_flush_seconds.time():
-                    await self.store.flush()
+                    await asyncio.wait_for(self.store.flush(), 30)
+                self.cp.liveness.beat()
             except Exception:
                 log.exception("writing reports to the store failed; retrying")
 

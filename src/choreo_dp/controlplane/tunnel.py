@@ -105,9 +105,6 @@ class TunnelSession:
     def wake(self) -> None:
         self._wake.set()
 
-    def replaced(self) -> None:
-        self.go_away("replaced by a newer session of this dataplane", GOAWAY_RETRY_REPLACED)
-
     def go_away(self, reason: str, retry_after: float) -> None:
         if self._goaway is None:
             self._goaway = p.GoAway(reason=reason, retry_after=retry_after)
