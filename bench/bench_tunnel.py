@@ -1,7 +1,7 @@
 """Tunnel benchmarks: the reference control plane (TLS, SQLite), the agent, the emulated API, all on
 loopback in one process except where noted.
 
-Figures (quick: a few hundred apps; --full: the issue's 10,000):
+Figures (quick: 1,000 apps; --full: the issue's 10,000):
 - push_to_applied: REST PUT of one app -> the agent has written it and persisted + acknowledged the
   revision (timed at the agent's persist, which directly precedes the ``applied`` frame).
   Baselines: a bare TLS WebSocket echo round trip, and one bare server-side apply to the emulator.
@@ -176,7 +176,7 @@ def rss_kb(pid: int) -> int:
 
 
 async def run(quick: bool) -> dict[str, Any]:
-    n_apps = 300 if quick else 10_000
+    n_apps = 1000 if quick else 10_000
     samples = 40 if quick else 200
     out: dict[str, Any] = {"apps": n_apps}
     with tempfile.TemporaryDirectory() as tmp_s:
