@@ -73,3 +73,22 @@ def test_bad_env_value_is_a_usage_error(
     assert main(["operator"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "CHOREO_DP_METRICS_PORT" in err[0]
+
+
+def test_bad_default_key_vault_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CHOREO_DP_DEFAULT_KEYVAULT_URL", "http://not-https.example")
+    assert main(["operator"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CHOREO_DP_DEFAULT_KEYVAULT" in err[0]
+
+
+def test_default_key_vault_comes_from_the_charts_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from choreo_dp.operator.config import default_key_vault_from_env
+
+    assert default_key_vault_from_env() is None
+    monkeypatch.setenv("CHOREO_DP_DEFAULT_KEYVAULT_URL", "https://acme.vault.azure.net/")
+    monkeypatch.setenv("CHOREO_DP_DEFAULT_KEYVAULT_REFRESH_INTERVAL", "15m")
+    kv = default_key_vault_from_env()
+    assert kv.url == "https://acme.vault.azure.net/" and kv.refresh_seconds == 900 and kv.client_id is None

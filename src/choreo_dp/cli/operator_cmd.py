@@ -17,6 +17,15 @@ def operator_config(args: argparse.Namespace) -> Any:
 
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
+    from pydantic import ValidationError
+
+    from choreo_dp.operator.config import default_key_vault_from_env
+
+    try:
+        default_key_vault_from_env()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UsageError(f"CHOREO_DP_DEFAULT_KEYVAULT_*: {first['loc'][0]}: {first['msg']}") from None
     return OperatorConfig(
         kubeconfig=args.kubeconfig,
         listen_host=health_host(),

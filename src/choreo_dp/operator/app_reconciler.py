@@ -121,7 +121,8 @@ async def _reconcile_workload(
         return None
 
     secrets_hash: str | None = None
-    if app.spec.secrets:
+    # Also with no secrets: the sync then drops a Secret left from refs that were all removed.
+    if app.spec.secrets or ctl.secrets is not None:
         if ctl.secrets is None:
             obs.refusal = Refusal(
                 "Degraded", "SecretsUnavailable", "Key Vault secret sync is not enabled in this operator"

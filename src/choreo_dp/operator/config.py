@@ -38,10 +38,26 @@ class SecretsPort(Protocol):
 SecretsFactory = Callable[["KubeClient"], SecretsPort]
 
 
+def default_key_vault_from_env() -> Any:
+    """The chart's default Key Vault (``CHOREO_DP_DEFAULT_KEYVAULT_*``) for Environments without one."""
+    from choreo_dp.api.environment import KeyVaultSpec
+
+    url = os.environ.get("CHOREO_DP_DEFAULT_KEYVAULT_URL")
+    if not url:
+        return None
+    fields = {
+        "url": url,
+        "clientId": os.environ.get("CHOREO_DP_DEFAULT_KEYVAULT_CLIENT_ID") or None,
+        "tenantId": os.environ.get("CHOREO_DP_DEFAULT_KEYVAULT_TENANT_ID") or None,
+        "refreshInterval": os.environ.get("CHOREO_DP_DEFAULT_KEYVAULT_REFRESH_INTERVAL") or "1h",
+    }
+    return KeyVaultSpec.model_validate({k: v for k, v in fields.items() if v is not None})
+
+
 def default_secrets_factory(kube: KubeClient) -> SecretsPort:
     from choreo_dp.secrets import SecretSyncer
 
-    return SecretSyncer(kube)
+    return SecretSyncer(kube, default_key_vault=default_key_vault_from_env())
 
 
 @dataclass
