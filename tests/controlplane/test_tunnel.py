@@ -385,3 +385,29 @@ async def test_server_shutdown_sends_goaway(server: ControlPlaneServer, http: ht
             frames.append(await agent.recv())
     await stopping
     assert any(isinstance(f.body, p.GoAway) for f in frames)
+
+
+async def test_silent_agents_are_dropped(tmp_path: Path) -> None:
+    from choreo_dp.controlplane.context import TunnelSettings
+
+    server = make_server(
+        tmp_path / "cp.db", tunnel=TunnelSettings(hello_timeout=0.3, idle_timeout=0.6, heartbeat_interval=0.2)
+    )
+    await server.start()
+    try:
+        _, token, _ = await server.store.register_dataplane("dp1")
+        assert token is not None
+        mute = await RawAgent.connect(server.tunnel_url, token)  # never says hello
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await mute.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        quiet = await RawAgent.connect(server.tunnel_url, token)  # says hello, then nothing
+        await quiet.hello("dp1")
+        assert (await quiet.recv()).type == "snapshot.begin"
+        with pytest.raises(websockets.ConnectionClosed):
+            await quiet.recv()
+        record = await server.store.get_dataplane("dp1")
+        assert record is not None and record.last_disconnected is not None
+        assert server.cp.hub.get("dp1") is None
+    finally:
+        await server.stop()
