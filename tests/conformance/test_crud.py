@@ -216,3 +216,28 @@ def test_events_in_both_groups(api: client.ApiClient, core: client.CoreV1Api, ns
         },
     )
     assert ev2.reason == "Tested"
+
+
+def test_server_side_dry_run(api: client.ApiClient, core: client.CoreV1Api, ns: str) -> None:
+    status, body, _ = raw(
+        api,
+        "POST",
+        f"/api/v1/namespaces/{ns}/configmaps",
+        query={"dryRun": "All"},
+        body={"metadata": {"name": "dry"}, "data": {"a": "1"}},
+    )
+    assert status == 201 and body["data"] == {"a": "1"}
+    with pytest.raises(client.ApiException) as exc:
+        core.read_namespaced_config_map("dry", ns)
+    assert exc.value.status == 404
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "wet"}, "data": {"a": "1"}})
+    status, body, _ = raw(
+        api,
+        "PATCH",
+        f"/api/v1/namespaces/{ns}/configmaps/wet",
+        query={"dryRun": "All"},
+        body={"data": {"a": "2"}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert status == 200 and body["data"] == {"a": "2"}
+    assert core.read_namespaced_config_map("wet", ns).data == {"a": "1"}

@@ -1,7 +1,31 @@
-"""Emulated Kubernetes API server for tests and the sandbox.
+"""Emulated Kubernetes API server for tests and the sandbox (plain HTTP on loopback only).
 
 Public API: ``ApiServer`` (async context manager), ``ApiServerThread`` (the same on a
-background thread, for synchronous clients), ``serve_forever`` (the CLI loop).
+background thread, for synchronous clients), ``serve_forever`` (the CLI loop behind
+``choreo-dp sandbox apiserver``).  Fixtures for tests live in ``tests/fixtures/kube.py``.
+
+Modules: ``resources`` (built-in resource table + CRD registry), ``discovery``,
+``store`` (objects, resourceVersion, write semantics), ``schema`` (CRD prune/default/
+validate) with ``cel`` (a CEL subset), ``patch`` (merge/JSON/strategic), ``fieldsets`` and
+``apply`` (server-side apply, managedFields), ``selectors``, ``watch``, ``tables``
+(server-side printing), ``gc`` (owner references, namespaces), ``simulator`` (Deployments
+-> ReplicaSets -> Pods, status), ``faults``, ``protobuf`` (the few kubectl bodies that are
+not JSON), ``openapi``, ``app`` (HTTP routing), ``server``.
+
+Known simplifications, on purpose:
+- No authentication or authorization: every request is allowed (SelfSubjectAccessReview says yes).
+- JSON only, except protobuf *request bodies* for ConfigMap, Secret, Namespace,
+  ServiceAccount and SelfSubjectAccessReview (kubectl's typed ``create`` sub-commands);
+  ``kubectl create deployment`` and similar get a 415 naming what is understood.
+- Discovery is the legacy form (clients asking for aggregated discovery fall back);
+  ``/openapi/v2`` is an empty document (kubectl then skips client-side validation and
+  strategic-merge metadata comes from kubectl's compiled-in types); no ``/openapi/v3``,
+  so ``kubectl explain`` does not work.
+- CEL ``x-kubernetes-validations``: only the subset in ``cel.py`` is enforced; rules
+  outside it (``oldSelf`` transitions, macros) are skipped.
+- Lists are served from the current state (continue tokens do not pin a snapshot);
+  admission webhooks, conversion webhooks, field validation directives, exec/attach/
+  port-forward and real pod logs are absent.
 """
 
 from choreo_dp.sandbox.apiserver.server import ApiServer, ApiServerThread, serve_forever

@@ -328,6 +328,14 @@ class ApiApp:
         obj = self.store.must_get(t.rt, t.namespace, t.name)
         if t.subresource == "scale":
             return json_response(_scale(t.rt, obj))
+        if t.subresource == "log":
+            # Simulated pods run no process; kubectl logs gets an honest one-liner instead of a 404.
+            container = request.query.get("container") or next(
+                (c.get("name") for c in (obj.get("spec") or {}).get("containers") or []), ""
+            )
+            return web.Response(
+                text=f"[emulated pod {t.name}, container {container}: no real process, no logs]\n"
+            )
         return self._object_response(request, t.rt, obj, 200)
 
     def _list_body(

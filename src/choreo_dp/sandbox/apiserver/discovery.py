@@ -77,6 +77,16 @@ def _resource_entries(rt: ResourceType) -> list[JSON]:
                 "verbs": ["get", "patch", "update"],
             }
         )
+    if "log" in rt.subresources:
+        out.append(
+            {
+                "name": f"{rt.plural}/log",
+                "singularName": "",
+                "namespaced": rt.namespaced,
+                "kind": rt.kind,
+                "verbs": ["get"],
+            }
+        )
     if "scale" in rt.subresources:
         out.append(
             {

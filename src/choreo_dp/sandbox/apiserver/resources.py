@@ -110,7 +110,7 @@ BUILTINS: tuple[ResourceType, ...] = (
     _b("", "v1", "services", "Service", short=("svc",), cats=ALL, status=True, generation=False),
     _b("", "v1", "endpoints", "Endpoints", short=("ep",), generation=False),
     _b("", "v1", "events", "Event", short=("ev",), generation=False),
-    _b("", "v1", "pods", "Pod", short=("po",), cats=ALL, status=True, generation=False),
+    _b("", "v1", "pods", "Pod", short=("po",), cats=ALL, status=True, generation=False, extra_sub=("log",)),
     _b("", "v1", "resourcequotas", "ResourceQuota", short=("quota",), status=True, generation=False),
     _b("", "v1", "limitranges", "LimitRange", short=("limits",), generation=False),
     _b("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", short=("pvc",), status=True),
