@@ -168,29 +168,30 @@ class Sandbox:
         await self._wait_http(f"http://127.0.0.1:{health}/healthz", "operator", step)
         self.say(f"started operator (health http://127.0.0.1:{health}/healthz)")
 
-    async def _start_agent(self) -> None:
-        step = "agent"
+    def agent_argv(self) -> list[str]:
+        """Flags shared by ``choreo-dp agent`` and ``choreo-dp run``."""
         port = int(self.cp_url.rsplit(":", 1)[1])
-        await self.children.start(
-            "agent",
-            [
-                "agent",
-                "--control-plane", f"wss://127.0.0.1:{port}",
-                "--dataplane", DATAPLANE,
-                "--token-file", str(self.dataplane_token_file),
-                "--ca-file", str(self.directory / "ca.pem"),
-                "--kubeconfig", str(self.kubeconfig),
-                "--health-port", str(free_port()), "--metrics-port", str(free_port()),
-            ],
-        )  # fmt: skip
+        return [
+            "--control-plane", f"wss://127.0.0.1:{port}",
+            "--dataplane", DATAPLANE,
+            "--token-file", str(self.dataplane_token_file),
+            "--ca-file", str(self.directory / "ca.pem"),
+            "--kubeconfig", str(self.kubeconfig),
+            "--health-port", str(free_port()), "--metrics-port", str(free_port()),
+        ]  # fmt: skip
 
+    async def _start_agent(self) -> None:
+        await self.children.start("agent", ["agent", *self.agent_argv()])
+        await self.wait_connected("agent")
+
+    async def wait_connected(self, child: str) -> None:
         async def connected() -> bool:
             assert self.kube is not None
             dp = await self.kube.get(R.DATAPLANES, DATAPLANE)
             return bool(dp and dp.get("status", {}).get("connected"))
 
-        await self._poll(connected, 30, "agent", step)
-        self.say(f"agent connected to wss://127.0.0.1:{port} as dataplane {DATAPLANE!r}")
+        await self._poll(connected, 30, child, "agent")
+        self.say(f"agent connected to {self.cp_url.replace('https', 'wss')} as dataplane {DATAPLANE!r}")
 
     async def _deploy_demo(self) -> float:
         step = "demo deployment"
