@@ -184,3 +184,14 @@ def test_cel_validation_rules(api: client.ApiClient, custom: client.CustomObject
     ok = choreo_app(unique("cel"), ns, type="scheduledTask", schedule="*/5 * * * *")
     status, body, _ = raw(api, "POST", path, body=ok)
     assert status == 201, body
+
+
+def test_field_validation_directives(api: client.ApiClient, custom: client.CustomObjectsApi, ns: str) -> None:
+    path = f"/apis/{G}/{V}/namespaces/{ns}/{P}"
+    body = choreo_app(unique("fv"), ns)
+    body["spec"]["bogus"] = 1
+    status, resp, _ = raw(api, "POST", path, query={"fieldValidation": "Strict"}, body=body)
+    assert status == 400 and "bogus" in resp["message"]
+    status, resp, headers = raw(api, "POST", path, query={"fieldValidation": "Warn"}, body=body)
+    assert status == 201 and "bogus" not in resp["spec"]
+    assert "bogus" in headers.get("Warning", "")

@@ -286,3 +286,11 @@ def test_typed_create_subcommands_and_scale(kubectl: Kubectl, api: client.ApiCli
     kubectl("scale", "deployment", "scaled", "-n", ns, "--replicas=3")
     assert client.AppsV1Api(api).read_namespaced_deployment("scaled", ns).spec.replicas == 3
     kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def test_kubectl_apply_rejects_unknown_fields(kubectl: Kubectl, api: client.ApiClient, ns: str) -> None:
+    install_crds(api)
+    doc = yaml.safe_load(_manifest(ns, unique("strict")).split("---")[0])
+    doc["spec"]["notAField"] = True
+    proc = kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert proc.returncode != 0 and "notAField" in proc.stderr

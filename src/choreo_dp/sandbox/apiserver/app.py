@@ -63,6 +63,20 @@ def _flag(value: str | None) -> bool:
     return value is not None and value.lower() in ("1", "true", "yes")
 
 
+def _validation(request: web.Request) -> str:
+    value = request.query.get("fieldValidation", "Warn")
+    if value not in ("Ignore", "Warn", "Strict"):
+        raise ApiFailure(400, f"fieldValidation must be Ignore, Warn or Strict, not {value!r}")
+    return value
+
+
+def _warn(resp: web.Response, opts: WriteOptions) -> web.Response:
+    """Warnings travel as RFC 7234 ``Warning: 299 - "..."`` headers, as kubectl expects."""
+    for text in opts.warnings:
+        resp.headers.add("Warning", '299 - "' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return resp
+
+
 def _manager(request: web.Request, default_suffix: str = "") -> str:
     fm = request.query.get("fieldManager")
     if fm:
@@ -185,17 +199,19 @@ class ApiApp:
                 out = dict(body) if isinstance(body, dict) else {}
                 out["status"] = {"allowed": True, "reason": "the emulated API server allows everything"}
                 return json_response(out, 201)
-            opts = WriteOptions(manager=_manager(request), dry_run=dry)
+            opts = WriteOptions(manager=_manager(request), dry_run=dry, field_validation=_validation(request))
             obj = self.store.create(t.rt, t.namespace, body, opts)
-            return self._object_response(request, t.rt, obj, 201)
+            return _warn(self._object_response(request, t.rt, obj, 201), opts)
         if method == "PUT" and t.name:
             await self.faults.apply("update", t.rt.plural, t.subresource, t.namespace, t.name)
             sub = "" if t.subresource == "finalize" else t.subresource
             if sub == "scale":
                 return self._write_scale(t, "put", body, _manager(request), dry)
-            opts = WriteOptions(manager=_manager(request), dry_run=dry, subresource=sub)
+            opts = WriteOptions(
+                manager=_manager(request), dry_run=dry, subresource=sub, field_validation=_validation(request)
+            )
             obj = self.store.update(t.rt, t.namespace, t.name, body, opts)
-            return self._object_response(request, t.rt, obj, 200)
+            return _warn(self._object_response(request, t.rt, obj, 200), opts)
         if method == "PATCH" and t.name:
             await self.faults.apply("patch", t.rt.plural, t.subresource, t.namespace, t.name)
             ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
@@ -209,10 +225,14 @@ class ApiApp:
                 return self._write_scale(t, ptype, body, _manager(request), dry)
             force = _flag(q.get("force"))
             opts = WriteOptions(
-                manager=_manager(request), dry_run=dry, subresource=t.subresource, force=force
+                manager=_manager(request),
+                dry_run=dry,
+                subresource=t.subresource,
+                force=force,
+                field_validation=_validation(request),
             )
             obj, created = self.store.patch(t.rt, t.namespace, t.name, ptype, body, opts)
-            return self._object_response(request, t.rt, obj, 201 if created else 200)
+            return _warn(self._object_response(request, t.rt, obj, 201 if created else 200), opts)
         if method == "DELETE":
             options = body if isinstance(body, dict) else {}
             propagation = q.get("propagationPolicy") or options.get("propagationPolicy")

@@ -34,11 +34,14 @@ def _clone(v: Any) -> Any:
     return v
 
 
-def prune(value: Any, schema: JSON, root: bool = False) -> Any:
-    """Drop fields the schema does not know and nulls it does not allow; returns the value."""
+def prune(
+    value: Any, schema: JSON, root: bool = False, path: str = "", unknown: list[str] | None = None
+) -> Any:
+    """Drop fields the schema does not know and nulls it does not allow; returns the value.
+
+    Dropped unknown fields are reported in ``unknown`` (for fieldValidation Warn/Strict).
+    """
     if isinstance(value, dict):
-        if schema.get("x-kubernetes-embedded-resource") or root:
-            pass
         props = schema.get("properties")
         addl = schema.get("additionalProperties")
         preserve = schema.get("x-kubernetes-preserve-unknown-fields", False)
@@ -48,20 +51,23 @@ def prune(value: Any, schema: JSON, root: bool = False) -> Any:
             sub = props.get(key) if props else None
             if sub is None and isinstance(addl, dict):
                 sub = addl
+            here = f"{path}.{key}" if path else key
             if sub is None:
                 if not preserve and addl is not True:
                     del value[key]
+                    if unknown is not None:
+                        unknown.append(here)
                 continue
             child = value[key]
             if child is None and not sub.get("nullable", False):
                 del value[key]
                 continue
-            prune(child, sub)
+            prune(child, sub, False, here, unknown)
     elif isinstance(value, list):
         items = schema.get("items")
         if isinstance(items, dict):
-            for item in value:
-                prune(item, items)
+            for i, item in enumerate(value):
+                prune(item, items, False, f"{path}[{i}]", unknown)
     return value
 
 

@@ -77,6 +77,8 @@ class WriteOptions:
     dry_run: bool = False
     subresource: str = ""
     force: bool = False
+    field_validation: str = "Warn"  # Ignore | Warn | Strict, as the fieldValidation parameter
+    warnings: list[str] = field(default_factory=list)
 
 
 class Store:
@@ -208,7 +210,9 @@ class Store:
         return final
 
     # ----- validation ---------------------------------------------------------------------
-    def _prepare(self, rt: ResourceType, obj: JSON, old: JSON | None, name: str) -> None:
+    def _prepare(
+        self, rt: ResourceType, obj: JSON, old: JSON | None, name: str, opts: WriteOptions | None = None
+    ) -> None:
         """Defaults, pruning and validation shared by every write."""
         obj["apiVersion"] = rt.api_version
         obj["kind"] = rt.kind
@@ -216,7 +220,10 @@ class Store:
             schema = rt.crd.schema
             if rt.has_status and "status" in obj and old is None:
                 pass
-            prune(obj, schema, root=True)
+            unknown: list[str] = []
+            prune(obj, schema, root=True, unknown=unknown)
+            if unknown and opts is not None:
+                self._unknown_fields(rt, unknown, opts)
             apply_defaults(obj, schema)
             errors = validate(
                 {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}, schema
@@ -232,6 +239,17 @@ class Store:
                         obj["spec"][k] = old_spec[k]
         if rt.plural == "customresourcedefinitions" and rt.group == "apiextensions.k8s.io":
             crdmod.check_crd(obj)
+
+    @staticmethod
+    def _unknown_fields(rt: ResourceType, unknown: builtins.list[str], opts: WriteOptions) -> None:
+        if opts.field_validation == "Strict":
+            listed = ", ".join(f'unknown field "{u}"' for u in unknown)
+            raise ApiFailure(
+                400,
+                f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: strict decoding error: {listed}',
+            )
+        if opts.field_validation != "Ignore":
+            opts.warnings.extend(f'unknown field "{u}"' for u in unknown)
 
     def _check_name(self, rt: ResourceType, name: str) -> None:
         pattern, limit = (_LABEL, 63) if rt.plural == "namespaces" else (_SUBDOMAIN, 253)
@@ -314,7 +332,7 @@ class Store:
             rt.has_status and rt.crd
         ):
             obj.pop("status", None)
-        self._prepare(rt, obj, None, name)
+        self._prepare(rt, obj, None, name, opts)
         now = now_iso()
         for k in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
             meta.pop(k, None)
@@ -428,7 +446,7 @@ class Store:
         for k in ("labels", "annotations", "ownerReferences"):
             if k in meta and not meta[k]:
                 del meta[k]
-        self._prepare(rt, obj, old, name)
+        self._prepare(rt, obj, old, name, opts)
         if (
             rt.plural == "customresourcedefinitions"
             and rt.group == "apiextensions.k8s.io"
@@ -545,7 +563,10 @@ class Store:
             raise ApiFailure(400, "PATCH requests with apply-patch content type require fieldManager")
         applied = clone(applied)
         if rt.crd is not None and rt.crd.schema is not None:
-            prune(applied, rt.crd.schema, root=True)
+            unknown: list[str] = []
+            prune(applied, rt.crd.schema, root=True, unknown=unknown)
+            if unknown:
+                self._unknown_fields(rt, unknown, opts)
         now = now_iso()
         if old is None:
             if opts.subresource:
