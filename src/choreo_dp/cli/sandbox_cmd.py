@@ -34,6 +34,8 @@ def run_apiserver(args: argparse.Namespace) -> int:
     from choreo_dp.sandbox.apiserver import serve_forever
 
     try:
-        return asyncio.run(serve_forever(args.port, args.kubeconfig, simulate_workloads=args.simulate_workloads))
+        return asyncio.run(
+            serve_forever(args.port, args.kubeconfig, simulate_workloads=args.simulate_workloads)
+        )
     except OSError as exc:
         raise UsageError(f"cannot serve on 127.0.0.1:{args.port}: {exc}") from None
