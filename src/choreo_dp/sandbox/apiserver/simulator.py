@@ -56,6 +56,24 @@ def template_hash(template: Any) -> str:
     return out
 
 
+def image_id(image: str) -> str:
+    """What containerd reports as imageID: the repository (tag dropped) at a content digest.
+
+    The digest is derived from the image reference, so the same image always "resolves" to
+    the same digest and a new tag to a new one (clients read the running digest from it).
+    """
+    if "@" in image:
+        return image
+    repo, last = image.rsplit("/", 1) if "/" in image else ("", image)
+    name = f"{repo}/{last.split(':', 1)[0]}" if repo else last.split(":", 1)[0]
+    first = name.split("/", 1)[0]
+    if "/" not in name:
+        name = f"docker.io/library/{name}"
+    elif "." not in first and ":" not in first and first != "localhost":
+        name = f"docker.io/{name}"
+    return f"{name}@sha256:{hashlib.sha256(image.encode()).hexdigest()}"
+
+
 def _max_unavailable(spec: JSON, replicas: int) -> int:
     ru = ((spec.get("strategy") or {}).get("rollingUpdate") or {}).get("maxUnavailable", "25%")
     if isinstance(ru, str) and ru.endswith("%"):
@@ -336,7 +354,7 @@ class WorkloadSimulator:
                 started = ((prev.get("state") or {}).get("running") or {}).get("startedAt") or now
                 cs["state"] = {"running": {"startedAt": started}}
                 cs["restartCount"] = int(prev.get("restartCount") or 0)
-                cs["imageID"] = f"docker.io/library/{c.get('image')}"
+                cs["imageID"] = image_id(str(c.get("image") or ""))
                 cs["containerID"] = f"containerd://{pod['metadata']['uid'].replace('-', '')}"
             elif mode == "CrashLoopBackOff":
                 cs["state"] = {
