@@ -22,7 +22,6 @@ from tests.operator.harness import (
     eventually,
     running_operator,
 )
-from tests.operator.kubelet import FakeKubelet
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.emulator_only]
 
@@ -34,10 +33,13 @@ DOCKERCONFIG = base64.b64encode(b'{"auths":{}}').decode()
 
 
 class Env:
-    def __init__(self, cluster: Cluster, kubelet: FakeKubelet) -> None:
+    def __init__(self, cluster: Cluster) -> None:
         self.c = cluster
         self.kube = cluster.kube
-        self.kubelet = kubelet
+
+    def fail_pods(self, name: str, mode: str | None, namespace: str = "choreo-dev") -> None:
+        """Switch the emulator's workload simulator to crash-loop / fail pulls for a Deployment."""
+        self.c.server.simulator.set_pod_failure(namespace, name, mode)
 
     async def app(self, name: str, namespace: str = "choreo-dev") -> dict[str, Any]:
         app = await self.kube.get(R.CHOREOAPPS, name, namespace)
@@ -72,7 +74,7 @@ class Env:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
     tmp: Path = tmp_path_factory.mktemp("operator")
-    async with emulated_cluster(tmp, simulate_workloads=False) as cluster:
+    async with emulated_cluster(tmp) as cluster:
         kube = cluster.kube
         pull = {
             "apiVersion": "v1",
@@ -82,7 +84,7 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
             "data": {".dockerconfigjson": DOCKERCONFIG},
         }
         await kube.apply(pull, "test")
-        async with FakeKubelet(kube) as kubelet, running_operator(cluster):
+        async with running_operator(cluster):
             spec = {
                 "registry": {"allowedPrefixes": ["registry.example.com/"], "pullSecretName": "regcred"},
                 "gateways": GATEWAYS,
@@ -90,7 +92,7 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
             }
             await kube.apply(environment("dev", **spec), "test")
             await eventually(lambda: kube.get(R.NAMESPACES, "choreo-dev"), what="namespace choreo-dev")
-            yield Env(cluster, kubelet)
+            yield Env(cluster)
 
 
 async def test_environment_children_and_status(env: Env) -> None:
@@ -320,8 +322,8 @@ async def test_invalid_app_does_not_block_others(env: Env) -> None:
 
 async def test_crash_loop_and_image_pull_are_degraded(env: Env) -> None:
     kube = env.kube
-    env.kubelet.fail("choreo-dev", "crashy", "CrashLoopBackOff")
-    env.kubelet.fail("choreo-dev", "pully", "ImagePullBackOff")
+    env.fail_pods("crashy", "CrashLoopBackOff")
+    env.fail_pods("pully", "ImagePullBackOff")
     await kube.apply(choreoapp("crashy", "dev", type="worker"), "test")
     await kube.apply(choreoapp("pully", "dev", type="worker"), "test")
     crashy = await env.phase("crashy", "Degraded")
@@ -329,7 +331,7 @@ async def test_crash_loop_and_image_pull_are_degraded(env: Env) -> None:
     assert crashy["status"]["ready"] == "0/1"
     pully = await env.phase("pully", "Degraded")
     assert "ImagePullBackOff" in pully["status"]["message"]
-    env.kubelet.fail("choreo-dev", "crashy", None)
+    env.fail_pods("crashy", None)
     await env.phase("crashy", "Ready")
     events, _ = await kube.list(R.EVENTS, "choreo-dev")
     assert any(e.get("reason") == "Degraded" and e["involvedObject"]["name"] == "pully" for e in events)

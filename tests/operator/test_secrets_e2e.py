@@ -20,7 +20,6 @@ from tests.operator.harness import (
     eventually,
     running_operator,
 )
-from tests.operator.kubelet import FakeKubelet
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.emulator_only]
 
@@ -68,12 +67,12 @@ class FakeSecrets:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def setup(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Cluster, FakeSecrets]]:
     fake = FakeSecrets()
-    async with emulated_cluster(tmp_path_factory.mktemp("secrets"), simulate_workloads=False) as cluster:
+    async with emulated_cluster(tmp_path_factory.mktemp("secrets")) as cluster:
 
         def factory(_: KubeClient) -> FakeSecrets:
             return fake
 
-        async with FakeKubelet(cluster.kube), running_operator(cluster, secrets_factory=factory):
+        async with running_operator(cluster, secrets_factory=factory):
             kv = {"url": "https://vault.example.net/"}
             await cluster.kube.apply(environment("dev", keyVault=kv), "test")
             await eventually(lambda: cluster.kube.get(R.NAMESPACES, "choreo-dev"), what="namespace")
@@ -140,6 +139,14 @@ async def test_secrets_gate_the_workload_and_roll_it(setup: tuple[Cluster, FakeS
         )
 
     await eventually(rolled, what="pod template carries the new hash")
+
+    async def rolled_pods() -> bool:
+        # The simulator replaces the pods the way the Deployment controller would.
+        pods, _ = await kube.list(R.PODS, "choreo-dev", label_selector="choreo.dev/app=vaulted")
+        hashes = {(p["metadata"].get("annotations") or {}).get("choreo.dev/secrets-hash") for p in pods}
+        return hashes == {"h2"} and (await _status(kube, "vaulted")).get("phase") == "Ready"
+
+    await eventually(rolled_pods, what="pods rolled to the new hash and app Ready")
     await kube.delete(R.CHOREOAPPS, "vaulted", "choreo-dev")
     await eventually(lambda: _forgotten(fake), what="syncer told to forget the app")
 
