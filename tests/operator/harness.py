@@ -53,18 +53,36 @@ class Cluster:
 
 
 @contextlib.asynccontextmanager
-async def emulated_cluster(tmp: Path, *, simulate_workloads: bool = True) -> AsyncIterator[Cluster]:
-    async with ApiServer(port=0, simulate_workloads=simulate_workloads, simulator_delay=0.05) as srv:
-        kubeconfig = srv.write_kubeconfig(tmp / "kubeconfig")
-        kube = await KubeClient.from_kubeconfig(str(kubeconfig))
-        try:
-            await install_crds(kube)
-            await kube.apply(
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}}, "test"
-            )
-            yield Cluster(srv, kube, kubeconfig)
-        finally:
-            await kube.close()
+async def cluster_on(srv: ApiServer, kubeconfig: Path) -> AsyncIterator[Cluster]:
+    """A client on a running emulator, with our CRDs and the operator namespace installed."""
+    kube = await KubeClient.from_kubeconfig(str(kubeconfig))
+    try:
+        await install_crds(kube)
+        await kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}}, "test")
+        yield Cluster(srv, kube, kubeconfig)
+    finally:
+        await kube.close()
+
+
+@contextlib.asynccontextmanager
+async def emulated_cluster(tmp: Path) -> AsyncIterator[Cluster]:
+    """A fresh emulator whose workload simulator makes Deployments available (pods Ready after 50 ms)."""
+    async with (
+        ApiServer(port=0, simulate_workloads=True, simulator_delay=0.05) as srv,
+        cluster_on(srv, srv.write_kubeconfig(tmp / "kubeconfig")) as cluster,
+    ):
+        yield cluster
+
+
+def stop_serving_group(srv: ApiServer, group: str) -> None:
+    """Make the emulator behave like a cluster without ``group`` (e.g. no Gateway API CRDs).
+
+    ApiServer has no switch for this; its registry is what discovery and routing serve from,
+    and discovery caches are keyed on the registry generation, so bump it.
+    """
+    for key in [k for k in srv.registry.by_gvr if k[0] == group]:
+        del srv.registry.by_gvr[key]
+    srv.registry.generation += 1
 
 
 @contextlib.asynccontextmanager
