@@ -165,6 +165,50 @@ def _owned_below(path: Path, sets: list[FieldSet]) -> bool:
     return any(len(p) > n and p[:n] == path for fs in sets for p in fs)
 
 
+def _field_names(path: Path) -> tuple[str, ...]:
+    """Schema field names along a path (list items are transparent)."""
+    return tuple(seg[2:] for seg in path if seg.startswith("f:"))
+
+
+def _is_free_form_map(rt: ResourceType, path: Path) -> bool:
+    """A CRD object with additionalProperties and no properties: a map, not a struct."""
+    if rt.crd is None:
+        return False
+    cur: Any = rt.crd.schema
+    for part in _field_names(path):
+        if not isinstance(cur, dict):
+            return False
+        while cur.get("type") == "array" and isinstance(cur.get("items"), dict):
+            cur = cur["items"]
+        props = cur.get("properties") or {}
+        nxt = props.get(part)
+        if nxt is None and isinstance(cur.get("additionalProperties"), dict):
+            nxt = cur["additionalProperties"]
+        cur = nxt
+    return isinstance(cur, dict) and not cur.get("properties") and bool(cur.get("additionalProperties"))
+
+
+def _dropped_structs(
+    previous: FieldSet, applied_fs: FieldSet, other_sets: list[FieldSet], rt: ResourceType
+) -> set[Path]:
+    """Structs the applier owned fields in, no longer mentions, and nobody else owns anything in.
+
+    Like structured-merge-diff (``EnsureNamedFieldsAreMembers``), such a struct is removed whole,
+    so fields the schema defaulted inside it go too instead of leaving an invalid half-struct.
+    Top-level fields and metadata are left to the leaf rules; free-form maps keep leaf semantics.
+    """
+    candidates = {
+        path[:i]
+        for path in previous
+        for i in range(2, len(path))
+        if path[0] != "f:metadata" and path[i - 1].startswith("f:")
+    }
+    if not candidates:
+        return set()
+    kept = {p[:i] for fs in [applied_fs, *other_sets] for p in fs for i in range(1, len(p) + 1)}
+    return {p for p in candidates if p not in kept and not _is_free_form_map(rt, p)}
+
+
 def server_side_apply(
     live: JSON,
     applied: JSON,
@@ -199,6 +243,7 @@ def server_side_apply(
         for path in to_remove
         if not any(path in fs for fs in other_sets) and not _owned_below(path, [*other_sets, applied_fs])
     }
+    removable |= _dropped_structs(mine.fields, applied_fs, other_sets, rt)
     for path in sorted(removable, key=len, reverse=True):
         if any(path[:i] in removable for i in range(1, len(path))):
             continue  # an ancestor (e.g. the whole list item) goes anyway
