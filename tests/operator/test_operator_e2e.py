@@ -224,7 +224,9 @@ async def test_autoscaling_then_pruned(env: Env) -> None:
     assert dep is not None
     ours = [m for m in dep["metadata"].get("managedFields", []) if m.get("manager") == "choreo-dp-operator"]
     assert ours and "f:replicas" not in str(ours[0].get("fieldsV1", {}).get("f:spec", {}))
-    await kube.patch(R.CHOREOAPPS, "scaled", {"spec": {"autoscaling": None, "replicas": 1}}, "choreo-dev")
+    # The applier simply stops sending autoscaling (the API drops the struct with its defaults).
+    await kube.apply(choreoapp("scaled", "dev", replicas=1), "test")
+    assert "autoscaling" not in (await env.app("scaled"))["spec"]
     await env.gone(R.HPAS, "scaled")
     await env.gone(R.PDBS, "scaled")
     await env.phase("scaled", "Ready")
@@ -236,7 +238,7 @@ async def test_endpoint_removal_prunes_route_and_service(env: Env) -> None:
     await kube.apply(choreoapp("shrink", "dev", endpoints=[ep]), "test")
     await env.phase("shrink", "Ready")
     assert await kube.get(R.HTTPROUTES, "shrink-api", "choreo-dev") is not None
-    await kube.patch(R.CHOREOAPPS, "shrink", {"spec": {"endpoints": None}}, "choreo-dev")
+    await kube.apply(choreoapp("shrink", "dev"), "test")
     await env.gone(R.HTTPROUTES, "shrink-api")
     await env.gone(R.SERVICES, "shrink")
     app = await env.phase("shrink", "Ready")
