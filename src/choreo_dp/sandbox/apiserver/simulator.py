@@ -15,6 +15,8 @@ unless a failure mode was set for the Deployment with ``set_pod_failure``:
 Deployment status follows (replicas, updatedReplicas, readyReplicas,
 availableReplicas, unavailableReplicas, observedGeneration, Available/Progressing
 conditions).  Like the real API, counters that are zero are omitted.  Off by default.
+HorizontalPodAutoscalers targeting Deployments are clamped into their replica range by
+``hpa.HpaEmulator`` (see there), driven from the same loop.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import math
 import time
 from typing import Any
 
+from choreo_dp.sandbox.apiserver.hpa import HpaEmulator
 from choreo_dp.sandbox.apiserver.patch import clone
 from choreo_dp.sandbox.apiserver.resources import ResourceType
 from choreo_dp.sandbox.apiserver.store import Store, now_iso, random_suffix
@@ -102,6 +105,7 @@ class WorkloadSimulator:
         self.deploy_rt = _rt(store, "apps", "deployments")
         self.rs_rt = _rt(store, "apps", "replicasets")
         self.pod_rt = _rt(store, "", "pods")
+        self.hpa = HpaEmulator(store, self.deploy_rt)  # the HPA controller's part (hpa.py)
         store.listeners.append(self.on_change)
 
     # ----- public knobs -------------------------------------------------------------------
@@ -121,6 +125,8 @@ class WorkloadSimulator:
             self.task = asyncio.create_task(self._run(), name="apiserver-simulator")
             for d in self.store.list(self.deploy_rt, None):
                 self._mark((d["metadata"]["namespace"], d["metadata"]["name"]))
+            self.hpa.mark_all()
+            self.wake.set()
 
     async def stop(self) -> None:
         for t in self.timers.values():
@@ -142,6 +148,8 @@ class WorkloadSimulator:
         if not self.enabled:
             return
         meta = obj["metadata"]
+        if self.hpa.on_change(type_, rt, obj, old):
+            self.wake.set()
         if rt is self.deploy_rt or (rt.group == "apps" and rt.plural == "deployments"):
             if type_ == "DELETED":
                 self.failures.pop((meta["namespace"], meta["name"]), None)
@@ -180,6 +188,7 @@ class WorkloadSimulator:
                     self.reconcile(*key)
                 except Exception:  # one odd object must not stop the simulation
                     log.exception("simulator failed on deployment %s/%s", *key)
+            self.hpa.run_dirty()
 
     # ----- reconciliation -----------------------------------------------------------------
     def reconcile(self, namespace: str, name: str) -> None:
