@@ -47,6 +47,28 @@ async def test_queue_dedupes_and_never_hands_a_key_to_two_workers() -> None:
     assert len(q) == 1
 
 
+async def test_urgent_adds_are_served_first_and_promote_waiting_keys() -> None:
+    q: WorkQueue[str] = WorkQueue("t")
+    for key in ("new-1", "new-2", "new-3"):
+        q.add(key)
+    q.add("ready-app", urgent=True)
+    q.add("new-3", urgent=True)  # already waiting: promoted, still queued once
+    assert len(q) == 4
+    order = [await q.get() for _ in range(4)]
+    assert order == ["ready-app", "new-3", "new-1", "new-2"]
+    for key in order:
+        q.done(key)
+    assert len(q) == 0
+    # A key made dirty by an urgent add while processing comes back in the urgent lane.
+    q.add("x")
+    q.add("y")
+    got = await q.get()
+    assert got == "x"
+    q.add("x", urgent=True)
+    q.done("x")
+    assert await q.get() == "x"
+
+
 async def test_queue_backoff_grows_and_honours_retry_after() -> None:
     q: WorkQueue[str] = WorkQueue("t", base_delay=0.1, max_delay=10)
     delays = [q.add_rate_limited("k") for _ in range(6)]

@@ -125,14 +125,14 @@ class Controller:
                     self.state.deployments.pop(owner, None)
                 else:
                     self.state.deployments[owner] = DeploymentSummary.from_body(body)
-                self.queue.add(owner)  # status follows the rollout
+                self.queue.add(owner, urgent=True)  # status follows the rollout
                 return
             if kind == "CronJob":
                 if etype == "DELETED":
                     self.state.cronjobs.pop(owner, None)
                 else:
                     self.state.cronjobs[owner] = CronJobSummary.from_body(body)
-                self.queue.add(owner)
+                self.queue.add(owner, urgent=True)
                 return
         tracked = self.state.live.get(owner, {}).get(key)
         if tracked is None or not tracked.in_sync:
@@ -156,7 +156,7 @@ class Controller:
             pods[name] = summary
             changed = old != summary
         if changed and key in self.state.apps:
-            self.queue.add(key)
+            self.queue.add(key, urgent=True)
 
     # --- workers --------------------------------------------------------------------------------
 

@@ -85,12 +85,24 @@ def build_registry(ctl: Controller, conn: ConnectionConfig) -> kopf.OperatorRegi
     return registry
 
 
+class NoDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf computes a diff base (a deep copy of the whole body) for every event, even when, as
+    here, only ``on.event`` handlers exist and nothing reads it: ~15% of the operator's CPU in a
+    cold start. With no change handlers an empty essence is all kopf needs."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+
 def configure_settings(settings: kopf.OperatorSettings, gateway_api: bool) -> None:
     """Production settings: our own names under choreo.dev, quiet posting, server-side filtering."""
     # Unused by our low-level handlers, but kopf must never claim a name outside our prefix.
     settings.persistence.finalizer = "choreo.dev/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="choreo.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = NoDiffBaseStorage(
         prefix="choreo.dev", key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING

@@ -5,6 +5,10 @@
   dirty and it is queued again when the worker calls :meth:`done`.
 - Failures are retried per key with exponential backoff and full jitter (or the server's
   Retry-After), capped, and reset on success.
+- Two lanes: ``add(key, urgent=True)`` (a workload's status moved: cheap, user-visible work) is
+  served before ordinary adds, so during a cold start of many apps an app whose pods came up
+  turns Ready right away instead of behind every app created after it. An urgent add of a key
+  already waiting in the ordinary lane promotes it.
 
 Its size is bounded by the number of distinct keys, i.e. by the objects in the cluster; the
 delayed set is bounded the same way (one pending timer per key).
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
@@ -28,10 +33,14 @@ class WorkQueue(Generic[K]):
         self.name = name
         self.base_delay = base_delay
         self.max_delay = max_delay
-        self._queue: asyncio.Queue[K] = asyncio.Queue()
+        # One token per lane entry; lanes may hold a stale entry of a promoted key (skipped).
+        self._tokens: asyncio.Queue[None] = asyncio.Queue()
+        self._urgent: deque[K] = deque()
+        self._normal: deque[K] = deque()
         self._queued: dict[K, float] = {}  # key -> monotonic time of enqueue
+        self._in_urgent: set[K] = set()
         self._processing: set[K] = set()
-        self._dirty: set[K] = set()
+        self._dirty: dict[K, bool] = {}  # key -> urgent
         self._failures: dict[K, int] = {}
         self._timers: dict[K, asyncio.TimerHandle] = {}
         self._shut_down = False
@@ -39,18 +48,28 @@ class WorkQueue(Generic[K]):
     def __len__(self) -> int:
         return len(self._queued)
 
-    def add(self, key: K) -> None:
+    def add(self, key: K, urgent: bool = False) -> None:
         if self._shut_down:
             return
         if key in self._processing:
-            self._dirty.add(key)
+            self._dirty[key] = self._dirty.get(key, False) or urgent
             return
         if key in self._queued:
+            if urgent and key not in self._in_urgent:
+                self._push(key, urgent=True)
             return
         self._queued[key] = time.monotonic()
-        self._queue.put_nowait(key)
+        self._push(key, urgent)
         WORKQUEUE_ADDS.labels(self.name).inc()
         WORKQUEUE_DEPTH.labels(self.name).set(len(self._queued))
+
+    def _push(self, key: K, urgent: bool) -> None:
+        if urgent:
+            self._urgent.append(key)
+            self._in_urgent.add(key)
+        else:
+            self._normal.append(key)
+        self._tokens.put_nowait(None)
 
     def add_after(self, key: K, delay: float) -> None:
         """Queue ``key`` after ``delay`` seconds; an earlier pending timer for it wins."""
@@ -91,7 +110,9 @@ class WorkQueue(Generic[K]):
 
     async def get(self) -> K:
         while True:
-            key = await self._queue.get()
+            await self._tokens.get()
+            key = self._urgent.popleft() if self._urgent else self._normal.popleft()
+            self._in_urgent.discard(key)
             queued_at = self._queued.pop(key, None)
             if queued_at is None:
                 continue
@@ -103,8 +124,7 @@ class WorkQueue(Generic[K]):
     def done(self, key: K) -> None:
         self._processing.discard(key)
         if key in self._dirty:
-            self._dirty.discard(key)
-            self.add(key)
+            self.add(key, urgent=self._dirty.pop(key))
 
     def discard(self, key: K) -> None:
         """Forget everything about a key whose object is gone."""
