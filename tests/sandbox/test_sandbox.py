@@ -103,3 +103,47 @@ def test_sandbox_runs_again_in_the_same_dir(tmp_path: Path) -> None:
     assert second.returncode == 0, second.stdout + second.stderr
     assert "Ready in" in second.stdout
     assert _ours_running(directory) == []
+
+
+def test_a_failing_step_is_named_with_its_log_and_nothing_is_left(tmp_path: Path) -> None:
+    directory = tmp_path / "broken"
+    # An invalid operator setting makes the operator exit 2 at start-up.
+    proc = subprocess.run(
+        [sys.executable, "-m", "choreo_dp.cli.main", "sandbox", "--once", "--dir", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "CHOREO_DP_WORKERS": "0"},
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("sandbox:"))
+    assert "operator failed" in line and str(directory / "operator.log") in line, line
+    assert "--workers must be at least 1" in (directory / "operator.log").read_text()
+    assert _ours_running(directory) == []
+
+
+def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    import signal
+
+    directory = tmp_path / "interactive"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "choreo_dp.cli.main", "sandbox", "--dir", str(directory)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    seen = []
+    deadline = time.monotonic() + 180
+    for line in proc.stdout:
+        seen.append(line)
+        if "Ctrl-C stops everything" in line or time.monotonic() > deadline:
+            break
+    assert any("Ctrl-C stops everything" in line for line in seen), "".join(seen)
+    assert _ours_running(directory), "the parts should be running before Ctrl-C"
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest
+    assert "stopped everything the sandbox started" in rest
+    assert _ours_running(directory) == []
