@@ -1,0 +1,181 @@
+"""kubectl's protobuf bodies for workloads (emulator only): ``create job --from=cronjob``,
+``create deployment``; the decoded objects must equal what the source said, field for field."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.conformance.helpers import unique
+
+pytestmark = pytest.mark.emulator_only
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+RESTRICTED = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
+    "privileged": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "runAsUser": 0,  # a pointer in Go: zero must survive the trip (and so must the falses)
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _pod_template(name: str) -> dict[str, Any]:
+    """Like the operator's manual-task rendering, plus most of what a PodSpec can carry."""
+    return {
+        "metadata": {"labels": {"choreo.dev/app": name}, "annotations": {"choreo.dev/revision": "7"}},
+        "spec": {
+            "serviceAccountName": "choreo-app",
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "tolerations": [
+                {"key": "dedicated", "operator": "Equal", "value": "jobs", "effect": "NoSchedule"},
+                {"key": "slow", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30},
+            ],
+            "imagePullSecrets": [{"name": "registry"}],
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 10001,
+                "fsGroup": 10001,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "initContainers": [
+                {
+                    "name": "wait",
+                    "image": "busybox:1.36",
+                    "command": ["sh", "-c", "true"],
+                    "securityContext": RESTRICTED,
+                }
+            ],
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "registry.example.com/shop/orders:1.2.3",
+                    "args": ["migrate", "up"],
+                    "workingDir": "/work",
+                    "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                    "env": [
+                        {"name": "MODE", "value": "manual"},
+                        {
+                            "name": "DB_PASSWORD",
+                            "valueFrom": {"secretKeyRef": {"name": f"{name}-secrets", "key": "DB_PASSWORD"}},
+                        },
+                        {
+                            "name": "FLAG",
+                            "valueFrom": {
+                                "configMapKeyRef": {"name": "flags", "key": "flag", "optional": False}
+                            },
+                        },
+                        {
+                            "name": "POD",
+                            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
+                        },
+                    ],
+                    "envFrom": [{"secretRef": {"name": "extra", "optional": True}}],
+                    "resources": {
+                        "requests": {"cpu": "100m", "memory": "128Mi"},
+                        "limits": {"cpu": "1", "memory": "512Mi", "ephemeral-storage": "1Gi"},
+                    },
+                    "livenessProbe": {
+                        "httpGet": {"path": "/healthz", "port": "http", "scheme": "HTTP"},
+                        "initialDelaySeconds": 5,
+                        "periodSeconds": 10,
+                        "failureThreshold": 3,
+                    },
+                    "readinessProbe": {"tcpSocket": {"port": 8080}, "timeoutSeconds": 2},
+                    "startupProbe": {
+                        "exec": {"command": ["cat", "/tmp/ready"]},
+                        "terminationGracePeriodSeconds": 0,
+                    },
+                    "securityContext": RESTRICTED,
+                    "volumeMounts": [
+                        {"name": "tmp", "mountPath": "/tmp"},
+                        {"name": "cfg", "mountPath": "/etc/cfg", "readOnly": True},
+                        {"name": "creds", "mountPath": "/etc/creds", "readOnly": True},
+                    ],
+                    "imagePullPolicy": "IfNotPresent",
+                }
+            ],
+            "volumes": [
+                {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+                {"name": "scratch", "emptyDir": {}},
+                {
+                    "name": "cfg",
+                    "configMap": {"name": "flags", "defaultMode": 0, "items": [{"key": "flag", "path": "f"}]},
+                },
+                {"name": "creds", "secret": {"secretName": f"{name}-secrets", "optional": False}},
+            ],
+        },
+    }
+
+
+def _plain(api: client.ApiClient, obj: Any) -> Any:
+    return api.sanitize_for_serialization(obj)
+
+
+def test_create_job_from_suspended_cronjob(api: client.ApiClient, ns: str, kubectl: Kubectl) -> None:
+    batch = client.BatchV1Api(api)
+    name = unique("mt")
+    cj_body = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": name, "labels": {"choreo.dev/app": name}},
+        "spec": {
+            "schedule": "0 0 31 2 *",
+            "suspend": True,
+            "concurrencyPolicy": "Forbid",
+            "jobTemplate": {
+                "metadata": {
+                    "labels": {"choreo.dev/app": name},
+                    "annotations": {"choreo.dev/kind": "manualTask"},
+                },
+                "spec": {
+                    "backoffLimit": 0,
+                    "ttlSecondsAfterFinished": 86400,
+                    "template": _pod_template(name),
+                },
+            },
+        },
+    }
+    cj = batch.create_namespaced_cron_job(ns, cj_body)
+    out = kubectl("create", "job", "manual-1", f"--from=cronjob/{name}", "-n", ns).stdout
+    assert "job.batch/manual-1 created" in out
+    job = batch.read_namespaced_job("manual-1", ns)
+    cj = batch.read_namespaced_cron_job(name, ns)
+    want = _plain(api, cj.spec.job_template.spec.template)
+    got = _plain(api, job.spec.template)
+    assert got["spec"] == want["spec"]
+    assert got["metadata"]["annotations"] == want["metadata"]["annotations"]
+    assert got["metadata"]["labels"].items() >= want["metadata"]["labels"].items()
+    assert job.spec.backoff_limit == 0 and job.spec.ttl_seconds_after_finished == 86400
+    assert job.metadata.annotations["cronjob.kubernetes.io/instantiate"] == "manual"
+    assert job.metadata.annotations["choreo.dev/kind"] == "manualTask"
+    (ref,) = job.metadata.owner_references
+    assert (ref.api_version, ref.kind, ref.name, ref.uid, ref.controller) == (
+        "batch/v1",
+        "CronJob",
+        name,
+        cj.metadata.uid,
+        True,
+    )
+    # Go's encoding sends unset value fields (hostNetwork: false, stdin: false, ...); they did
+    # not leak in (the equality above), while pointer zeros and falses came through as values
+    assert "hostNetwork" not in got["spec"] and "stdin" not in got["spec"]["containers"][0]
+    c = got["spec"]["containers"][0]
+    assert (
+        c["securityContext"]["allowPrivilegeEscalation"] is False and c["securityContext"]["runAsUser"] == 0
+    )
+    assert (
+        got["spec"]["terminationGracePeriodSeconds"] == 0
+        and got["spec"]["automountServiceAccountToken"] is False
+    )
+    assert got["spec"]["volumes"][1]["emptyDir"] == {}
