@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -179,3 +182,60 @@ def test_create_job_from_suspended_cronjob(api: client.ApiClient, ns: str, kubec
         and got["spec"]["automountServiceAccountToken"] is False
     )
     assert got["spec"]["volumes"][1]["emptyDir"] == {}
+
+
+def test_create_deployment_and_cronjob_typed(api: client.ApiClient, ns: str, kubectl: Kubectl) -> None:
+    apps = client.AppsV1Api(api)
+    batch = client.BatchV1Api(api)
+    name = unique("dep")
+    kubectl("create", "deployment", name, "--image=nginx:1.25", "--replicas=2", "--port=8080", "-n", ns)
+    d = apps.read_namespaced_deployment(name, ns)
+    assert d.spec.replicas == 2
+    assert d.spec.selector.match_labels == {"app": name} and d.spec.template.metadata.labels == {"app": name}
+    (c,) = d.spec.template.spec.containers
+    assert (c.name, c.image, c.ports[0].container_port) == ("nginx", "nginx:1.25", 8080)
+    kubectl(
+        "create", "cronjob", name, "--image=busybox:1.36", "--schedule=*/5 * * * *", "-n", ns, "--", "date"
+    )
+    cj = batch.read_namespaced_cron_job(name, ns)
+    assert cj.spec.schedule == "*/5 * * * *"
+    (c,) = cj.spec.job_template.spec.template.spec.containers
+    assert c.command == ["date"] and cj.spec.job_template.spec.template.spec.restart_policy == "OnFailure"
+
+
+def _key(num: int, wire: int) -> bytes:
+    return _uvarint(num << 3 | wire)
+
+
+def _uvarint(n: int) -> bytes:
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        if not n:
+            return out + bytes([b])
+        out += bytes([b | 0x80])
+
+
+def _ld(num: int, payload: bytes) -> bytes:
+    return _key(num, 2) + _uvarint(len(payload)) + payload
+
+
+def test_unknown_protobuf_field_is_refused_with_its_path(api: client.ApiClient, ns: str) -> None:
+    # Job{metadata{name}, spec{template{spec{containers[{name, <field 999>}]}}}}
+    container = _ld(1, b"app") + _key(999, 0) + b"\x01"
+    job = _ld(1, _ld(1, b"bad")) + _ld(2, _ld(6, _ld(2, _ld(2, container))))
+    body = b"k8s\x00" + _ld(1, _ld(1, b"batch/v1") + _ld(2, b"Job")) + _ld(2, job)
+    req = urllib.request.Request(
+        f"{api.configuration.host}/apis/batch/v1/namespaces/{ns}/jobs",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/vnd.kubernetes.protobuf", "Accept": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 415
+    status = json.loads(err.value.read())
+    assert "Job.spec.template.spec.containers[0].<field 999>" in status["message"]
+    with pytest.raises(client.ApiException) as missing:
+        client.BatchV1Api(api).read_namespaced_job("bad", ns)
+    assert missing.value.status == 404

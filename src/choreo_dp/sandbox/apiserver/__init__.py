@@ -9,14 +9,16 @@ Modules: ``resources`` (built-in resource table + CRD registry), ``discovery``,
 validate) with ``cel`` (a CEL subset), ``patch`` (merge/JSON/strategic), ``fieldsets`` and
 ``apply`` (server-side apply, managedFields), ``selectors``, ``watch``, ``tables``
 (server-side printing), ``gc`` (owner references, namespaces), ``simulator`` (Deployments
--> ReplicaSets -> Pods, status), ``faults``, ``protobuf`` (the few kubectl bodies that are
-not JSON), ``openapi``, ``app`` (HTTP routing), ``server``.
+-> ReplicaSets -> Pods, status) with ``hpa`` (HPAs clamp Deployments into [min, max]; no
+metrics), ``faults``, ``protobuf`` with ``protobuf_schema`` (the kubectl bodies that are not
+JSON), ``openapi``, ``app`` (HTTP routing), ``server``.
 
 Known simplifications, on purpose:
 - No authentication or authorization: every request is allowed (SelfSubjectAccessReview says yes).
 - JSON only, except protobuf *request bodies* for ConfigMap, Secret, Namespace,
-  ServiceAccount and SelfSubjectAccessReview (kubectl's typed ``create`` sub-commands);
-  ``kubectl create deployment`` and similar get a 415 naming what is understood.
+  ServiceAccount, SelfSubjectAccessReview, Job, CronJob and Deployment (kubectl's typed
+  ``create`` sub-commands, ``create job --from=cronjob/X``); other kinds, and fields
+  unknown to the schema, get a 415 naming them.
 - Discovery is the legacy form (clients asking for aggregated discovery fall back);
   ``/openapi/v2`` is an empty document (kubectl then skips client-side validation and
   strategic-merge metadata comes from kubectl's compiled-in types); no ``/openapi/v3``,
