@@ -116,6 +116,13 @@ async def test_secrets_gate_the_workload_and_roll_it(setup: tuple[Cluster, FakeS
         return (await _status(kube, "vaulted")).get("phase") == "Ready"
 
     await eventually(ready, what="Ready once synced")
+    # The reconcile that saw the failure has finished by now (reconciles of one key are serial).
+    # The secrets sync posts the Warning for it; the operator must not post a duplicate.
+    events, _ = await kube.list(R.EVENTS, "choreo-dev")
+    duplicates = [
+        e for e in events if e["involvedObject"]["name"] == "vaulted" and e["reason"] == "KeyVaultUnavailable"
+    ]
+    assert duplicates == []
     dep = await kube.get(R.DEPLOYMENTS, "vaulted", "choreo-dev")
     assert dep is not None
     template = dep["spec"]["template"]

@@ -75,7 +75,8 @@ async def reconcile(ctl: Controller, key: AppKey) -> float | None:
     status = compute_app_status(obs)
     await _write_status(ctl, key, body, status)
     if obs.refusal is not None and obs.refusal.phase in ("Failed", "Degraded"):
-        await ctl.warn_once(key, body, obs.refusal.reason, obs.refusal.message)
+        if not obs.refusal.already_reported:
+            await ctl.warn_once(key, body, obs.refusal.reason, obs.refusal.message)
     elif status["phase"] == "Degraded":
         await ctl.warn_once(key, body, "Degraded", str(status["message"]))
     else:
@@ -134,7 +135,9 @@ async def _reconcile_workload(
             cond = result.condition
             phase = "Progressing" if cond.reason in _SECRETS_PENDING else "Degraded"
             # No workload: the app would crash on a missing variable.
-            obs.refusal = Refusal(phase, cond.reason, f"secrets not synced: {cond.message}")
+            obs.refusal = Refusal(
+                phase, cond.reason, f"secrets not synced: {cond.message}", already_reported=True
+            )
             return None
         secrets_hash = result.values_hash
 

@@ -19,6 +19,8 @@ class Refusal:
     phase: str
     reason: str
     message: str
+    # The Key Vault sync posts its own Warning Events; a second one from us would only repeat it.
+    already_reported: bool = False
 
 
 @dataclass
