@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import ssl
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import yaml
 
 from choreo_dp.kube.errors import ConfigError
 
+TOKEN_REREAD_SECONDS = 60.0
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
@@ -29,6 +32,7 @@ class ConnectionConfig:
     insecure: bool = False
     namespace: str = "default"
     _tempfiles: list[str] = field(default_factory=list, repr=False)
+    _token_read_at: float | None = field(default=None, repr=False)
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         if not self.server.startswith("https://"):
@@ -48,12 +52,18 @@ class ConnectionConfig:
         return ctx
 
     def current_token(self) -> str | None:
-        """Token files are re-read because projected service-account tokens rotate."""
-        if self.token_file:
-            try:
-                return Path(self.token_file).read_text().strip()
-            except OSError:
-                return self.token
+        """Token files are re-read because projected service-account tokens rotate.
+
+        Like client-go, at most once a minute: this runs on every request, on the event loop.
+        """
+        if not self.token_file:
+            return self.token
+        now = time.monotonic()
+        if self._token_read_at is None or now - self._token_read_at >= TOKEN_REREAD_SECONDS:
+            # A missing file keeps the last token read; the API answers 401 once it expires.
+            with contextlib.suppress(OSError):
+                self.token = Path(self.token_file).read_text().strip()
+            self._token_read_at = now
         return self.token
 
 
