@@ -210,7 +210,10 @@ async def _one_size(n: int) -> dict[str, Any]:
             floor = await _floor(kube, n)
 
             env = dict(os.environ, CHOREO_DP_OPERATOR_NAMESPACE="choreo-system")
+            # CHOREO_BENCH_OPERATOR_PREFIX: a wrapper command for profiling, e.g. "py-spy record -o x --".
+            prefix = os.environ.get("CHOREO_BENCH_OPERATOR_PREFIX", "").split()
             operator = await asyncio.create_subprocess_exec(
+                *prefix,
                 BIN,
                 "operator",
                 "--kubeconfig",

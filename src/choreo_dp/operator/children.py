@@ -9,7 +9,7 @@ from choreo_dp.kube import resources as R
 from choreo_dp.operator.drift import contains
 from choreo_dp.operator.keys import ChildKey, ObjKey
 from choreo_dp.operator.metrics import APPLIES, PRUNES
-from choreo_dp.operator.state import TrackedChild, canonical, controller_owner_uid
+from choreo_dp.operator.state import TrackedChild, canonical, controller_owner_uid, sync_basis
 from choreo_dp.render.labels import FIELD_MANAGER
 
 if TYPE_CHECKING:
@@ -35,7 +35,9 @@ async def apply_children(
         live = await ctl.kube.apply(manifest, FIELD_MANAGER, force=True)
         APPLIES.labels(key.kind).inc()
         state.desired[key] = text
-        state.live[owner][key] = TrackedChild(controller_owner_uid(live), contains(live, manifest))
+        state.live[owner][key] = TrackedChild(
+            controller_owner_uid(live), contains(live, manifest), sync_basis(key.kind, text, live)
+        )
         applied[key] = live
     for stale in state.desired_by_owner.get(owner, set()) - keys:
         state.desired.pop(stale, None)

@@ -26,6 +26,7 @@ from choreo_dp.operator.state import (
     TrackedChild,
     controller_owner_uid,
     owner_key_of_child,
+    sync_basis,
     trigger_fingerprint,
     trim,
 )
@@ -116,16 +117,20 @@ class Controller:
         if etype == "DELETED":
             self.state.live.get(owner, {}).pop(key, None)
         else:
-            desired = self.state.desired.get(key)
-            in_sync = desired is not None and contains(body, json.loads(desired))
-            self.state.live[owner][key] = TrackedChild(controller_owner_uid(body), in_sync)
+            self.state.live[owner][key] = self._track(owner, key, body)
+        tracked = self.state.live.get(owner, {}).get(key)
         if isinstance(owner, AppKey):
             if kind == "Deployment":
                 if etype == "DELETED":
-                    self.state.deployments.pop(owner, None)
+                    changed = self.state.deployments.pop(owner, None) is not None
                 else:
-                    self.state.deployments[owner] = DeploymentSummary.from_body(body)
-                self.queue.add(owner, urgent=True)  # status follows the rollout
+                    summary = DeploymentSummary.from_body(body)
+                    changed = self.state.deployments.get(owner) != summary
+                    self.state.deployments[owner] = summary
+                # Status follows the rollout; an event that moved nothing the status reads (and
+                # left the Deployment in sync) is not worth a reconcile.
+                if changed or tracked is None or not tracked.in_sync:
+                    self.queue.add(owner, urgent=True)
                 return
             if kind == "CronJob":
                 if etype == "DELETED":
@@ -134,10 +139,19 @@ class Controller:
                     self.state.cronjobs[owner] = CronJobSummary.from_body(body)
                 self.queue.add(owner, urgent=True)
                 return
-        tracked = self.state.live.get(owner, {}).get(key)
         if tracked is None or not tracked.in_sync:
             # Deleted, edited by hand, or not (or no longer) desired: repair or prune.
             self.queue.add(owner)
+
+    def _track(self, owner: ObjKey, key: ChildKey, body: dict[str, Any]) -> TrackedChild:
+        desired = self.state.desired.get(key)
+        if desired is None:
+            return TrackedChild(controller_owner_uid(body), False)
+        basis = sync_basis(key.kind, desired, body)
+        previous = self.state.live.get(owner, {}).get(key)
+        if basis is not None and previous is not None and previous.basis == basis:
+            return previous
+        return TrackedChild(controller_owner_uid(body), contains(body, json.loads(desired)), basis)
 
     def on_pod_event(self, etype: str | None, body: dict[str, Any]) -> None:
         meta = body.get("metadata") or {}

@@ -49,10 +49,14 @@ def trigger_fingerprint(body: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class TrackedChild:
     owner_uid: str | None
     in_sync: bool
+    # What ``in_sync`` was computed from (desired text, generation, labels, annotations), for kinds
+    # whose spec edits always bump the generation: their status-only events then skip the deep
+    # comparison (it was ~5% of the operator's CPU in a cold start).
+    basis: tuple[Any, ...] | None = None
 
 
 @dataclass
@@ -87,6 +91,19 @@ class State:
             self.cronjobs.pop(owner, None)
             self.pods.pop(owner, None)
         self.fingerprints.pop(owner, None)
+
+
+# Kinds whose every spec change bumps metadata.generation (the API server guarantees it for these).
+GENERATION_TRACKED_KINDS = frozenset({"Deployment", "CronJob"})
+
+
+def sync_basis(kind: str, desired: str, body: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The facts an in-sync verdict for ``body`` depends on, or None when they cannot be told apart."""
+    meta = body.get("metadata") or {}
+    generation = meta.get("generation")
+    if kind not in GENERATION_TRACKED_KINDS or generation is None:
+        return None
+    return (desired, generation, meta.get("labels"), meta.get("annotations"))
 
 
 def owner_key_of_child(body: dict[str, Any]) -> ObjKey | None:
