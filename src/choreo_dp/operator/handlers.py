@@ -118,6 +118,10 @@ def configure_settings(settings: kopf.OperatorSettings, gateway_api: bool) -> No
     settings.networking.connect_timeout = 10
     settings.networking.error_backoffs = [1, 2, 5, 10, 20, 30]
     settings.networking.enforce_retry_after = True
+    # kopf keeps one worker task (with its queue and frames) per object until it has been idle this
+    # long. Its default of 5 s keeps thousands alive through a cold start (peak RSS 159-164 MiB at
+    # 1,000 apps); at 1 s it was 120-122 MiB. A worker that exits is simply recreated on the next event.
+    settings.queueing.idle_timeout = 1.0
     selector = f"{MANAGED_BY}={MANAGED_BY_VALUE}"
     for group, version, plural in (*watched_children(gateway_api), PODS):
         settings.watching.label_selectors[group, version, plural] = selector
