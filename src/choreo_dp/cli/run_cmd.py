@@ -1,7 +1,7 @@
 """``choreo-dp run``: operator and agent in one process (development).
 
-The operator serves /healthz and /metrics on the given ports; the agent shares the process (its
-liveness is not served separately: if either part stops, the whole process stops).
+One /healthz and /metrics for both: /healthz fails when either main loop stops making progress,
+and if either part ends, the other is stopped and the process exits.
 """
 
 from __future__ import annotations
@@ -19,11 +19,14 @@ async def run_both(args: argparse.Namespace, stop: asyncio.Event | None = None) 
     from choreo_dp.cli.agent_cmd import agent_config, install_stop_handlers
     from choreo_dp.cli.operator_cmd import operator_config
     from choreo_dp.kube import ConfigError, KubeClient
+    from choreo_dp.observability.health import Liveness
     from choreo_dp.operator import run_operator
     from choreo_dp.tunnel.agent import Agent
 
     op_cfg = operator_config(args)
     ag_cfg = agent_config(args)
+    agent_liveness = Liveness("agent", max_silence=120.0)
+    op_cfg.extra_liveness.append(agent_liveness)
     stop = stop or asyncio.Event()
     install_stop_handlers(stop)
     try:
@@ -32,7 +35,7 @@ async def run_both(args: argparse.Namespace, stop: asyncio.Event | None = None) 
         raise UsageError(f"kubeconfig: {exc}") from None
     try:
         operator = asyncio.create_task(run_operator(op_cfg, stop), name="operator")
-        agent = asyncio.create_task(Agent(ag_cfg, kube).run(stop), name="agent")
+        agent = asyncio.create_task(Agent(ag_cfg, kube, liveness=agent_liveness).run(stop), name="agent")
         done, pending = await asyncio.wait([operator, agent], return_when=asyncio.FIRST_COMPLETED)
         stop.set()  # one part ended: stop the other cleanly
         if pending:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from choreo_dp.api import Condition, Environment
+from choreo_dp.observability.health import Liveness
 
 if TYPE_CHECKING:
     from choreo_dp.kube import KubeClient
@@ -70,6 +71,8 @@ class OperatorConfig:
     listen_host: str = "127.0.0.1"
     health_port: int | None = None
     metrics_port: int | None = None
+    # Probes of other loops in the same process (``choreo-dp run``: the agent) that /healthz covers too.
+    extra_liveness: list[Liveness] = field(default_factory=list)
     # Concurrent reconciles; each is a few API calls, so this bounds in-flight writes too.
     workers: int = 16
     # Safety-net resyncs: every app/environment is reconciled at least this often.

@@ -64,7 +64,7 @@ async def run_operator(
         ctl = Controller(kube, config, caps, secrets)
         ports = [p for p in (config.health_port, config.metrics_port) if p is not None]
         if ports:
-            health = await serve([ctl.liveness], config.listen_host, ports)
+            health = await serve([ctl.liveness, *config.extra_liveness], config.listen_host, ports)
         await ctl.start()
         settings = kopf.OperatorSettings()
         configure_settings(settings, gateway_api)
