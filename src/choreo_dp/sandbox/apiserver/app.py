@@ -15,7 +15,7 @@ import yaml
 from aiohttp import web
 
 from choreo_dp.sandbox.apiserver import discovery, openapi, protobuf
-from choreo_dp.sandbox.apiserver.errors import ApiFailure, status_body, success_status
+from choreo_dp.sandbox.apiserver.errors import ApiFailure, check_resource_version, status_body, success_status
 from choreo_dp.sandbox.apiserver.faults import Faults
 from choreo_dp.sandbox.apiserver.patch import clone, json_patch, merge_patch, strategic_merge
 from choreo_dp.sandbox.apiserver.resources import ResourceType
@@ -324,12 +324,13 @@ class ApiApp:
             new = strategic_merge(current, body, None)
         if not isinstance(new, dict):
             raise ApiFailure(400, "the body of the request was in an unknown format")
-        want_rv = (new.get("metadata") or {}).get("resourceVersion")
-        if want_rv and str(want_rv) != obj["metadata"]["resourceVersion"]:
-            raise ApiFailure(
-                409,
-                f'Operation cannot be fulfilled on {t.rt.qualified} "{t.name}": the object has been modified; please apply your changes to the latest version and try again',
-            )
+        check_resource_version(
+            t.rt.plural,
+            t.rt.group,
+            t.name,
+            (new.get("metadata") or {}).get("resourceVersion"),
+            obj["metadata"]["resourceVersion"],
+        )
         replicas = (new.get("spec") or {}).get("replicas")
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
             raise ApiFailure(

@@ -131,6 +131,15 @@ def conflict(resource: str, group: str, name: str, why: str) -> ApiFailure:
     )
 
 
+STALE = "the object has been modified; please apply your changes to the latest version and try again"
+
+
+def check_resource_version(resource: str, group: str, name: str, wanted: object, current: str) -> None:
+    """Optimistic concurrency: a write that names a resourceVersion must name the current one."""
+    if wanted and str(wanted) != current:
+        raise conflict(resource, group, name, STALE)
+
+
 def invalid(kind: str, group: str, name: str, causes: list[JSON]) -> ApiFailure:
     """422 with one cause per field, worded like the real API server."""
     qualified = f"{kind}.{group}" if group else kind

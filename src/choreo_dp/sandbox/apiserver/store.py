@@ -25,6 +25,7 @@ from choreo_dp.sandbox.apiserver.errors import (
     ApiFailure,
     already_exists,
     cause,
+    check_resource_version,
     conflict,
     invalid,
     not_found,
@@ -374,14 +375,9 @@ class Store:
         meta_in = body.get("metadata") or {}
         if meta_in.get("name") and meta_in["name"] != name:
             raise ApiFailure(400, "the name of the object does not match the name on the URL")
-        want_rv = meta_in.get("resourceVersion")
-        if want_rv and str(want_rv) != old["metadata"]["resourceVersion"]:
-            raise conflict(
-                rt.plural,
-                rt.group,
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            )
+        check_resource_version(
+            rt.plural, rt.group, name, meta_in.get("resourceVersion"), old["metadata"]["resourceVersion"]
+        )
         return self._replace(rt, old, clone(body), opts)
 
     def _replace(self, rt: ResourceType, old: JSON, obj: JSON, opts: WriteOptions) -> JSON:
@@ -533,16 +529,13 @@ class Store:
             new = strategic_merge(base, patch, rt)
         else:
             raise ApiFailure(415, f"unsupported patch type {patch_type}", "UnsupportedMediaType")
-        want_rv = (new.get("metadata") or {}).get("resourceVersion")
-        if want_rv and str(want_rv) != old["metadata"]["resourceVersion"]:
-            raise conflict(
-                rt.plural,
-                rt.group,
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            )
-        if opts.subresource == "status" and rt.has_status:
-            pass
+        check_resource_version(
+            rt.plural,
+            rt.group,
+            name,
+            (new.get("metadata") or {}).get("resourceVersion"),
+            old["metadata"]["resourceVersion"],
+        )
         return self._replace(rt, old, new, opts), False
 
     def _apply(
@@ -583,14 +576,9 @@ class Store:
             if rt.plural == "customresourcedefinitions" and rt.group == "apiextensions.k8s.io":
                 self._register_crd(stored)
             return stored, True
-        want_rv = meta.get("resourceVersion")
-        if want_rv and str(want_rv) != old["metadata"]["resourceVersion"]:
-            raise conflict(
-                rt.plural,
-                rt.group,
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            )
+        check_resource_version(
+            rt.plural, rt.group, name, meta.get("resourceVersion"), old["metadata"]["resourceVersion"]
+        )
         result = server_side_apply(old, applied, opts.manager, opts.force, rt, opts.subresource, now)
         return self._replace(rt, old, result, opts), False
 
@@ -613,13 +601,7 @@ class Store:
                 name,
                 f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {meta['uid']}",
             )
-        if pre.get("resourceVersion") and str(pre["resourceVersion"]) != meta["resourceVersion"]:
-            raise conflict(
-                rt.plural,
-                rt.group,
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            )
+        check_resource_version(rt.plural, rt.group, name, pre.get("resourceVersion"), meta["resourceVersion"])
         if dry_run:
             return old
         if rt.plural == "namespaces" and rt.group == "":
