@@ -119,6 +119,16 @@ class TunnelSession:
         self._outbox.append((body, corr))
         self._wake.set()
 
+    def _welcome_frame(self, version: int, epoch: str, revision: int) -> p.Welcome:
+        return p.Welcome(
+            version=version,
+            epoch=epoch,
+            revision=revision,
+            mode=self.mode,
+            heartbeat_interval=self.cp.tunnel.heartbeat_interval,
+            session=self.session_id,
+        )
+
     async def _send(self, body: p.Body, corr: str | None = None) -> None:
         text = p.encode(body, seq=self._seq.next(), corr=corr, version=self.version)
         try:
@@ -203,16 +213,7 @@ class TunnelSession:
             self.epoch = record.epoch
             self.sent_revision = hello.applied_revision
             self.phase = "streaming"
-            await self._send(
-                p.Welcome(
-                    version=version,
-                    epoch=record.epoch,
-                    revision=record.revision,
-                    mode="incremental",
-                    heartbeat_interval=self.cp.tunnel.heartbeat_interval,
-                    session=self.session_id,
-                )
-            )
+            await self._send(self._welcome_frame(version, record.epoch, record.revision))
         else:
             snap = await self.cp.store.snapshot(self.dataplane)
             self.epoch = snap.epoch
@@ -220,16 +221,7 @@ class TunnelSession:
             self.sent_revision = snap.revision
             self._buckets = p.bucket_count(len(snap.hashes), hello.inventory_count)
             self.phase = "await_inventory"
-            await self._send(
-                p.Welcome(
-                    version=version,
-                    epoch=snap.epoch,
-                    revision=snap.revision,
-                    mode="resync",
-                    heartbeat_interval=self.cp.tunnel.heartbeat_interval,
-                    session=self.session_id,
-                )
-            )
+            await self._send(self._welcome_frame(version, snap.epoch, snap.revision))
             digests = p.bucket_digests(snap.hashes, self._buckets)
             await self._send(
                 p.SnapshotBegin(
