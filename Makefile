@@ -33,7 +33,7 @@ unit: tools
 
 test: lint typecheck unit
 
-bench: tools
+bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bench
 
 crds: $(STAMP)
