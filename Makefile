@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SANDBOX_DIR ?= .sandbox
 
-.PHONY: sandbox test lint typecheck unit bench crds tools clean
+.PHONY: sandbox test lint typecheck unit bench crds tools kube clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-tools: $(STAMP)
+tools: $(STAMP) kube
 	$(BIN)/python tools/install_helm.py $(BIN)
+
+# The real Kubernetes binaries (kube-apiserver, etcd, kwok, ...) built from Go modules into
+# ~/.cache/choreo-dp/kube; a no-op once cached. See docs/testing.md.
+kube:
+	$(PYTHON) tools/kube/build.py
 
 sandbox: $(STAMP)
 	$(BIN)/choreo-dp sandbox --dir $(SANDBOX_DIR)

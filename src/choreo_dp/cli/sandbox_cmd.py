@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,11 @@ def register(sub: Any) -> None:
     a.add_argument("--kubeconfig", required=True, help="kubeconfig file to write")
     a.add_argument("--simulate-workloads", action="store_true", help="act like kubelet for Deployments")
     a.set_defaults(handler=run_apiserver)
+    c = verbs.add_parser("cluster", help="run a real Kubernetes control plane with kwok nodes")
+    c.add_argument("--port", type=port, required=True, help="kube-apiserver port on 127.0.0.1 (0 picks one)")
+    c.add_argument("--kubeconfig", required=True, help="admin kubeconfig file to write")
+    c.add_argument("--nodes", type=_node_count, default=2, help="simulated kwok nodes (default 2)")
+    c.set_defaults(handler=run_cluster)
 
 
 def run_apiserver(args: argparse.Namespace) -> int:
@@ -39,3 +45,27 @@ def run_apiserver(args: argparse.Namespace) -> int:
         )
     except OSError as exc:
         raise UsageError(f"cannot serve on 127.0.0.1:{args.port}: {exc}") from None
+
+
+def _node_count(raw: str) -> int:
+    try:
+        n = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from None
+    if not 1 <= n <= 500:
+        raise argparse.ArgumentTypeError("must be between 1 and 500")
+    return n
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    """``choreo-dp sandbox cluster``: a real control plane until SIGINT/SIGTERM."""
+    from choreo_dp.sandbox.cluster import BinariesMissing, serve_forever
+    from choreo_dp.sandbox.cluster.processes import ProcessFailed
+
+    try:
+        return asyncio.run(serve_forever(args.port, args.kubeconfig, args.nodes))
+    except BinariesMissing as exc:
+        raise UsageError(str(exc)) from None
+    except ProcessFailed as exc:
+        sys.stderr.write(f"choreo-dp: the cluster did not start: {exc}\n")
+        return 1
