@@ -104,7 +104,8 @@ _TEMPLATES = {
 
 def stage_name(namespace: str, deployment: str, mode: str) -> str:
     digest = hashlib.sha256(f"{namespace}/{deployment}".encode()).hexdigest()[:10]
-    return f"choreo-fault-{mode.lower()}-{deployment[:30]}-{digest}"
+    short = {"CrashLoopBackOff": "crashloop", "ImagePullBackOff": "imagepull"}[mode]
+    return f"choreo-fault-{short}-{deployment[:24]}-{digest}"
 
 
 def failure_stage(namespace: str, selector: dict[str, str], mode: str, owner: str) -> dict[str, Any]:
