@@ -2,6 +2,10 @@
 
 Each module exposes ``async def run(quick: bool) -> dict[str, float | int | str]``: named figures,
 including the baseline measured in the same run and the ratio against it.
+
+``--kube emulated|real|both`` picks the Kubernetes API servers the benchmarks that need one measure
+against (``bench/clusters.py``; passed on as ``CHOREO_BENCH_KUBE``).  Default: ``both`` when the
+real binaries ``tools/kube/build.py`` builds are cached, ``emulated`` otherwise.
 """
 
 from __future__ import annotations
@@ -10,12 +14,16 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import platform
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from bench import clusters
+from choreo_dp.sandbox.cluster.binaries import BinariesMissing
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,12 +42,27 @@ def discover(names: list[str]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--full", action="store_true", help="the issue's full sizes (slow)")
+    parser.add_argument(
+        "--kube",
+        choices=clusters.CHOICES,
+        default=os.environ.get(clusters.KUBE_ENV) or clusters.default_choice(),
+        help="API servers to measure against: the emulated one, a real kube-apiserver + etcd "
+        "(`choreo-dp sandbox cluster`), or both side by side (default: both when the real "
+        "binaries are cached, else emulated)",
+    )
     parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     args = parser.parse_args()
+    try:
+        kinds = clusters.selected_kinds(args.kube)
+    except (BinariesMissing, ValueError) as exc:
+        parser.exit(2, f"bench: --kube {args.kube}: {exc}\n")
+    os.environ[clusters.KUBE_ENV] = args.kube
+    print(f"kube API servers (benchmarks using bench/clusters.py): {clusters.describe(kinds)}", flush=True)
     results: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
         "mode": "full" if args.full else "quick",
+        "kube": kinds,
         "benchmarks": {},
     }
     failed = False

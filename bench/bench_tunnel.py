@@ -1,10 +1,14 @@
-"""Tunnel benchmarks: the reference control plane (TLS, SQLite), the agent, the emulated API, all on
-loopback in one process except where noted.
+"""Tunnel benchmarks: the reference control plane (TLS, SQLite) and the agent in this process, on
+loopback, against each Kubernetes API server kind ``bench/clusters.py`` selects (the emulated API,
+a real kube-apiserver + etcd), each started as its own process.  Every figure that touches the
+cluster is measured once per kind with a fresh control plane and keyed ``<kind>_...``;
+``real_vs_emulated_...`` is real / emulated.
 
 Figures (quick: 1,000 apps; --full: the issue's 10,000):
 - push_to_applied: REST PUT of one app -> the agent has written it and persisted + acknowledged the
   revision (timed at the agent's persist, which directly precedes the ``applied`` frame).
-  Baselines: a bare TLS WebSocket echo round trip, and one bare server-side apply to the emulator.
+  Baselines: a bare TLS WebSocket echo round trip, and one bare server-side apply to the same API
+  server.
 - resync: N apps in sync, the control plane unreachable while 1 % change and its log is short
   enough to force a resync; time from the link coming back to in-sync (includes the agent's
   reconnect backoff, capped at 0.5 s here) and the bytes on the wire (both directions, TLS
@@ -33,11 +37,11 @@ import trustme
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
+from bench import clusters
 from choreo_dp.controlplane.context import TunnelSettings
 from choreo_dp.controlplane.server import ControlPlaneServer, ServerConfig
 from choreo_dp.kube import KubeClient
 from choreo_dp.kube import resources as R
-from choreo_dp.sandbox.apiserver import ApiServer
 from choreo_dp.tunnel import protocol as P
 from choreo_dp.tunnel.agent import Agent, AgentConfig
 
@@ -175,10 +179,45 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def full_snapshot_bytes(n_apps: int) -> int:
+    """The size of every put frame of a full snapshot of n apps."""
+    total = 0
+    for i in range(n_apps):
+        spec = app_spec(i)
+        total += len(
+            P.encode(
+                P.DesiredPut(
+                    key=P.app_key("dev", f"app-{i}"),
+                    kind="ChoreoApp",
+                    revision=i + 1,
+                    spec_hash=P.spec_hash(spec),
+                    spec=spec,
+                    metadata={"environment": "dev"},
+                ),
+                seq=i,
+            ).encode()
+        )
+    return total
+
+
+# real / emulated, where the same quantity was measured against both kinds of API server.
+CROSS = (
+    "baseline_ssa_write_p50_ms",
+    "initial_full_sync_s",
+    "push_to_applied_p50_ms",
+    "push_to_applied_p99_ms",
+    "status_freshness_p50_ms",
+    "resync_1pct_s",
+    "cold_start_resync_1pct_s",
+    "agent_rss_mb",
+)
+
+
 async def run(quick: bool) -> dict[str, Any]:
     n_apps = 1000 if quick else 10_000
     samples = 40 if quick else 200
-    out: dict[str, Any] = {"apps": n_apps}
+    kinds = clusters.selected_kinds()
+    out: dict[str, Any] = {"apps": n_apps, "kube": "+".join(kinds)}
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         ca = trustme.CA()
@@ -193,244 +232,243 @@ async def run(quick: bool) -> dict[str, Any]:
         echo = await baseline_ws_echo(server_ctx, client_ctx, samples * 2)
         out["baseline_ws_echo_p50_ms"] = ms(pct(echo, 0.5))
         out["baseline_ws_echo_p99_ms"] = ms(pct(echo, 0.99))
+        out["full_snapshot_bytes"] = full_snapshot_bytes(n_apps)
+        bench_cfg = AgentConfig("x", "x", "x", ping_interval=1.0, ping_timeout=2.0)  # as _measure's
+        default = AgentConfig("x", "x", "x")
+        out["dead_link_bound_s_bench_ping"] = (
+            bench_cfg.ping_interval + bench_cfg.ping_timeout + bench_cfg.close_timeout
+        )
+        out["dead_link_bound_s_default_ping"] = (
+            default.ping_interval + default.ping_timeout + default.close_timeout
+        )
 
-        async with ApiServer(port=0, history_size=max(10_000, n_apps * 3)) as api:
-            api.write_kubeconfig(tmp / "kubeconfig")
-            kube = await KubeClient.from_kubeconfig(tmp / "kubeconfig")
-            import yaml
-
-            for path in sorted((ROOT / "crds").glob("*.yaml")):
-                await kube.create(R.CRDS, yaml.safe_load(path.read_text()))
-            for ns in ("choreo-dev", "choreo-base"):
-                await kube.create(
-                    R.NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+        for kind in kinds:
+            async with clusters.api_server(kind, tmp) as server:
+                figures = await _measure(
+                    server, tmp, n_apps, samples, client_ctx, echo, out["full_snapshot_bytes"]
                 )
-            ssa = await baseline_ssa(kube, samples)
-            out["baseline_ssa_write_p50_ms"] = ms(pct(ssa, 0.5))
-            out["baseline_ssa_write_p99_ms"] = ms(pct(ssa, 0.99))
-
-            cp = ControlPlaneServer(
-                ServerConfig(
-                    host="127.0.0.1",
-                    port=0,
-                    db=tmp / "cp.db",
-                    admin_token=ADMIN,
-                    tls_cert=str(tmp / "cp.pem"),
-                    tls_key=str(tmp / "cp.key"),
-                    # short enough that 1 % of the apps changing while the agent is away is a log gap
-                    log_limit=max(2, n_apps // 200),
-                    tunnel=TunnelSettings(),
-                    synchronous="NORMAL",
-                )
-            )
-            await cp.start()
-            relay = Relay(cp.port)
-            await relay.start()
-            http = httpx.AsyncClient(
-                base_url=cp.url, headers={"Authorization": f"Bearer {ADMIN}"}, verify=client_ctx, timeout=30
-            )
-            try:
-                r = await http.put(f"/api/v1/dataplanes/{DP}")
-                (tmp / "token").write_text(r.json()["token"])
-                await http.put(
-                    f"/api/v1/dataplanes/{DP}/environments/dev", json={"spec": {"displayName": "Dev"}}
-                )
-                t0 = time.perf_counter()
-                for i in range(n_apps):
-                    await http.put(
-                        f"/api/v1/dataplanes/{DP}/environments/dev/apps/app-{i}", json={"spec": app_spec(i)}
-                    )
-                out["rest_put_per_app_ms"] = ms((time.perf_counter() - t0) / n_apps)
-
-                def agent_cfg(**kw: Any) -> AgentConfig:
-                    base: dict[str, Any] = {
-                        "control_plane": f"wss://127.0.0.1:{relay.port}",
-                        "dataplane_id": DP,
-                        "token_file": str(tmp / "token"),
-                        "ca_file": str(tmp / "ca.pem"),
-                        "proxy": None,
-                        "backoff_base": 0.05,
-                        "backoff_cap": 0.5,
-                    }
-                    base.update(kw)
-                    return AgentConfig(**base)
-
-                async def in_sync() -> bool:
-                    view = (await http.get(f"/api/v1/dataplanes/{DP}")).json()
-                    return bool(view.get("inSync"))
-
-                # --- initial sync of N apps (fresh agent: a full resync) ---------------------------
-                agent = Agent(agent_cfg(ping_interval=1.0, ping_timeout=2.0), kube)
-                stop = asyncio.Event()
-                task = asyncio.create_task(agent.run(stop))
-                t0 = time.perf_counter()
-                relay.bytes = 0
-                await wait_for(in_sync, 600, "initial sync")
-                out["initial_full_sync_s"] = round(time.perf_counter() - t0, 2)
-                out["initial_full_sync_wire_bytes"] = relay.bytes
-
-                # --- push to applied ------------------------------------------------------------
-                persisted: dict[int, float] = {}
-                original = agent.dp.persist_revision
-
-                async def timed_persist(epoch: str, revision: int) -> None:
-                    await original(epoch, revision)
-                    persisted[revision] = time.perf_counter()
-
-                agent.dp.persist_revision = timed_persist  # type: ignore[method-assign]
-                lat: list[float] = []
-                for k in range(samples):
-                    t0 = time.perf_counter()
-                    r = await http.put(
-                        f"/api/v1/dataplanes/{DP}/environments/dev/apps/app-{k % n_apps}",
-                        json={"spec": app_spec(k % n_apps, version=100 + k)},
-                    )
-                    rev = int(r.json()["revision"])
-
-                    async def acked(rev: int = rev) -> bool:
-                        return any(r >= rev for r in persisted)
-
-                    await wait_for(acked, 30, "ack")
-                    done = min(t for r, t in persisted.items() if r >= rev)
-                    lat.append(done - t0)
-                out["push_to_applied_p50_ms"] = ms(pct(lat, 0.5))
-                out["push_to_applied_p99_ms"] = ms(pct(lat, 0.99))
-                out["push_to_applied_p99_vs_ws_echo_p99"] = round(pct(lat, 0.99) / pct(echo, 0.99), 1)
-                out["push_to_applied_p50_vs_ssa_p50"] = round(pct(lat, 0.5) / pct(ssa, 0.5), 2)
-
-                # --- status freshness -------------------------------------------------------------
-                fresh: list[float] = []
-                for k in range(min(samples, 30)):
-                    name = f"app-{k}"
-                    marker = f"{k}/2"
-                    t0 = time.perf_counter()
-                    await kube.patch(
-                        R.CHOREOAPPS,
-                        name,
-                        {"status": {"phase": "Ready", "ready": marker}},
-                        "choreo-dev",
-                        subresource="status",
-                    )
-
-                    async def visible(name: str = name, marker: str = marker) -> bool:
-                        body = (
-                            await http.get(f"/api/v1/dataplanes/{DP}/environments/dev/apps/{name}")
-                        ).json()
-                        return bool((body.get("status") or {}).get("ready") == marker)
-
-                    await wait_for(visible, 10, "status upstream")
-                    fresh.append(time.perf_counter() - t0)
-                out["status_freshness_p50_ms"] = ms(pct(fresh, 0.5))
-                out["status_freshness_p99_ms"] = ms(pct(fresh, 0.99))
-
-                # --- dead link ---------------------------------------------------------------------
-                await wait_for(in_sync, 60, "in sync before dead link")
-                relay.blackhole()
-                t0 = time.perf_counter()
-
-                async def noticed() -> bool:
-                    return not agent.connected.is_set()
-
-                await wait_for(noticed, 60, "dead link noticed")
-                out["dead_link_detect_s"] = round(time.perf_counter() - t0, 2)
-                bench_cfg, default = agent.cfg, AgentConfig("x", "x", "x")
-                out["dead_link_bound_s_bench_ping"] = (
-                    bench_cfg.ping_interval + bench_cfg.ping_timeout + bench_cfg.close_timeout
-                )
-                out["dead_link_bound_s_default_ping"] = (
-                    default.ping_interval + default.ping_timeout + default.close_timeout
-                )
-                relay.cut_and_refuse()  # from a dead link to an unreachable control plane
-
-                # --- resync after reconnect with 1 % changed (the cp's log is too short: resync) ----
-                changed = max(1, n_apps // 100)
-
-                async def change_one_percent(version: int) -> None:
-                    for i in range(changed):
-                        await http.put(
-                            f"/api/v1/dataplanes/{DP}/environments/dev/apps/app-{i * 97 % n_apps}",
-                            json={"spec": app_spec(i * 97 % n_apps, version=version)},
-                        )
-
-                await change_one_percent(999)
-                writes_before = agent.store.writes
-                relay.revive()
-                t0 = time.perf_counter()
-                await wait_for(in_sync, 600, "resync")
-                out["resync_1pct_s"] = round(time.perf_counter() - t0, 2)
-                out["resync_1pct_wire_bytes"] = relay.bytes
-                out["resync_1pct_writes"] = agent.store.writes - writes_before
-                full_snapshot = 0
-                for i in range(n_apps):
-                    spec = app_spec(i)
-                    full_snapshot += len(
-                        P.encode(
-                            P.DesiredPut(
-                                key=P.app_key("dev", f"app-{i}"),
-                                kind="ChoreoApp",
-                                revision=i + 1,
-                                spec_hash=P.spec_hash(spec),
-                                spec=spec,
-                                metadata={"environment": "dev"},
-                            ),
-                            seq=i,
-                        ).encode()
-                    )
-                out["full_snapshot_bytes"] = full_snapshot
-                out["resync_bytes_pct_of_full_snapshot"] = round(100 * relay.bytes / full_snapshot, 2)
-                out["resync_bytes_pct_of_initial_full_sync_wire"] = round(
-                    100 * relay.bytes / out["initial_full_sync_wire_bytes"], 2
-                )
-                view = (await http.get(f"/api/v1/dataplanes/{DP}")).json()
-                out["resync_orphans"] = view.get("orphans") or 0
-                stop.set()
-                await asyncio.wait_for(task, 30)
-
-                # --- the same from a cold agent start (lists its inventory first) -------------------
-                await change_one_percent(1999)
-                relay.revive()
-                agent = Agent(agent_cfg(), kube)
-                stop = asyncio.Event()
-                task = asyncio.create_task(agent.run(stop))
-                t0 = time.perf_counter()
-                await wait_for(in_sync, 600, "cold resync")
-                out["cold_start_resync_1pct_s"] = round(time.perf_counter() - t0, 2)
-                stop.set()
-                await asyncio.wait_for(task, 30)
-                await relay.stop()
-
-                # --- agent RSS as its own process ----------------------------------------------------
-                env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-                bare = await asyncio.create_subprocess_exec(
-                    sys.executable, "-c", "import choreo_dp.tunnel.agent, time; time.sleep(30)", env=env
-                )
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "choreo_dp.cli.main", "agent",
-                    "--control-plane", f"wss://127.0.0.1:{cp.port}", "--dataplane", DP,
-                    "--token-file", str(tmp / "token"), "--ca-file", str(tmp / "ca.pem"),
-                    "--kubeconfig", str(tmp / "kubeconfig"), "--health-port", "0", "--metrics-port", "0",
-                    "--log-level", "WARNING",
-                    env=env,
-                )  # fmt: skip
-                try:
-                    await http.put(
-                        f"/api/v1/dataplanes/{DP}/environments/dev/apps/app-0",
-                        json={"spec": app_spec(0, version=5000)},
-                    )
-                    await wait_for(in_sync, 120, "subprocess agent in sync")
-                    await asyncio.sleep(1.0)  # let the status watch settle after its initial list
-                    out["agent_rss_mb"] = round(rss_kb(proc.pid) / 1024, 1)
-                    out["baseline_python_import_rss_mb"] = round(rss_kb(bare.pid) / 1024, 1)
-                finally:
-                    for p in (proc, bare):
-                        with contextlib.suppress(ProcessLookupError):
-                            p.terminate()
-                        with contextlib.suppress(Exception):
-                            await asyncio.wait_for(p.wait(), 10)
-            finally:
-                await http.aclose()
-                await relay.stop()
-                await cp.stop()
-                await kube.close()
+            out.update({f"{kind}_{k}": v for k, v in figures.items()})
+    out.update(clusters.cross_ratios(out, CROSS))
     out["note"] = "loopback, TLS, 2 shared cores; ratios against baselines measured in this run"
+    return out
+
+
+async def _measure(
+    server: clusters.ApiServerProcess,
+    tmp: Path,
+    n_apps: int,
+    samples: int,
+    client_ctx: ssl.SSLContext,
+    echo: list[float],
+    full_snapshot: int,
+) -> dict[str, Any]:
+    """Everything that touches the cluster, against one API server, with a fresh control plane."""
+    out: dict[str, Any] = {}
+    kubeconfig = server.kubeconfig
+    kube = await KubeClient.from_kubeconfig(kubeconfig)
+    try:
+        await clusters.install_crds(kube)
+        for ns in ("choreo-dev", "choreo-base"):
+            await kube.create(
+                R.NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+            )
+        ssa = await baseline_ssa(kube, samples)
+        out["baseline_ssa_write_p50_ms"] = ms(pct(ssa, 0.5))
+        out["baseline_ssa_write_p99_ms"] = ms(pct(ssa, 0.99))
+        cp = ControlPlaneServer(
+            ServerConfig(
+                host="127.0.0.1",
+                port=0,
+                db=tmp / f"{server.kind}-cp.db",
+                admin_token=ADMIN,
+                tls_cert=str(tmp / "cp.pem"),
+                tls_key=str(tmp / "cp.key"),
+                # short enough that 1 % of the apps changing while the agent is away is a log gap
+                log_limit=max(2, n_apps // 200),
+                tunnel=TunnelSettings(),
+                synchronous="NORMAL",
+            )
+        )
+        await cp.start()
+        relay = Relay(cp.port)
+        await relay.start()
+        http = httpx.AsyncClient(
+            base_url=cp.url, headers={"Authorization": f"Bearer {ADMIN}"}, verify=client_ctx, timeout=30
+        )
+        try:
+            r = await http.put(f"/api/v1/dataplanes/{DP}")
+            (tmp / "token").write_text(r.json()["token"])
+            await http.put(f"/api/v1/dataplanes/{DP}/environments/dev", json={"spec": {"displayName": "Dev"}})
+            t0 = time.perf_counter()
+            for i in range(n_apps):
+                await http.put(
+                    f"/api/v1/dataplanes/{DP}/environments/dev/apps/app-{i}", json={"spec": app_spec(i)}
+                )
+            out["rest_put_per_app_ms"] = ms((time.perf_counter() - t0) / n_apps)
+
+            def agent_cfg(**kw: Any) -> AgentConfig:
+                base: dict[str, Any] = {
+                    "control_plane": f"wss://127.0.0.1:{relay.port}",
+                    "dataplane_id": DP,
+                    "token_file": str(tmp / "token"),
+                    "ca_file": str(tmp / "ca.pem"),
+                    "proxy": None,
+                    "backoff_base": 0.05,
+                    "backoff_cap": 0.5,
+                }
+                base.update(kw)
+                return AgentConfig(**base)
+
+            async def in_sync() -> bool:
+                view = (await http.get(f"/api/v1/dataplanes/{DP}")).json()
+                return bool(view.get("inSync"))
+
+            # --- initial sync of N apps (fresh agent: a full resync) ---------------------------
+            agent = Agent(agent_cfg(ping_interval=1.0, ping_timeout=2.0), kube)
+            stop = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop))
+            t0 = time.perf_counter()
+            relay.bytes = 0
+            await wait_for(in_sync, 600, "initial sync")
+            out["initial_full_sync_s"] = round(time.perf_counter() - t0, 2)
+            out["initial_full_sync_wire_bytes"] = relay.bytes
+
+            # --- push to applied ------------------------------------------------------------
+            persisted: dict[int, float] = {}
+            original = agent.dp.persist_revision
+
+            async def timed_persist(epoch: str, revision: int) -> None:
+                await original(epoch, revision)
+                persisted[revision] = time.perf_counter()
+
+            agent.dp.persist_revision = timed_persist  # type: ignore[method-assign]
+            lat: list[float] = []
+            for k in range(samples):
+                t0 = time.perf_counter()
+                r = await http.put(
+                    f"/api/v1/dataplanes/{DP}/environments/dev/apps/app-{k % n_apps}",
+                    json={"spec": app_spec(k % n_apps, version=100 + k)},
+                )
+                rev = int(r.json()["revision"])
+
+                async def acked(rev: int = rev) -> bool:
+                    return any(r >= rev for r in persisted)
+
+                await wait_for(acked, 30, "ack")
+                done = min(t for r, t in persisted.items() if r >= rev)
+                lat.append(done - t0)
+            out["push_to_applied_p50_ms"] = ms(pct(lat, 0.5))
+            out["push_to_applied_p99_ms"] = ms(pct(lat, 0.99))
+            out["push_to_applied_p99_vs_ws_echo_p99"] = round(pct(lat, 0.99) / pct(echo, 0.99), 1)
+            out["push_to_applied_p50_vs_ssa_p50"] = round(pct(lat, 0.5) / pct(ssa, 0.5), 2)
+
+            # --- status freshness -------------------------------------------------------------
+            fresh: list[float] = []
+            for k in range(min(samples, 30)):
+                name = f"app-{k}"
+                marker = f"{k}/2"
+                t0 = time.perf_counter()
+                await kube.patch(
+                    R.CHOREOAPPS,
+                    name,
+                    {"status": {"phase": "Ready", "ready": marker}},
+                    "choreo-dev",
+                    subresource="status",
+                )
+
+                async def visible(name: str = name, marker: str = marker) -> bool:
+                    body = (await http.get(f"/api/v1/dataplanes/{DP}/environments/dev/apps/{name}")).json()
+                    return bool((body.get("status") or {}).get("ready") == marker)
+
+                await wait_for(visible, 10, "status upstream")
+                fresh.append(time.perf_counter() - t0)
+            out["status_freshness_p50_ms"] = ms(pct(fresh, 0.5))
+            out["status_freshness_p99_ms"] = ms(pct(fresh, 0.99))
+
+            # --- dead link ---------------------------------------------------------------------
+            await wait_for(in_sync, 60, "in sync before dead link")
+            relay.blackhole()
+            t0 = time.perf_counter()
+
+            async def noticed() -> bool:
+                return not agent.connected.is_set()
+
+            await wait_for(noticed, 60, "dead link noticed")
+            out["dead_link_detect_s"] = round(time.perf_counter() - t0, 2)
+            relay.cut_and_refuse()  # from a dead link to an unreachable control plane
+
+            # --- resync after reconnect with 1 % changed (the cp's log is too short: resync) ----
+            changed = max(1, n_apps // 100)
+
+            async def change_one_percent(version: int) -> None:
+                for i in range(changed):
+                    await http.put(
+                        f"/api/v1/dataplanes/{DP}/environments/dev/apps/app-{i * 97 % n_apps}",
+                        json={"spec": app_spec(i * 97 % n_apps, version=version)},
+                    )
+
+            await change_one_percent(999)
+            writes_before = agent.store.writes
+            relay.revive()
+            t0 = time.perf_counter()
+            await wait_for(in_sync, 600, "resync")
+            out["resync_1pct_s"] = round(time.perf_counter() - t0, 2)
+            out["resync_1pct_wire_bytes"] = relay.bytes
+            out["resync_1pct_writes"] = agent.store.writes - writes_before
+            out["resync_bytes_pct_of_full_snapshot"] = round(100 * relay.bytes / full_snapshot, 2)
+            out["resync_bytes_pct_of_initial_full_sync_wire"] = round(
+                100 * relay.bytes / out["initial_full_sync_wire_bytes"], 2
+            )
+            view = (await http.get(f"/api/v1/dataplanes/{DP}")).json()
+            out["resync_orphans"] = view.get("orphans") or 0
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+            # --- the same from a cold agent start (lists its inventory first) -------------------
+            await change_one_percent(1999)
+            relay.revive()
+            agent = Agent(agent_cfg(), kube)
+            stop = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop))
+            t0 = time.perf_counter()
+            await wait_for(in_sync, 600, "cold resync")
+            out["cold_start_resync_1pct_s"] = round(time.perf_counter() - t0, 2)
+            stop.set()
+            await asyncio.wait_for(task, 30)
+            await relay.stop()
+
+            # --- agent RSS as its own process ----------------------------------------------------
+            env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+            bare = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", "import choreo_dp.tunnel.agent, time; time.sleep(30)", env=env
+            )
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "choreo_dp.cli.main", "agent",
+                "--control-plane", f"wss://127.0.0.1:{cp.port}", "--dataplane", DP,
+                "--token-file", str(tmp / "token"), "--ca-file", str(tmp / "ca.pem"),
+                "--kubeconfig", str(kubeconfig), "--health-port", "0", "--metrics-port", "0",
+                "--log-level", "WARNING",
+                env=env,
+            )  # fmt: skip
+            try:
+                await http.put(
+                    f"/api/v1/dataplanes/{DP}/environments/dev/apps/app-0",
+                    json={"spec": app_spec(0, version=5000)},
+                )
+                await wait_for(in_sync, 120, "subprocess agent in sync")
+                await asyncio.sleep(1.0)  # let the status watch settle after its initial list
+                out["agent_rss_mb"] = round(rss_kb(proc.pid) / 1024, 1)
+                out["baseline_python_import_rss_mb"] = round(rss_kb(bare.pid) / 1024, 1)
+            finally:
+                for p in (proc, bare):
+                    with contextlib.suppress(ProcessLookupError):
+                        p.terminate()
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(p.wait(), 10)
+        finally:
+            await http.aclose()
+            await relay.stop()
+            await cp.stop()
+    finally:
+        await kube.close()
     return out
