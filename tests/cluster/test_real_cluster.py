@@ -52,6 +52,8 @@ async def ns(kube: KubeClient) -> AsyncIterator[str]:
 async def test_serves_the_release_built_here_with_kwok_nodes(kube: KubeClient) -> None:
     version = await kube.request("GET", "/version")
     assert version["gitVersion"] == "v1.36.3" and version["major"] == "1" and version["minor"] == "36"
+    # the emulator serves the Gateway API built in; the real cluster gets the pinned CRDs
+    assert await kube.served("gateway.networking.k8s.io/v1")
     nodes, _ = await kube.list(NODES)
     assert len(nodes) >= 2
     for node in nodes:
@@ -99,6 +101,9 @@ async def test_deployment_pods_are_scheduled_onto_kwok_nodes_and_become_ready(
     assert len(pods) == 3
     assert all(p["spec"]["nodeName"].startswith("kwok-node-") for p in pods)
     assert all(pod_verdict(p) == "healthy" and p["status"]["podIP"] for p in pods)
+    # like a kubelet, the status names the digest that runs
+    ids = {cs["imageID"] for p in pods for cs in p["status"]["containerStatuses"]}
+    assert len(ids) == 1 and ids.pop().startswith("nginx@sha256:")
 
 
 async def test_jobs_complete_and_garbage_collection_is_real(kube: KubeClient, ns: str) -> None:

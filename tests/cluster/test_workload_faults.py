@@ -73,9 +73,15 @@ def test_stage_names_are_distinct_per_mode_and_bounded() -> None:
     assert stage_name("a", "web", "CrashLoopBackOff") != stage_name("b", "web", "CrashLoopBackOff")
 
 
-def test_pod_ready_stage_leaves_image_pull_failures_waiting() -> None:
-    stage = {"metadata": {"name": "pod-ready"}, "spec": {"selector": {"matchExpressions": []}}}
-    exprs = kubelet_like(stage)["spec"]["selector"]["matchExpressions"]
+def test_pod_ready_stage_leaves_image_pull_failures_waiting_and_reports_image_ids() -> None:
+    template = "containerStatuses:\n- image: {{ .image | Quote }}\n  name: {{ .name | Quote }}\n"
+    stage = {
+        "metadata": {"name": "pod-ready"},
+        "spec": {"selector": {"matchExpressions": []}, "next": {"statusTemplate": template}},
+    }
+    amended = kubelet_like(stage)
+    assert "  imageID: " in amended["spec"]["next"]["statusTemplate"].splitlines()[2]
+    exprs = amended["spec"]["selector"]["matchExpressions"]
     assert exprs == [
         {
             "key": ".status.containerStatuses.[].state.waiting.reason",

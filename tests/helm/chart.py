@@ -21,6 +21,8 @@ RELEASE = "choreo-dp"
 NAMESPACE = "choreo-system"
 FULLNAME = "choreo-dp"  # the release name contains the chart name, so it is used as is
 MONITORING_API = "monitoring.coreos.com/v1"
+# What helm's capabilities hold for a cluster serving ValidatingAdmissionPolicy (Kubernetes >= 1.30).
+ADMISSION_POLICY_API = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
 
 Manifest = dict[str, Any]
 
@@ -123,14 +125,14 @@ class Scenario:
     values: dict[str, Any]
     api_versions: tuple[str, ...] = field(default=())
 
-    def render(self) -> list[Manifest]:
-        return render(self.values, self.api_versions)
+    def render(self, extra_api_versions: tuple[str, ...] = ()) -> list[Manifest]:
+        return render(self.values, self.api_versions + extra_api_versions)
 
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
-        Scenario("defaults", REQUIRED),
+        Scenario("defaults", REQUIRED, (ADMISSION_POLICY_API,)),
         Scenario(
             "token-created",
             merge(REQUIRED, {"dataPlane": {"token": {"existingSecret": "", "value": "s3cr3t-token"}}}),
@@ -229,7 +231,7 @@ SCENARIOS: dict[str, Scenario] = {
                     "commonLabels": {"team": "platform"},
                 },
             ),
-            (MONITORING_API,),
+            (MONITORING_API, ADMISSION_POLICY_API),
         ),
         Scenario("crds-not-kept", merge(REQUIRED, {"crds": {"keep": False}})),
         Scenario("no-crds", merge(REQUIRED, {"crds": {"install": False}})),

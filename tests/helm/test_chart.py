@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tests.helm.chart import (
+    ADMISSION_POLICY_API,
     CHART,
     CP_URL,
     DP_ID,
@@ -75,7 +76,13 @@ def test_every_object_is_labelled_and_namespaced(scenario: str) -> None:
         assert labels.get("app.kubernetes.io/instance") == "choreo-dp", where
         assert labels.get("app.kubernetes.io/managed-by") == "Helm", where
         assert labels.get("helm.sh/chart") == "choreo-dp-0.1.0", where
-        cluster_scoped = doc["kind"] in {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+        cluster_scoped = doc["kind"] in {
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "CustomResourceDefinition",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        }
         assert ("namespace" in doc["metadata"]) != cluster_scoped, where
         if not cluster_scoped:
             assert doc["metadata"]["namespace"] == NAMESPACE, where
@@ -130,20 +137,14 @@ def test_service_accounts_do_not_automount(scenario: str) -> None:
 
 # --- RBAC --------------------------------------------------------------------------------------
 
-AGENT_CHOREO = {
-    "environments",
-    "choreoapps",
-    "dataplanes",
-    "environments/status",
-    "choreoapps/status",
-    "dataplanes/status",
-}
+AGENT_CHOREO = {"environments", "choreoapps", "dataplanes", "dataplanes/status"}
 OPERATOR_RESOURCES = {
     ("choreo.dev", "environments"),
     ("choreo.dev", "choreoapps"),
     ("choreo.dev", "environments/status"),
     ("choreo.dev", "choreoapps/status"),
-    ("choreo.dev", "dataplanes"),
+    ("choreo.dev", "environments/finalizers"),
+    ("choreo.dev", "choreoapps/finalizers"),
     ("", "namespaces"),
     ("", "resourcequotas"),
     ("", "limitranges"),
@@ -154,16 +155,14 @@ OPERATOR_RESOURCES = {
     ("", "events"),
     ("apps", "deployments"),
     ("batch", "cronjobs"),
-    ("batch", "jobs"),
     ("autoscaling", "horizontalpodautoscalers"),
     ("policy", "poddisruptionbudgets"),
     ("networking.k8s.io", "networkpolicies"),
     ("networking.k8s.io", "ingresses"),
     ("gateway.networking.k8s.io", "httproutes"),
-    ("gateway.networking.k8s.io", "gateways"),
     ("apiextensions.k8s.io", "customresourcedefinitions"),
 }
-READ_ONLY = {("", "pods"), ("batch", "jobs"), ("gateway.networking.k8s.io", "gateways")}
+READ_ONLY = {("", "pods"), ("apiextensions.k8s.io", "customresourcedefinitions")}
 READ_VERBS = {"get", "list", "watch"}
 
 
@@ -190,32 +189,39 @@ def test_rbac_has_no_wildcards(scenario: str) -> None:
             assert not set(rule["verbs"]) & {"escalate", "bind", "impersonate"}
 
 
-def test_agent_role_touches_only_choreo_resources_and_events() -> None:
+def test_agent_role_touches_only_choreo_resources_and_its_own_dataplane() -> None:
     docs = SCENARIOS["defaults"].render()
     assert not find(docs, "Role")  # everything is in the two ClusterRoles checked here
-    agent = grants(one(docs, "ClusterRole", f"{FULLNAME}-agent"))
-    for (group, resource), verbs in agent.items():
-        if group == "choreo.dev":
-            assert resource in AGENT_CHOREO
+    role = one(docs, "ClusterRole", f"{FULLNAME}-agent")
+    agent = grants(role)
+    assert {g for g, _ in agent} == {"choreo.dev"}, "the agent touches nothing but choreo.dev"
+    assert set(agent) == {("choreo.dev", r) for r in AGENT_CHOREO}
+    for rule in role["rules"]:
+        if any(r.startswith("dataplanes") for r in rule["resources"]):
+            # Only this data plane's DataPlane (server-side apply: create and patch by name).
+            assert rule["resourceNames"] == [DP_ID], rule
+            assert set(rule["verbs"]) <= {"create", "patch"}, rule
         else:
-            assert (group, resource) == ("", "events"), (group, resource)
-            assert verbs <= {"create", "patch"}
-    assert {r for g, r in agent if g == "choreo.dev"} == AGENT_CHOREO
-    assert agent[("choreo.dev", "dataplanes/status")] >= {"update", "patch"}
+            assert "resourceNames" not in rule
+    assert agent[("choreo.dev", "dataplanes/status")] == {"patch"}
+    assert not any(r.endswith("/status") for g, r in agent if r != "dataplanes/status")
 
 
 def test_operator_role_is_exactly_the_managed_kinds() -> None:
     docs = SCENARIOS["defaults"].render()
     operator = grants(one(docs, "ClusterRole", f"{FULLNAME}-operator"))
     assert set(operator) == OPERATOR_RESOURCES
-    for key in READ_ONLY | {
-        ("apiextensions.k8s.io", "customresourcedefinitions"),
-        ("choreo.dev", "dataplanes"),
-    }:
+    for key in READ_ONLY:
         assert operator[key] == READ_VERBS, key
     # The operator never creates or deletes the desired state: that is the agent's job.
     assert not operator[("choreo.dev", "choreoapps")] & {"create", "delete"}
+    assert not operator[("choreo.dev", "environments")] & {"create", "delete"}
     assert operator[("apps", "deployments")] >= {"create", "patch", "delete", "watch"}
+    # Namespaces go with their Environment through the garbage collector, never by the operator.
+    assert "delete" not in operator[("", "namespaces")]
+    # Server-side apply and patches only: "update" only where blockOwnerDeletion needs it.
+    updates = {key for key, verbs in operator.items() if "update" in verbs}
+    assert updates == {("choreo.dev", "environments/finalizers"), ("choreo.dev", "choreoapps/finalizers")}
 
 
 def test_bindings_tie_each_role_to_its_own_service_account() -> None:
@@ -230,6 +236,46 @@ def test_bindings_tie_each_role_to_its_own_service_account() -> None:
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": f"{FULLNAME}-{component}", "namespace": NAMESPACE}
         ]
+
+
+POLICY = f"{FULLNAME}-operator-owned-objects-only"
+
+
+def test_admission_policy_guards_every_kind_the_operator_may_change() -> None:
+    """RBAC cannot say "only what it made"; the ValidatingAdmissionPolicy does, for every kind the
+    operator's role lets it patch or delete (test_real_install.py shows the real apiserver enforce it)."""
+    docs = SCENARIOS["defaults"].render()
+    policy = one(docs, "ValidatingAdmissionPolicy", POLICY)
+    binding = one(docs, "ValidatingAdmissionPolicyBinding", POLICY)
+    assert binding["spec"] == {"policyName": POLICY, "validationActions": ["Deny"]}
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    username = f"system:serviceaccount:{NAMESPACE}:{FULLNAME}-operator"
+    assert [c["expression"] for c in spec["matchConditions"]] == [
+        f'request.userInfo.username == "{username}"'
+    ]
+    guarded = set()
+    for rule in spec["matchConstraints"]["resourceRules"]:
+        assert rule["operations"] == ["UPDATE", "DELETE"], rule  # creating is not restricted
+        guarded |= {(group, res) for group in rule["apiGroups"] for res in rule["resources"]}
+    writable = {
+        key
+        for key, verbs in grants(one(docs, "ClusterRole", f"{FULLNAME}-operator")).items()
+        if verbs & {"patch", "update", "delete"} and key[0] != "choreo.dev" and key != ("", "events")
+    }
+    assert guarded == writable
+    [validation] = spec["validations"]
+    assert "app.kubernetes.io/managed-by" in validation["expression"]
+    assert "oldObject" in validation["expression"] and validation["reason"] == "Forbidden"
+
+
+def test_admission_policy_needs_the_api_and_can_be_switched_off() -> None:
+    without_api = render(REQUIRED)  # `helm template` without --api-versions, or a cluster < 1.30
+    assert not find(without_api, "ValidatingAdmissionPolicy")
+    off = render(
+        merge(REQUIRED, {"operator": {"admissionPolicy": {"enabled": False}}}), (ADMISSION_POLICY_API,)
+    )
+    assert not find(off, "ValidatingAdmissionPolicy") and not find(off, "ValidatingAdmissionPolicyBinding")
 
 
 # --- value scenarios ---------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Every rendered manifest, in every scenario, is valid (strict) for Kubernetes 1.29 to 1.33.
+"""Every rendered manifest, in every scenario, is valid (strict) for Kubernetes 1.29 to 1.33 and 1.36.
+
+Rendered for each version as helm renders for a cluster of it (ValidatingAdmissionPolicy from 1.30).
 
 kubernetes-validate's own ``validate()`` re-reads the 1 MB definitions file on every call; we use its
 bundled schemas with one compiled validator per (version, kind), which keeps this test fast.
@@ -18,9 +20,9 @@ import pytest
 from kubernetes_validate.utils import all_versions
 from referencing import Registry, Resource
 
-from tests.helm.chart import MONITORING_API, SCENARIOS, Manifest
+from tests.helm.chart import ADMISSION_POLICY_API, MONITORING_API, SCENARIOS, Manifest, render
 
-KUBE_VERSIONS = ["1.29", "1.30", "1.31", "1.32", "1.33"]
+KUBE_VERSIONS = ["1.29", "1.30", "1.31", "1.32", "1.33", "1.36"]  # 1.36: the real test cluster
 
 # Kinds kubernetes-validate has no schema for: the Prometheus Operator's CRD. Skipped explicitly,
 # and only these; any other missing schema fails the test.
@@ -72,7 +74,11 @@ def test_rendered_manifests_validate_strictly(version: str) -> None:
     seen: dict[str, str] = {}  # identical objects across scenarios are validated once
     failures: list[str] = []
     for name, scenario in sorted(SCENARIOS.items()):
-        for doc in scenario.render():
+        # A cluster of this version serves ValidatingAdmissionPolicy from 1.30 on.
+        extra = (ADMISSION_POLICY_API,) if version != "1.29" else ()
+        for doc in render(
+            scenario.values, tuple(a for a in scenario.api_versions if a != ADMISSION_POLICY_API) + extra
+        ):
             key = json.dumps(doc, sort_keys=True)
             if key in seen:
                 continue
@@ -81,7 +87,9 @@ def test_rendered_manifests_validate_strictly(version: str) -> None:
                 failures.append(f"[{name}] {doc['kind']}/{doc['metadata']['name']}: {error}")
     assert not failures, "\n".join(failures)
     kinds = {json.loads(k)["kind"] for k in seen}
-    # The matrix really exercised every kind the chart can render.
+    # The matrix really exercised every kind the chart can render (on this version).
+    policy = {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}  # GA in 1.30
+    assert (kinds >= policy) == (version != "1.29"), sorted(kinds)
     assert kinds >= {
         "CustomResourceDefinition",
         "Deployment",

@@ -1,4 +1,6 @@
-"""Apps with Key Vault secrets: no workload until the secret is synced, rollout on new values."""
+"""Apps with Key Vault secrets: no workload until the secret is synced, rollout on new values.
+
+On the emulator and on a real cluster (``operator_cluster``), with a stand-in for the Key Vault sync."""
 
 from __future__ import annotations
 
@@ -15,13 +17,12 @@ from choreo_dp.kube import resources as R
 from tests.operator.harness import (
     Cluster,
     choreoapp,
-    emulated_cluster,
     environment,
     eventually,
     running_operator,
 )
 
-pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.emulator_only]
+pytestmark = [pytest.mark.asyncio(loop_scope="module")]
 
 
 @dataclass
@@ -64,40 +65,50 @@ class FakeSecrets:
         self.forgotten.append((namespace, name))
 
 
+@dataclass
+class Setup:
+    cluster: Cluster
+    fake: FakeSecrets
+    dev: str  # the module's Environment (named per module: see harness)
+    ns: str
+
+
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def setup(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Cluster, FakeSecrets]]:
+async def setup(operator_cluster: Cluster) -> AsyncIterator[Setup]:
     fake = FakeSecrets()
-    async with emulated_cluster(tmp_path_factory.mktemp("secrets")) as cluster:
+    cluster = operator_cluster
+    dev = cluster.env_name("dev")
+    ns = f"choreo-{dev}"
 
-        def factory(_: KubeClient) -> FakeSecrets:
-            return fake
+    def factory(_: KubeClient) -> FakeSecrets:
+        return fake
 
-        async with running_operator(cluster, secrets_factory=factory):
-            kv = {"url": "https://vault.example.net/"}
-            await cluster.kube.apply(environment("dev", keyVault=kv), "test")
-            await eventually(lambda: cluster.kube.get(R.NAMESPACES, "choreo-dev"), what="namespace")
-            yield cluster, fake
+    async with running_operator(cluster, secrets_factory=factory):
+        kv = {"url": "https://vault.example.net/"}
+        await cluster.kube.apply(environment(dev, keyVault=kv), "test")
+        await eventually(lambda: cluster.kube.get(R.NAMESPACES, ns), what="namespace")
+        yield Setup(cluster, fake, dev, ns)
 
 
-async def _status(kube: KubeClient, name: str) -> dict[str, Any]:
-    app = await kube.get(R.CHOREOAPPS, name, "choreo-dev")
+async def _status(kube: KubeClient, name: str, ns: str) -> dict[str, Any]:
+    app = await kube.get(R.CHOREOAPPS, name, ns)
     assert app is not None
     return app.get("status") or {}
 
 
-async def test_secrets_gate_the_workload_and_roll_it(setup: tuple[Cluster, FakeSecrets]) -> None:
-    cluster, fake = setup
-    kube = cluster.kube
+async def test_secrets_gate_the_workload_and_roll_it(setup: Setup) -> None:
+    fake, ns = setup.fake, setup.ns
+    kube = setup.cluster.kube
     secrets = [{"name": "DB_PASSWORD", "keyVaultSecret": "db-password"}]
-    await kube.apply(choreoapp("vaulted", "dev", type="worker", secrets=secrets), "test")
+    await kube.apply(choreoapp("vaulted", setup.dev, type="worker", secrets=secrets), "test")
 
     async def degraded() -> bool:
-        s = await _status(kube, "vaulted")
+        s = await _status(kube, "vaulted", ns)
         return s.get("phase") == "Degraded" and "vault unreachable" in (s.get("message") or "")
 
     await eventually(degraded, what="Degraded while secrets cannot sync")
-    assert await kube.get(R.DEPLOYMENTS, "vaulted", "choreo-dev") is None
-    conds = {c["type"]: c for c in (await _status(kube, "vaulted"))["conditions"]}
+    assert await kube.get(R.DEPLOYMENTS, "vaulted", ns) is None
+    conds = {c["type"]: c for c in (await _status(kube, "vaulted", ns))["conditions"]}
     assert (
         conds["SecretsSynced"]["status"] == "False"
         and conds["SecretsSynced"]["reason"] == "KeyVaultUnavailable"
@@ -109,21 +120,21 @@ async def test_secrets_gate_the_workload_and_roll_it(setup: tuple[Cluster, FakeS
         R.CHOREOAPPS,
         "vaulted",
         {"metadata": {"annotations": {"choreo.dev/secrets-hash": "h1"}}},
-        "choreo-dev",
+        ns,
     )
 
     async def ready() -> bool:
-        return (await _status(kube, "vaulted")).get("phase") == "Ready"
+        return (await _status(kube, "vaulted", ns)).get("phase") == "Ready"
 
     await eventually(ready, what="Ready once synced")
     # The reconcile that saw the failure has finished by now (reconciles of one key are serial).
     # The secrets sync posts the Warning for it; the operator must not post a duplicate.
-    events, _ = await kube.list(R.EVENTS, "choreo-dev")
+    events, _ = await kube.list(R.EVENTS, ns)
     duplicates = [
         e for e in events if e["involvedObject"]["name"] == "vaulted" and e["reason"] == "KeyVaultUnavailable"
     ]
     assert duplicates == []
-    dep = await kube.get(R.DEPLOYMENTS, "vaulted", "choreo-dev")
+    dep = await kube.get(R.DEPLOYMENTS, "vaulted", ns)
     assert dep is not None
     template = dep["spec"]["template"]
     assert template["metadata"]["annotations"]["choreo.dev/secrets-hash"] == "h1"
@@ -135,11 +146,11 @@ async def test_secrets_gate_the_workload_and_roll_it(setup: tuple[Cluster, FakeS
         R.CHOREOAPPS,
         "vaulted",
         {"metadata": {"annotations": {"choreo.dev/secrets-hash": "h2"}}},
-        "choreo-dev",
+        ns,
     )
 
     async def rolled() -> bool:
-        d = await kube.get(R.DEPLOYMENTS, "vaulted", "choreo-dev")
+        d = await kube.get(R.DEPLOYMENTS, "vaulted", ns)
         return (
             d is not None
             and d["spec"]["template"]["metadata"]["annotations"]["choreo.dev/secrets-hash"] == "h2"
@@ -148,15 +159,15 @@ async def test_secrets_gate_the_workload_and_roll_it(setup: tuple[Cluster, FakeS
     await eventually(rolled, what="pod template carries the new hash")
 
     async def rolled_pods() -> bool:
-        # The simulator replaces the pods the way the Deployment controller would.
-        pods, _ = await kube.list(R.PODS, "choreo-dev", label_selector="choreo.dev/app=vaulted")
+        # The Deployment controller (or the emulator's simulator, its stand-in) replaces the pods.
+        pods, _ = await kube.list(R.PODS, ns, label_selector="choreo.dev/app=vaulted")
         hashes = {(p["metadata"].get("annotations") or {}).get("choreo.dev/secrets-hash") for p in pods}
-        return hashes == {"h2"} and (await _status(kube, "vaulted")).get("phase") == "Ready"
+        return hashes == {"h2"} and (await _status(kube, "vaulted", ns)).get("phase") == "Ready"
 
     await eventually(rolled_pods, what="pods rolled to the new hash and app Ready")
-    await kube.delete(R.CHOREOAPPS, "vaulted", "choreo-dev")
-    await eventually(lambda: _forgotten(fake), what="syncer told to forget the app")
+    await kube.delete(R.CHOREOAPPS, "vaulted", ns)
+    await eventually(lambda: _forgotten(fake, ns), what="syncer told to forget the app")
 
 
-async def _forgotten(fake: FakeSecrets) -> bool:
-    return ("choreo-dev", "vaulted") in fake.forgotten
+async def _forgotten(fake: FakeSecrets, ns: str) -> bool:
+    return (ns, "vaulted") in fake.forgotten

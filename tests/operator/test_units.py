@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from choreo_dp.api.choreoapp import ChoreoAppSpec
 from choreo_dp.operator.app_status import AppObservation, Refusal, compute_app_status
@@ -16,7 +17,7 @@ SPEC = ChoreoAppSpec.model_validate(
 
 
 def _dep(**kw: int) -> DeploymentSummary:
-    base = dict(
+    base: dict[str, int] = dict(
         generation=2,
         observed_generation=2,
         spec_replicas=3,
@@ -27,7 +28,17 @@ def _dep(**kw: int) -> DeploymentSummary:
     )
     base.update(kw)
     return DeploymentSummary(
-        uid="u", image="r/x:1", progress_deadline_exceeded=False, progressing_message=None, **base
+        uid="u",
+        image="r/x:1",
+        progress_deadline_exceeded=False,
+        progressing_message=None,
+        generation=base["generation"],
+        observed_generation=base["observed_generation"],
+        spec_replicas=base["spec_replicas"],
+        replicas=base["replicas"],
+        updated_replicas=base["updated_replicas"],
+        ready_replicas=base["ready_replicas"],
+        available_replicas=base["available_replicas"],
     )
 
 
@@ -101,6 +112,31 @@ def test_status_ready_progressing_degraded() -> None:
     assert conds["Ready"]["status"] == "False" and conds["Ready"]["observedGeneration"] == 5
 
 
+def test_pods_that_cannot_be_created_are_degraded_not_rolling_out() -> None:
+    refused = 'pods "web-5d8f-x" is forbidden: exceeded quota: choreo-quota, requested: pods=1, used: pods=1, limited: pods=1'
+    body = {
+        "metadata": {"uid": "u", "generation": 2},
+        "spec": {"replicas": 3, "template": {"spec": {"containers": [{"image": "r/x:1"}]}}},
+        "status": {
+            "observedGeneration": 2,
+            "replicas": 1,
+            "updatedReplicas": 1,
+            "readyReplicas": 1,
+            "availableReplicas": 1,
+            "conditions": [
+                {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"},
+                {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": refused},
+            ],
+        },
+    }
+    s = compute_app_status(_obs(deployment=DeploymentSummary.from_body(body)))
+    assert s["phase"] == "Degraded" and "exceeded quota" in s["message"] and s["ready"] == "1/3"
+    # Cleared by the ReplicaSet controller once pods can be created again: just rolling out.
+    body["status"]["conditions"] = [{"type": "ReplicaFailure", "status": "False"}]
+    s = compute_app_status(_obs(deployment=DeploymentSummary.from_body(body)))
+    assert s["phase"] == "Progressing"
+
+
 def test_status_refusal_keeps_reason() -> None:
     s = compute_app_status(_obs(refusal=Refusal("Failed", "ImageNotAllowed", "nope")))
     assert s["phase"] == "Failed" and s["message"] == "nope"
@@ -114,7 +150,9 @@ def test_running_image_prefers_digest() -> None:
     assert running_image("r/x:1", None) == "r/x:1"
 
 
-def _deployment(generation: int, replicas: int, ready: int, labels: dict[str, str] | None = None) -> dict:
+def _deployment(
+    generation: int, replicas: int, ready: int, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

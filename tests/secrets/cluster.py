@@ -27,8 +27,9 @@ def environment(
     refresh: str = "1h",
     client_id: str | None = None,
     tenant_id: str | None = None,
+    namespace: str | None = None,
 ) -> Environment:
-    spec: dict[str, Any] = {"namespace": f"choreo-{name}"}
+    spec: dict[str, Any] = {"namespace": namespace or f"choreo-{name}"}
     if vault_url is not None:
         kv: dict[str, Any] = {"url": vault_url, "refreshInterval": refresh}
         if client_id:

@@ -1,19 +1,32 @@
-"""Fixtures: the Entra and Key Vault HTTPS fakes, wired so the real azure SDK clients use them."""
+"""Fixtures: the Entra and Key Vault HTTPS fakes, wired so the real azure SDK clients use them, and
+the Kubernetes API the Secrets land in: the emulated one and the session's real cluster (``kube``
+is parametrized ``emulator`` / ``real``; ``names`` gives each test its own namespaces)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from choreo_dp.api.crdgen import all_crds
+from choreo_dp.api import Environment
 from choreo_dp.kube import KubeClient
 from choreo_dp.kube import resources as R
 from choreo_dp.secrets import TransportSettings
 from tests.fakes_azure import FakeEntra, FakeKeyVault, FakePki, loopback_localhost_names
+from tests.fixtures.kube import RealClusterProcess
+from tests.operator.harness import (
+    CLEANUP_TIMEOUT,
+    declare_real_cluster,
+    eventually,
+    install_crds,
+    wait_for_garbage_collector,
+)
+from tests.secrets.cluster import environment
 
 TENANT_A = str(uuid.UUID(int=0xA))
 TENANT_B = str(uuid.UUID(int=0xB))
@@ -76,16 +89,103 @@ async def azure(
         await entra.stop()
 
 
+TARGETS = ("emulator", "real")
+# Real clusters (by kubeconfig) whose garbage collector is known to collect our kinds' children.
+_GC_READY: set[str] = set()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    declare_real_cluster(items, "secrets_kube_target")
+
+
+@pytest.fixture(params=TARGETS)
+def secrets_kube_target(request: pytest.FixtureRequest) -> RealClusterProcess | None:
+    """``kube``'s parameter: None for a fresh emulator, else the session's real cluster."""
+    if request.param == "real":
+        cluster: RealClusterProcess = request.getfixturevalue("real_cluster")
+        return cluster
+    return None
+
+
 @pytest.fixture
-async def kube(tmp_path: Path) -> AsyncIterator[KubeClient]:
-    """The real KubeClient against the emulated API server (issue 3), which garbage-collects by owner."""
+async def kube(secrets_kube_target: RealClusterProcess | None, tmp_path: Path) -> AsyncIterator[KubeClient]:
+    """The real KubeClient against a Kubernetes API with our CRDs: a fresh emulated API server
+    (which garbage-collects by owner at once), or the session's real cluster (whose garbage
+    collector is kube-controller-manager's: asynchronous, and blind to a new kind until its
+    next discovery sync, hence the wait on first use)."""
     from choreo_dp.sandbox.apiserver import ApiServer
 
-    async with ApiServer(port=0) as srv:
-        client = await KubeClient.from_kubeconfig(srv.write_kubeconfig(tmp_path / "kubeconfig"))
-        for crd in all_crds().values():
-            await client.create(R.CRDS, crd)
-        try:
-            yield client
-        finally:
-            await client.close()
+    real = secrets_kube_target
+    if real is None:
+        async with ApiServer(port=0) as srv:
+            path = srv.write_kubeconfig(tmp_path / "kubeconfig")
+            async with await KubeClient.from_kubeconfig(path) as client:
+                await install_crds(client)
+                yield client
+        return
+    async with await KubeClient.from_kubeconfig(real.kubeconfig) as client:
+        await install_crds(client)
+        if str(real.kubeconfig) not in _GC_READY:
+            await wait_for_garbage_collector(client, uuid.uuid4().hex[:6])
+            _GC_READY.add(str(real.kubeconfig))
+        yield client
+
+
+@dataclass
+class Names:
+    """A test's namespaces: ``choreo-<env>-<suffix>``, unique in the session's shared real cluster.
+
+    Environment names stay as the tests write them (``dev``, ``prod``): the syncer reads them
+    from the model it is handed, and no Environment object is created in the cluster.
+    """
+
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    namespaces: list[str] = field(default_factory=list)
+
+    def environment(self, name: str, vault_url: str | None, **kwargs: Any) -> Environment:
+        namespace = f"choreo-{name}-{self.suffix}"
+        if namespace not in self.namespaces:
+            self.namespaces.append(namespace)
+        return environment(name, vault_url, namespace=namespace, **kwargs)
+
+
+class _Janitor:
+    """Waits, once per module, for the namespaces its tests deleted to be gone from the real cluster
+    (namespace deletion runs through the namespace controller and takes seconds; waiting per test
+    would add them up)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[str]] = {}  # kubeconfig -> namespaces
+
+    def wait(self) -> None:
+        for kubeconfig, namespaces in self.pending.items():
+            asyncio.run(_wait_gone(kubeconfig, namespaces))
+        self.pending.clear()
+
+
+async def _wait_gone(kubeconfig: str, namespaces: list[str]) -> None:
+    async with await KubeClient.from_kubeconfig(kubeconfig) as kube:
+
+        async def gone() -> bool:
+            return all([await kube.get(R.NAMESPACES, ns) is None for ns in namespaces])
+
+        await eventually(gone, timeout=CLEANUP_TIMEOUT, interval=0.5, what=f"namespaces {namespaces} gone")
+
+
+@pytest.fixture(scope="module")
+def _janitor() -> Iterator[_Janitor]:
+    janitor = _Janitor()
+    yield janitor
+    janitor.wait()
+
+
+@pytest.fixture
+async def names(
+    kube: KubeClient, secrets_kube_target: RealClusterProcess | None, _janitor: _Janitor
+) -> AsyncIterator[Names]:
+    n = Names()
+    yield n
+    if secrets_kube_target is not None:
+        for ns in n.namespaces:
+            await kube.delete(R.NAMESPACES, ns)
+        _janitor.pending.setdefault(str(secrets_kube_target.kubeconfig), []).extend(n.namespaces)

@@ -16,12 +16,16 @@ from choreo_dp.kube import resources as R
 from choreo_dp.secrets import SecretSyncer, SecretSyncResult
 from choreo_dp.secrets.manifest import APP_HASH_ANNOTATION
 from tests.fakes_azure.keyvault import random_secret_value
-from tests.secrets.cluster import app_body, decoded, ensure_namespace, environment, eventually
-from tests.secrets.conftest import Azure
+from tests.secrets.cluster import app_body, decoded, ensure_namespace, eventually
+from tests.secrets.conftest import Azure, Names
 
 
 async def test_values_appear_only_in_secret_data(
-    kube: Any, azure: Azure, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    kube: Any,
+    azure: Azure,
+    names: Names,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     caplog.set_level(logging.DEBUG)  # every logger, the azure SDK's included
     vault = azure.kv.vaults["kv-dev"]
@@ -29,7 +33,7 @@ async def test_values_appear_only_in_secret_data(
     pinned = vault.set_secret("pinned", values["pinned"])
     vault.set_secret("db", values["db"])
     vault.set_secret("api", values["api"])
-    env = environment("dev", azure.kv.url("kv-dev"), refresh="1s")
+    env = names.environment("dev", azure.kv.url("kv-dev"), refresh="1s")
     await ensure_namespace(kube, env.target_namespace)
     refs = [
         {"name": "DB", "keyVaultSecret": "db"},

@@ -9,8 +9,8 @@ from choreo_dp.kube import resources as R
 from choreo_dp.secrets import SecretSyncer
 from choreo_dp.secrets.manifest import APP_HASH_ANNOTATION, APP_STATE_ANNOTATION, VALUES_HASH_ANNOTATION
 from tests.fakes_azure.keyvault import random_secret_value
-from tests.secrets.cluster import app_body, decoded, ensure_namespace, environment, eventually
-from tests.secrets.conftest import CLIENT_B, TENANT_B, Azure
+from tests.secrets.cluster import app_body, decoded, ensure_namespace, eventually
+from tests.secrets.conftest import CLIENT_B, TENANT_B, Azure, Names
 
 
 def syncer(kube: Any, azure: Azure, **kwargs: Any) -> SecretSyncer:
@@ -36,12 +36,12 @@ async def events_of(kube: Any, app: dict[str, Any]) -> list[dict[str, Any]]:
     return [e for e in items if e["involvedObject"]["name"] == app["metadata"]["name"]]
 
 
-async def test_first_sync_writes_owned_secret_and_is_cached(kube: Any, azure: Azure) -> None:
+async def test_first_sync_writes_owned_secret_and_is_cached(kube: Any, azure: Azure, names: Names) -> None:
     vault = azure.kv.vaults["kv-dev"]
     pinned = vault.set_secret("api-key", old_key := random_secret_value())
     vault.set_secret("api-key", random_secret_value())
     vault.set_secret("db-password", db := random_secret_value())
-    env = environment("dev", azure.kv.url("kv-dev"))
+    env = names.environment("dev", azure.kv.url("kv-dev"))
     app = await create_app(
         kube,
         env,
@@ -86,11 +86,11 @@ async def test_first_sync_writes_owned_secret_and_is_cached(kube: Any, azure: Az
         await s.close()
 
 
-async def test_rotation_rewrites_secret_and_wakes_operator(kube: Any, azure: Azure) -> None:
+async def test_rotation_rewrites_secret_and_wakes_operator(kube: Any, azure: Azure, names: Names) -> None:
     vault = azure.kv.vaults["kv-dev"]
     vault.set_secret("token", first := random_secret_value())
     pinned = vault.set_secret("cert", cert := random_secret_value())
-    env = environment("dev", azure.kv.url("kv-dev"), refresh="1s")
+    env = names.environment("dev", azure.kv.url("kv-dev"), refresh="1s")
     app = await create_app(
         kube,
         env,
@@ -123,10 +123,10 @@ async def test_rotation_rewrites_secret_and_wakes_operator(kube: Any, azure: Azu
         await s.close()
 
 
-async def test_vault_outage_keeps_last_known_good(kube: Any, azure: Azure) -> None:
+async def test_vault_outage_keeps_last_known_good(kube: Any, azure: Azure, names: Names) -> None:
     vault = azure.kv.vaults["kv-dev"]
     vault.set_secret("db-password", db := random_secret_value())
-    env = environment("dev", azure.kv.url("kv-dev"), refresh="1s")
+    env = names.environment("dev", azure.kv.url("kv-dev"), refresh="1s")
     app = await create_app(kube, env, "orders", [{"name": "DB_PASSWORD", "keyVaultSecret": "db-password"}])
     s = syncer(kube, azure)
     try:
@@ -164,15 +164,17 @@ async def test_vault_outage_keeps_last_known_good(kube: Any, azure: Azure) -> No
         await s.close()
 
 
-async def test_first_sync_failures_are_not_ready_and_write_nothing(kube: Any, azure: Azure) -> None:
-    env = environment("dev", azure.kv.url("kv-dev"))
+async def test_first_sync_failures_are_not_ready_and_write_nothing(
+    kube: Any, azure: Azure, names: Names
+) -> None:
+    env = names.environment("dev", azure.kv.url("kv-dev"))
     missing = await create_app(kube, env, "lost", [{"name": "X", "keyVaultSecret": "does-not-exist"}])
     # prod's vault lives in tenant B and only CLIENT_B may read it; this env does not say so.
     azure.kv.vaults["kv-prod"].set_secret("p", random_secret_value())
     azure.entra.trust(TENANT_B, "00000000-0000-0000-0000-0000000000a1", azure.sa_token)
-    wrong = environment("wrong", azure.kv.url("kv-prod"), tenant_id=TENANT_B)
+    wrong = names.environment("wrong", azure.kv.url("kv-prod"), tenant_id=TENANT_B)
     forbidden = await create_app(kube, wrong, "denied", [{"name": "P", "keyVaultSecret": "p"}])
-    no_kv = environment("bare", None)
+    no_kv = names.environment("bare", None)
     bare = await create_app(kube, no_kv, "bare", [{"name": "P", "keyVaultSecret": "p"}])
     s = syncer(kube, azure)
     try:
@@ -194,11 +196,11 @@ async def test_first_sync_failures_are_not_ready_and_write_nothing(kube: Any, az
         await s.close()
 
 
-async def test_environment_identity_override(kube: Any, azure: Azure) -> None:
+async def test_environment_identity_override(kube: Any, azure: Azure, names: Names) -> None:
     azure.kv.vaults["kv-prod"].set_secret("p", prod_value := random_secret_value())
     azure.kv.vaults["kv-dev"].set_secret("d", dev_value := random_secret_value())
-    prod = environment("prod", azure.kv.url("kv-prod"), client_id=CLIENT_B, tenant_id=TENANT_B)
-    dev = environment("dev", azure.kv.url("kv-dev"))
+    prod = names.environment("prod", azure.kv.url("kv-prod"), client_id=CLIENT_B, tenant_id=TENANT_B)
+    dev = names.environment("dev", azure.kv.url("kv-dev"))
     papp = await create_app(kube, prod, "api", [{"name": "P", "keyVaultSecret": "p"}])
     dapp = await create_app(kube, dev, "api", [{"name": "D", "keyVaultSecret": "d"}])
     s = syncer(kube, azure)
@@ -216,11 +218,13 @@ async def test_environment_identity_override(kube: Any, azure: Azure) -> None:
         await s.close()
 
 
-async def test_removed_secret_disappears_and_shared_secrets_are_read_once(kube: Any, azure: Azure) -> None:
+async def test_removed_secret_disappears_and_shared_secrets_are_read_once(
+    kube: Any, azure: Azure, names: Names
+) -> None:
     vault = azure.kv.vaults["kv-dev"]
     for name in ("a", "b", "c"):
         vault.set_secret(name, random_secret_value())
-    env = environment("dev", azure.kv.url("kv-dev"))
+    env = names.environment("dev", azure.kv.url("kv-dev"))
     refs = [{"name": n.upper(), "keyVaultSecret": n} for n in ("a", "b", "c")]
     apps = [await create_app(kube, env, f"app{i}", refs) for i in range(12)]
     s = syncer(kube, azure)
@@ -248,9 +252,9 @@ async def test_removed_secret_disappears_and_shared_secrets_are_read_once(kube: 
         await s.close()
 
 
-async def test_deleting_the_app_deletes_its_secret(kube: Any, azure: Azure) -> None:
+async def test_deleting_the_app_deletes_its_secret(kube: Any, azure: Azure, names: Names) -> None:
     azure.kv.vaults["kv-dev"].set_secret("d", random_secret_value())
-    env = environment("dev", azure.kv.url("kv-dev"))
+    env = names.environment("dev", azure.kv.url("kv-dev"))
     app = await create_app(kube, env, "gone", [{"name": "D", "keyVaultSecret": "d"}])
     s = syncer(kube, azure)
     try:
@@ -269,10 +273,10 @@ async def test_deleting_the_app_deletes_its_secret(kube: Any, azure: Azure) -> N
 
 
 async def test_after_restart_with_vault_down_the_existing_secret_is_last_known_good(
-    kube: Any, azure: Azure
+    kube: Any, azure: Azure, names: Names
 ) -> None:
     azure.kv.vaults["kv-dev"].set_secret("d", value := random_secret_value())
-    env = environment("dev", azure.kv.url("kv-dev"))
+    env = names.environment("dev", azure.kv.url("kv-dev"))
     app = await create_app(kube, env, "sturdy", [{"name": "D", "keyVaultSecret": "d"}])
     first = syncer(kube, azure)
     try:

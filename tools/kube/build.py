@@ -10,6 +10,12 @@ build recipe, so changing a pin rebuilds and an unchanged tree reuses the binari
 
 On success ``<cache>/current`` names the bin directory; ``choreo_dp.sandbox.cluster`` reads it
 (or ``CHOREO_DP_KUBE_BIN``) so nothing else needs to know the hash.  Nothing here is committed.
+
+Assets that are not binaries live beside ``bin``: kwok's CRDs and stages (``kwok/``), and the
+Gateway API CRDs of the standard channel (``gateway-api/crds``, from the ``gateway-api`` module:
+nothing is built there).  The Gateway API pin is not part of the binaries' cache key, so bumping
+it recopies a few YAML files instead of relinking every binary; ``gateway-api/source.json``
+records which go.mod/go.sum the copy came from.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 KUBE_VERSION = "v1.36.3"
@@ -101,12 +108,19 @@ BINARIES = (
 )
 
 
-def fingerprint() -> str:
-    h = hashlib.sha256(RECIPE.encode())
+def _module_hash(h: Any, module_dirs: set[str]) -> Any:
     for f in sorted(HERE.glob("*/go.*")):
-        h.update(f.relative_to(HERE).as_posix().encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:12]
+        if f.parent.name in module_dirs:
+            h.update(f.relative_to(HERE).as_posix().encode())
+            h.update(f.read_bytes())
+    return h
+
+
+def fingerprint() -> str:
+    """The binaries' cache key: the recipe and the go.mod/go.sum of the modules they are built from."""
+    return str(
+        _module_hash(hashlib.sha256(RECIPE.encode()), {b.module_dir for b in BINARIES}).hexdigest()[:12]
+    )
 
 
 def bin_dir() -> Path:
@@ -166,6 +180,64 @@ def copy_kwok_assets(dest: Path, env: dict[str, str]) -> None:
         shutil.copyfile(src / rel, dest / kind / Path(rel).name)
 
 
+# The Gateway API CRDs (standard channel) a real cluster needs to serve gateway.networking.k8s.io;
+# the emulated API serves that group built in.  Only the YAML is used: the module is not built.
+GATEWAY_API_MODULE = "sigs.k8s.io/gateway-api"
+GATEWAY_API_DIR = "gateway-api"
+GATEWAY_API_CHANNEL = "config/crd/standard"
+
+
+def gateway_api_key() -> str:
+    return str(_module_hash(hashlib.sha256(b"gateway-api"), {GATEWAY_API_DIR}).hexdigest()[:12])
+
+
+def gateway_api_current(dest: Path) -> bool:
+    try:
+        source = json.loads((dest / "source.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(source.get("key") == gateway_api_key() and any((dest / "crds").glob("*.yaml")))
+
+
+def copy_gateway_api_crds(dest: Path, env: dict[str, str]) -> None:
+    """Copy ``config/crd/standard/*.yaml`` of the pinned Gateway API module into ``dest/crds``."""
+    proc = subprocess.run(
+        ["go", "list", "-m", "-f", "{{.Dir}} {{.Version}}", GATEWAY_API_MODULE],
+        cwd=HERE / GATEWAY_API_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit("kube: cannot locate the gateway-api module to copy its CRDs")
+    src_dir, version = proc.stdout.split()
+    files = sorted((Path(src_dir) / GATEWAY_API_CHANNEL).glob("*.yaml"))
+    if not files:
+        raise SystemExit(f"kube: {GATEWAY_API_MODULE} {version} has no {GATEWAY_API_CHANNEL}/*.yaml")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Built aside and swapped in, so a reader never sees half a channel.
+    tmp = Path(tempfile.mkdtemp(prefix=".gateway-api-", dir=dest.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the kwok assets beside it are world-readable
+    (tmp / "crds").mkdir()
+    for f in files:
+        shutil.copyfile(f, tmp / "crds" / f.name)
+    source = {
+        "module": GATEWAY_API_MODULE,
+        "version": version,
+        "channel": "standard",
+        "key": gateway_api_key(),
+    }
+    (tmp / "source.json").write_text(json.dumps(source, indent=2) + "\n")
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        dest.replace(old)
+        shutil.rmtree(old, ignore_errors=True)
+    tmp.replace(dest)
+    print(f"kube: Gateway API {version} CRDs (standard channel) copied", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--print", action="store_true", help="print the bin directory; exit 1 if incomplete")
@@ -173,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     target = bin_dir()
     assets = target.parent / "kwok"
     missing = [b for b in BINARIES if not (target / b.name).exists()]
-    complete = not missing and (assets / "stages").is_dir()
+    gateway = target.parent / "gateway-api"
+    gateway_current = gateway_api_current(gateway)
+    complete = not missing and (assets / "stages").is_dir() and gateway_current
     if args.print:
         print(target)
         return 0 if complete else 1
@@ -193,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f" {time.monotonic() - t0:.0f}s", flush=True)
     if not (assets / "stages").is_dir():
         copy_kwok_assets(assets, env)
+    if not gateway_current:
+        copy_gateway_api_crds(gateway, env)
     manifest = {b.name: {"version": b.version, "package": b.package} for b in BINARIES}
     (target.parent / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     tmp_pointer = cache_root() / ".current.tmp"

@@ -168,6 +168,10 @@ def _deployment_state(obs: AppObservation, spec: ChoreoAppSpec) -> _Workload:
         shown = "; ".join(sorted(problems)[:3])
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         return "Degraded", shown + more, ready_text, desired, dep.ready_replicas, image
+    if dep.replica_failure:
+        # Not "rolling out": nothing will roll until the cause (a quota, most often) changes.
+        msg = f"pods cannot be created: {dep.replica_failure[:300]}"
+        return "Degraded", msg, ready_text, desired, dep.ready_replicas, image
     if dep.progress_deadline_exceeded:
         return (
             "Degraded",

@@ -71,6 +71,19 @@ async def reconcile(ctl: Controller, key: EnvKey) -> float | None:
         await ctl.warn_once(key, body, "NamespaceConflict", msg)
         return None
 
+    app_keys = [k for k in ctl.state.apps_of_env(key.name) if k.namespace == namespace]
+    # Deleting a namespace takes the namespace controller seconds (longer with many objects), and
+    # nothing can be created in it meanwhile: an Environment deleted and put back at once (the
+    # agent restores what another writer deleted) finds its old namespace Terminating.  Say so and
+    # wait; the Namespace's DELETED event brings us back to create it afresh.
+    live_ns = await ctl.kube.get(R.NAMESPACES, namespace)
+    if live_ns is not None and live_ns["metadata"].get("deletionTimestamp"):
+        msg = f"namespace {namespace} is still being deleted; it is created again once it is gone"
+        await _status(
+            ctl, key, body, "Pending", namespace, "NamespaceTerminating", msg, generation, len(app_keys)
+        )
+        return ctl.config.env_resync_seconds
+
     pull_secret: dict[str, Any] | None = None
     pull_problem: str | None = None
     pull_name = env.spec.registry.pull_secret_name if env.spec.registry else None
@@ -81,7 +94,6 @@ async def reconcile(ctl: Controller, key: EnvKey) -> float | None:
                 f"pull secret {pull_name!r} not found in namespace {ctl.config.operator_namespace!r}"
             )
 
-    app_keys = [k for k in ctl.state.apps_of_env(key.name) if k.namespace == namespace]
     projects = {str((ctl.state.apps[k].get("spec") or {}).get("project", "")) for k in app_keys}
     try:
         manifests = render_environment(

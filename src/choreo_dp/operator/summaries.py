@@ -36,15 +36,21 @@ class DeploymentSummary:
     image: str | None
     progress_deadline_exceeded: bool
     progressing_message: str | None
+    # The ReplicaSet cannot create pods (a ResourceQuota refuses them, a missing ServiceAccount,
+    # an admission webhook...): the Deployment's ReplicaFailure condition, copied from its
+    # ReplicaSet's and cleared once creation succeeds again.
+    replica_failure: str | None = None
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> DeploymentSummary:
         meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status") or {}
         containers = (spec.get("template", {}).get("spec", {}) or {}).get("containers") or [{}]
-        stalled, message = False, None
+        stalled, message, failure = False, None, None
         for cond in status.get("conditions") or []:
             if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
                 stalled, message = True, cond.get("message")
+            elif cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+                failure = str(cond.get("message") or cond.get("reason") or "pods cannot be created")
         return cls(
             uid=str(meta.get("uid", "")),
             generation=int(meta.get("generation") or 0),
@@ -57,6 +63,7 @@ class DeploymentSummary:
             image=containers[0].get("image"),
             progress_deadline_exceeded=stalled,
             progressing_message=message,
+            replica_failure=failure,
         )
 
 

@@ -177,3 +177,28 @@ httpGet:
   port: health
 {{- toYaml .probe | nindent 0 }}
 {{- end }}
+
+{{/*
+The choreo.dev CRDs that already exist in the cluster under another owner: created by `kubectl
+apply -f crds/`, a GitOps tool, or another (possibly uninstalled) release. Helm cannot adopt them
+("invalid ownership metadata"), so the chart leaves them as they are, as Helm does with a chart's
+crds/ directory, and NOTES.txt says so. Comma-separated names; empty without a cluster (`helm
+template`: lookup returns nothing) and when crds.install=false.
+*/}}
+{{- define "choreo-dp.foreignCRDs" -}}
+{{- $out := list }}
+{{- if .Values.crds.install }}
+{{- range $path, $_ := .Files.Glob "crds-src/*.yaml" }}
+{{- $name := (($.Files.Get $path | fromYaml).metadata).name }}
+{{- $live := lookup "apiextensions.k8s.io/v1" "CustomResourceDefinition" "" $name }}
+{{- if $live }}
+{{- $ann := $live.metadata.annotations | default dict }}
+{{- $owner := printf "%s/%s" (get $ann "meta.helm.sh/release-namespace") (get $ann "meta.helm.sh/release-name") }}
+{{- if ne $owner (printf "%s/%s" $.Release.Namespace $.Release.Name) }}
+{{- $out = append $out $name }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- join "," $out }}
+{{- end }}

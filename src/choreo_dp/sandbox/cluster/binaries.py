@@ -30,6 +30,14 @@ class KubeBinaries:
     def kwok_stages(self) -> Path:
         return self.bin_dir.parent / "kwok" / "stages"
 
+    @property
+    def gateway_api_crds(self) -> Path:
+        """The Gateway API standard channel (``config/crd/standard/*.yaml`` of the release that
+        ``tools/kube/gateway-api/go.mod`` pins): the CRDs plus the release's safe-upgrades
+        ValidatingAdmissionPolicy.  Not installed by ``RealCluster``; a cluster serves
+        gateway.networking.k8s.io only once someone applies them."""
+        return self.bin_dir.parent / "gateway-api" / "crds"
+
 
 def cache_root() -> Path:
     env = os.environ.get(CACHE_ENV)
@@ -62,8 +70,10 @@ def find_binaries() -> KubeBinaries:
     absent = [n for n in REQUIRED if not (where / n).exists()]
     if absent:
         raise BinariesMissing(f"{where} lacks {', '.join(absent)}; rebuild with `python tools/kube/build.py`")
-    if not found.kwok_stages.is_dir():
-        raise BinariesMissing(f"{found.kwok_stages} is missing; rerun `python tools/kube/build.py`")
+    if not found.kwok_stages.is_dir() or not found.gateway_api_crds.is_dir():
+        raise BinariesMissing(
+            f"kwok or Gateway API assets missing beside {where}; rerun `python tools/kube/build.py`"
+        )
     return found
 
 

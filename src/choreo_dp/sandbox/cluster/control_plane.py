@@ -129,6 +129,7 @@ class RealCluster:
         data_dir: Path | None = None,
         binaries: KubeBinaries | None = None,
         keep_data: bool = False,
+        gateway_api: bool = True,
     ) -> None:
         self.port = port or free_port()
         self.nodes = nodes
@@ -137,6 +138,9 @@ class RealCluster:
         self.dir = data_dir or Path(tempfile.mkdtemp(prefix="choreo-dp-cluster-"))
         self.kubeconfig_path = Path(kubeconfig) if kubeconfig else self.dir / "admin.kubeconfig"
         self.keep_data = keep_data
+        # The emulated API serves gateway.networking.k8s.io built in; a real cluster serves it
+        # once the CRDs are applied, so by default both offer the operator the same choice.
+        self.gateway_api = gateway_api
         self.components: list[Component] = []
         self.pki: ClusterPki | None = None
         self.kwok_port = 0
@@ -290,6 +294,8 @@ class RealCluster:
         kube = await KubeClient.from_kubeconfig(str(admin_cfg))
         try:
             await self._install_kwok_resources(kube)
+            if self.gateway_api:
+                await self._install_gateway_api(kube)
             kwok = self._component(
                 "kwok",
                 [
@@ -348,6 +354,20 @@ class RealCluster:
         for path in sorted(self.binaries.kwok_stages.glob("*.yaml")):
             await apply(kube, STAGES, kubelet_like(yaml.safe_load(path.read_text())))
 
+    async def _install_gateway_api(self, kube: KubeClient) -> None:
+        directory = self.binaries.gateway_api_crds
+        for path in sorted(directory.glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc and doc.get("kind") == "CustomResourceDefinition":
+                    await apply(kube, R.CRDS, doc)
+
+        async def served() -> bool:
+            await kube.request("GET", "/apis/gateway.networking.k8s.io/v1/httproutes")
+            await kube.request("GET", "/apis/gateway.networking.k8s.io/v1/gateways")
+            return True
+
+        await _until(served, timeout=60, what="Gateway API CRDs to be served", watch=self.components)
+
     async def _create_nodes(self, kube: KubeClient) -> None:
         for i in range(self.nodes):
             name = f"kwok-node-{i}"
@@ -384,10 +404,26 @@ class RealCluster:
             await asyncio.to_thread(shutil.rmtree, self.dir, True)
 
 
+# A kubelet reports the digest the runtime resolved (``imageID``); kwok reports none.  A digest
+# derived from the reference keeps "what runs" answerable, stable per image, and a pinned
+# reference (already ``@sha256:``) is reported as itself.
+_IMAGE_ID = (
+    '  imageID: {{ if contains "@" .image }}{{ .image | Quote }}{{ else }}'
+    '{{ printf "%s@sha256:%s" (regexReplaceAll ":[^:/]*$" .image "") (sha256sum .image) | Quote }}{{ end }}\n'
+)
+_CONTAINER_LINE = "- image: {{ .image | Quote }}\n"
+
+
 def kubelet_like(stage: dict[str, Any]) -> dict[str, Any]:
-    """kwok's ``pod-ready`` would turn a pod stuck pulling its image Ready on the next event;
-    a kubelet keeps it waiting until the pull succeeds, so the rule must not fire on it."""
+    """kwok's default Stages, amended where a kubelet behaves differently.
+
+    ``pod-ready`` would turn a pod stuck pulling its image Ready on the next event; a kubelet
+    keeps it waiting until the pull succeeds, so the rule must not fire on it.  It also reports
+    an ``imageID`` for every running container, as a kubelet does.
+    """
     if stage["metadata"]["name"] == "pod-ready":
+        nxt = stage["spec"]["next"]
+        nxt["statusTemplate"] = nxt["statusTemplate"].replace(_CONTAINER_LINE, _CONTAINER_LINE + _IMAGE_ID)
         stage["spec"]["selector"]["matchExpressions"].append(
             {
                 "key": ".status.containerStatuses.[].state.waiting.reason",
