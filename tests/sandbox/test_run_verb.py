@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from choreo_dp.sandbox.demo import Sandbox
+import pytest
+
+from choreo_dp.sandbox.demo import KUBE_MODES, Sandbox
 
 
 class RunVerbSandbox(Sandbox):
@@ -20,15 +22,17 @@ class RunVerbSandbox(Sandbox):
         await self.wait_connected("run")
 
 
-async def test_run_verb_reconciles_and_reports(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kube", KUBE_MODES)
+async def test_run_verb_reconciles_and_reports(kube: str, tmp_path: Path) -> None:
     lines: list[str] = []
-    sandbox = RunVerbSandbox(tmp_path / "run", say=lines.append, ready_timeout=60)
+    sandbox = RunVerbSandbox(tmp_path / "run", say=lines.append, ready_timeout=60, kube_mode=kube)
     try:
         await sandbox.start()
-        assert list(sandbox.children.pids) == ["apiserver", "control-plane", "run"]
+        assert list(sandbox.children.pids) == [sandbox.api_child, "control-plane", "run"]
         assert any("Ready in" in line for line in lines), lines
         table = await sandbox.kubectl_table()
         assert "hello" in table and "Ready" in table, table
     finally:
         await sandbox.stop()
     assert sandbox.children.pids == {}
+    assert not (tmp_path / "run" / "cluster.tmp").exists()

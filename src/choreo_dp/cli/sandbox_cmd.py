@@ -12,15 +12,35 @@ from choreo_dp.cli.common import OneLineParser, UsageError, add_env_argument, po
 
 
 def run_sandbox_verb(args: argparse.Namespace) -> int:
-    from choreo_dp.sandbox.demo import run_sandbox
+    from choreo_dp.sandbox.cluster import BinariesMissing
+    from choreo_dp.sandbox.demo import check_kube_mode, run_sandbox
 
-    return asyncio.run(run_sandbox(Path(args.dir), once=args.once))
+    try:
+        check_kube_mode(args.kube)
+    except BinariesMissing as exc:
+        raise UsageError(f"--kube real: {exc}") from None
+    return asyncio.run(run_sandbox(Path(args.dir), once=args.once, kube=args.kube))
+
+
+def _kube_mode(raw: str) -> str:
+    if raw not in ("emulated", "real"):
+        raise argparse.ArgumentTypeError(f"invalid choice: {raw!r} (choose from 'emulated', 'real')")
+    return raw
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("sandbox", help="the whole data plane on one machine, no cluster")
+    p = sub.add_parser("sandbox", help="the whole data plane on one machine, on an emulated or a real API")
     add_env_argument(p, "--dir", default=".sandbox", help="working directory for state and logs")
     p.add_argument("--once", action="store_true", help="exit after the demo app is Ready")
+    add_env_argument(
+        p,
+        "--kube",
+        type=_kube_mode,
+        default="emulated",
+        metavar="{emulated,real}",
+        help="the Kubernetes API: the emulated one, or a real control plane with kwok nodes "
+        "(`sandbox cluster`, from the binaries `tools/kube/build.py` caches)",
+    )
     p.set_defaults(handler=run_sandbox_verb)
     verbs = p.add_subparsers(dest="sandbox_verb", metavar="VERB", parser_class=OneLineParser)
     a = verbs.add_parser("apiserver", help="serve only the emulated Kubernetes API")
