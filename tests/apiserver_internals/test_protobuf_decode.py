@@ -77,9 +77,10 @@ def test_refusals() -> None:
     with pytest.raises(ApiFailure) as err:
         protobuf.decode(_body("v1", "Pod", b""))
     assert err.value.code == 415 and "Pod" in err.value.message
-    with pytest.raises(ApiFailure) as err:
-        protobuf.decode(_body("v1", "ConfigMap", _ld(1, _ld(1, b"x") + _vi(99, 1))))
-    assert err.value.code == 415 and "ConfigMap.metadata.<field 99>" in err.value.message
+    # a field number the schema does not know is skipped, as the real apiserver's decoder does
+    assert protobuf.decode(_body("v1", "ConfigMap", _ld(1, _ld(1, b"x") + _vi(99, 1))))["metadata"] == {
+        "name": "x"
+    }
     with pytest.raises(ApiFailure) as err:
         protobuf.decode(b"k8s\x00" + b"\x0a\x05ab")
     assert err.value.code == 400

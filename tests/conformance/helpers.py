@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -9,6 +10,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kubernetes import client, config
+
+from choreo_dp.kube import KubeClient
+from choreo_dp.sandbox.cluster import workload_faults
+from tests.fixtures.kube import KubeTarget
 
 T = TypeVar("T")
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
@@ -74,6 +79,23 @@ def raw(
     return status, decoded, rh
 
 
+def raw_text(api: client.ApiClient, path: str, query: dict[str, Any] | None = None) -> tuple[int, str]:
+    """A GET whose body is text (``pods/log``); (status, body) with errors returned, not raised."""
+    m, url, hdrs, body, post = api.param_serialize(
+        "GET",
+        path,
+        query_params=list((query or {}).items()),
+        header_params={"Accept": "*/*"},
+        auth_settings=["BearerToken"],
+    )
+    try:
+        r = api.call_api(m, url, header_params=hdrs, body=body, post_params=post, _request_timeout=30)
+        status, data = r.status, r.read()
+    except client.ApiException as exc:
+        status, data = exc.status, exc.body
+    return status, data.decode() if isinstance(data, bytes) else str(data or "")
+
+
 def install_crds(api: client.ApiClient) -> None:
     """Create (or keep) the product's CRDs and wait until they are served."""
     import yaml
@@ -124,3 +146,50 @@ def deployment(
             },
         },
     }
+
+
+def set_pod_failure(
+    target: KubeTarget, namespace: str, name: str, mode: str | None, timeout: float = 90.0
+) -> None:
+    """Make a Deployment's pods fail (``CrashLoopBackOff`` / ``ImagePullBackOff``) or heal (None).
+
+    One knob for both targets: the workload simulator's on the emulator, a kwok Stage
+    (``workload_faults.set_pod_failure``) on the real cluster.  Returns once every current pod
+    of the Deployment shows the mode (Ready again for None), whichever the target.
+    """
+    if target.emulated:
+        srv = target.server
+        assert srv is not None
+        target.run(lambda: srv.simulator.set_pod_failure(namespace, name, mode))
+        api = api_client(target.kubeconfig)
+        try:
+            _wait_pods(api, namespace, name, mode, timeout)
+        finally:
+            api.close()
+        return
+
+    async def real() -> None:
+        async with await KubeClient.from_kubeconfig(target.kubeconfig) as kube:
+            await workload_faults.set_pod_failure(kube, namespace, name, mode, timeout=timeout)
+
+    asyncio.run(real())
+
+
+def _wait_pods(api: client.ApiClient, namespace: str, name: str, mode: str | None, timeout: float) -> None:
+    want = mode or workload_faults.HEALTHY
+
+    def settled() -> bool:
+        _, dep, _ = raw(api, "GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+        selector = ",".join(f"{k}={v}" for k, v in dep["spec"]["selector"]["matchLabels"].items())
+        _, pods, _ = raw(
+            api, "GET", f"/api/v1/namespaces/{namespace}/pods", query={"labelSelector": selector}
+        )
+        verdicts = [workload_faults.pod_verdict(p) for p in pods["items"]]
+        live = [
+            v
+            for v, p in zip(verdicts, pods["items"], strict=True)
+            if not p["metadata"].get("deletionTimestamp")
+        ]
+        return all(v == want for v in live) and len(live) >= int(dep["spec"].get("replicas", 1))
+
+    wait_for(settled, timeout=timeout, what=f"pods of {namespace}/{name} to turn {want}")

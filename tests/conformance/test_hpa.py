@@ -1,24 +1,28 @@
-"""HPA emulation (emulator only): an HPA clamps its Deployment into [min, max] like the real controller."""
+"""HorizontalPodAutoscaler without a metrics API: what kube-controller-manager's HPA controller
+does (clamping into [min, max], status, conditions, events), and what the emulator copies.
+
+On the real cluster the controller syncs each HPA every 15 s and an edit only queues the next
+sync, so every step here is an eventual one: polled with a deadline of a few sync periods.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from kubernetes import client
 
-from tests.conformance.helpers import deployment, unique, wait_for
+from tests.conformance.helpers import deployment, raw, unique, wait_for
 
-pytestmark = pytest.mark.emulator_only
+SYNC_DEADLINE = 75.0  # the real HPA controller resyncs every 15 s; a step can take two syncs
 
 
-def _hpa(name: str, lo: int, hi: int) -> dict[str, Any]:
+def _hpa(name: str, lo: int, hi: int, target: str | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": {"name": name},
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target or name},
             "minReplicas": lo,
             "maxReplicas": hi,
             "metrics": [
@@ -31,9 +35,36 @@ def _hpa(name: str, lo: int, hi: int) -> dict[str, Any]:
     }
 
 
+def _status(api: client.ApiClient, ns: str, name: str) -> dict[str, Any]:
+    status, body, _ = raw(api, "GET", f"/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/{name}")
+    assert status == 200, body
+    return dict(body.get("status") or {})
+
+
+def _conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status.get("conditions") or []}
+
+
+def test_hpa_defaults(api: client.ApiClient, ns: str) -> None:
+    """autoscaling/v2 defaulting: minReplicas 1 and a CPU 80% metric; behavior stays unset."""
+    auto = client.AutoscalingV2Api(api)
+    body = _hpa(unique("hpad"), 1, 3)
+    del body["spec"]["minReplicas"], body["spec"]["metrics"]
+    h = auto.create_namespaced_horizontal_pod_autoscaler(ns, body)
+    assert h.spec.min_replicas == 1 and h.spec.behavior is None
+    (m,) = h.spec.metrics
+    assert (m.type, m.resource.name, m.resource.target.type, m.resource.target.average_utilization) == (
+        "Resource",
+        "cpu",
+        "Utilization",
+        80,
+    )
+
+
 def test_hpa_scales_deployment_without_replicas_up_to_min(api: client.ApiClient, ns: str) -> None:
     apps = client.AppsV1Api(api)
     auto = client.AutoscalingV2Api(api)
+    core = client.CoreV1Api(api)
     name = unique("hpa")
     body = deployment(name)
     del body["spec"]["replicas"]  # what the operator renders for an autoscaled app
@@ -43,31 +74,46 @@ def test_hpa_scales_deployment_without_replicas_up_to_min(api: client.ApiClient,
         lambda: (
             (s := apps.read_namespaced_deployment_status(name, ns).status) and s.ready_replicas == 2 and s
         ),
+        timeout=SYNC_DEADLINE,
         what="2 ready replicas",
     )
     assert st.replicas == 2
     d = apps.read_namespaced_deployment(name, ns)
     assert d.spec.replicas == 2
-    managers = {(m.manager, m.operation) for m in d.metadata.managed_fields}
-    assert ("kube-controller-manager", "Update") in managers
-    h = wait_for(
+    # the controller writes through the scale subresource
+    managers = {(m.manager, m.operation, m.subresource) for m in d.metadata.managed_fields}
+    assert ("kube-controller-manager", "Update", "scale") in managers
+    status = wait_for(
         lambda: (
-            (h := auto.read_namespaced_horizontal_pod_autoscaler(name, ns))
-            and h.status
-            and h.status.current_replicas == 2
-            and {c.type for c in h.status.conditions or []} >= {"AbleToScale", "ScalingActive"}
-            and h
+            (s := _status(api, ns, name))
+            and s.get("currentReplicas") == 2
+            and {"AbleToScale", "ScalingActive"} <= set(_conditions(s))
+            and s
         ),
+        timeout=SYNC_DEADLINE,
         what="HPA status",
     )
-    assert h.status.desired_replicas == 2 and h.status.last_scale_time is not None
-    conds = {c.type: c for c in h.status.conditions}
-    assert conds["AbleToScale"].status == "True"
-    # no metrics API in the emulator, as on a cluster without metrics-server
-    assert (conds["ScalingActive"].status, conds["ScalingActive"].reason) == (
-        "False",
-        "FailedGetResourceMetric",
+    assert status["desiredReplicas"] == 2 and status.get("lastScaleTime")
+    assert "observedGeneration" not in status
+    conds = _conditions(status)
+    assert conds["AbleToScale"]["status"] == "True"
+    # no metrics API, as on a cluster without metrics-server
+    active = conds["ScalingActive"]
+    assert (active["status"], active["reason"]) == ("False", "FailedGetResourceMetric")
+    assert active["message"] == (
+        "the HPA was unable to compute the replica count: failed to get cpu utilization: unable to get "
+        "metrics for resource cpu: unable to fetch metrics from resource metrics API: the server could "
+        "not find the requested resource (get pods.metrics.k8s.io)"
     )
+    assert status["currentMetrics"] == [{"type": ""}]  # one unread entry per metric, as upstream
+
+    def rescaled() -> list[client.CoreV1Event]:
+        events = core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
+        return [e for e in events if e.reason == "SuccessfulRescale"]
+
+    (ev,) = wait_for(rescaled, timeout=SYNC_DEADLINE, what="SuccessfulRescale event")
+    assert ev.type == "Normal" and ev.source.component == "horizontal-pod-autoscaler"
+    assert ev.message == "New size: 2; reason: Current number of replicas below Spec.MinReplicas"
 
 
 def test_hpa_clamps_down_to_max_and_never_scales_inside_range(api: client.ApiClient, ns: str) -> None:
@@ -76,16 +122,41 @@ def test_hpa_clamps_down_to_max_and_never_scales_inside_range(api: client.ApiCli
     name = unique("hpa")
     apps.create_namespaced_deployment(ns, deployment(name, replicas=4))
     auto.create_namespaced_horizontal_pod_autoscaler(ns, _hpa(name, 1, 2))
-    wait_for(lambda: apps.read_namespaced_deployment(name, ns).spec.replicas == 2, what="clamp to max 2")
+    wait_for(
+        lambda: apps.read_namespaced_deployment(name, ns).spec.replicas == 2,
+        timeout=SYNC_DEADLINE,
+        what="clamp to max 2",
+    )
     # inside the range nothing moves: a manual scale to 1 (the minimum) stays
     apps.patch_namespaced_deployment_scale(name, ns, {"spec": {"replicas": 1}})
     wait_for(
-        lambda: (
-            (h := auto.read_namespaced_horizontal_pod_autoscaler(name, ns).status) and h.current_replicas == 1
-        ),
+        lambda: _status(api, ns, name).get("currentReplicas") == 1,
+        timeout=SYNC_DEADLINE,
         what="HPA sees 1 replica",
     )
     assert apps.read_namespaced_deployment(name, ns).spec.replicas == 1
     # below the new minimum after an HPA edit: scaled up again
     auto.patch_namespaced_horizontal_pod_autoscaler(name, ns, {"spec": {"minReplicas": 3, "maxReplicas": 3}})
-    wait_for(lambda: apps.read_namespaced_deployment(name, ns).spec.replicas == 3, what="clamp to min 3")
+    wait_for(
+        lambda: apps.read_namespaced_deployment(name, ns).spec.replicas == 3,
+        timeout=SYNC_DEADLINE,
+        what="clamp to min 3",
+    )
+
+
+def test_hpa_without_its_target(api: client.ApiClient, ns: str) -> None:
+    auto = client.AutoscalingV2Api(api)
+    name = unique("hpa")
+    auto.create_namespaced_horizontal_pod_autoscaler(ns, _hpa(name, 1, 2, target=unique("missing")))
+    status = wait_for(
+        lambda: (s := _status(api, ns, name)) and "AbleToScale" in _conditions(s) and s,
+        timeout=SYNC_DEADLINE,
+        what="AbleToScale condition",
+    )
+    cond = _conditions(status)["AbleToScale"]
+    target = auto.read_namespaced_horizontal_pod_autoscaler(name, ns).spec.scale_target_ref.name
+    assert (cond["status"], cond["reason"]) == ("False", "FailedGetScale")
+    assert cond["message"] == (
+        f'the HPA controller was unable to get the target\'s current scale: deployments.apps "{target}" not found'
+    )
+    assert status["desiredReplicas"] == 0 and "currentReplicas" not in status

@@ -83,11 +83,68 @@ def test_strategic_merge_patch_merges_lists_by_key(api: client.ApiClient, ns: st
     spec = body["spec"]["template"]["spec"]
     app = next(c for c in spec["containers"] if c["name"] == "app")
     assert app["image"] == "nginx:1.25"
-    assert [e["name"] for e in app["env"]] == ["A", "B"]
-    assert [p["containerPort"] for p in app["ports"]] == [80, 8080]
-    assert [m["mountPath"] for m in app["volumeMounts"]] == ["/a", "/b"]
-    assert [v["name"] for v in spec["volumes"]] == ["v1", "v2"]
-    assert {c["name"] for c in spec["containers"]} == {"app", "sidecar"}
+    # apimachinery's normalizeElementOrder: the patch's items first (in the patch's order),
+    # then the live items the patch did not mention; an item new to a list is not appended.
+    assert [e["name"] for e in app["env"]] == ["B", "A"]
+    assert [p["containerPort"] for p in app["ports"]] == [8080, 80]
+    assert [m["mountPath"] for m in app["volumeMounts"]] == ["/b", "/a"]
+    assert [v["name"] for v in spec["volumes"]] == ["v2", "v1"]
+    assert [c["name"] for c in spec["containers"]] == ["app", "sidecar"]
+    # a live item before a patched one (in the live order) stays before it
+    interleave = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {"name": "app", "env": [{"name": "A", "value": "9"}, {"name": "C", "value": "3"}]}
+                    ]
+                }
+            }
+        }
+    }
+    status, body, _ = raw(
+        api, "PATCH", f"/apis/apps/v1/namespaces/{ns}/deployments/smp", body=interleave, headers=SMP
+    )
+    assert status == 200, body
+    app = next(c for c in body["spec"]["template"]["spec"]["containers"] if c["name"] == "app")
+    assert [(e["name"], e["value"]) for e in app["env"]] == [("B", "2"), ("A", "9"), ("C", "3")]
+    # $setElementOrder (what kubectl apply sends) decides the order of the whole list
+    ordered = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "$setElementOrder/volumes": [{"name": "v1"}, {"name": "v3"}, {"name": "v2"}],
+                    "volumes": [{"name": "v3", "emptyDir": {}}],
+                }
+            }
+        }
+    }
+    status, body, _ = raw(
+        api, "PATCH", f"/apis/apps/v1/namespaces/{ns}/deployments/smp", body=ordered, headers=SMP
+    )
+    assert status == 200, body
+    assert [v["name"] for v in body["spec"]["template"]["spec"]["volumes"]] == ["v1", "v3", "v2"]
+    # primitive lists with patchStrategy=merge (finalizers) follow the same rule
+    for finalizers, want in (
+        (["example.com/a"], ["example.com/a"]),
+        (["example.com/b"], ["example.com/b", "example.com/a"]),
+    ):
+        status, body, _ = raw(
+            api,
+            "PATCH",
+            f"/apis/apps/v1/namespaces/{ns}/deployments/smp",
+            body={"metadata": {"finalizers": finalizers}},
+            headers=SMP,
+        )
+        assert status == 200 and body["metadata"]["finalizers"] == want, body
+    status, body, _ = raw(
+        api,
+        "PATCH",
+        f"/apis/apps/v1/namespaces/{ns}/deployments/smp",
+        body={"metadata": {"finalizers": None}},
+        headers=SMP,
+    )
+    assert status == 200 and not body["metadata"].get("finalizers"), body
     delete = {"spec": {"template": {"spec": {"containers": [{"name": "sidecar", "$patch": "delete"}]}}}}
     status, body, _ = raw(
         api, "PATCH", f"/apis/apps/v1/namespaces/{ns}/deployments/smp", body=delete, headers=SMP
@@ -259,3 +316,36 @@ def test_unknown_patch_type_is_415(api: client.ApiClient, core: client.CoreV1Api
         headers={"Content-Type": "text/plain"},
     )
     assert status == 415
+
+
+def test_scale_subresource_owns_replicas(api: client.ApiClient, ns: str) -> None:
+    """A write through ``/scale`` is recorded with ``subresource: scale`` and takes spec.replicas
+    from the applier, who then conflicts with it (what happens between an HPA and a GitOps tool)."""
+    name = unique("scale")
+    path = f"/apis/apps/v1/namespaces/{ns}/deployments/{name}"
+    d = deployment(name, replicas=2)
+    d["metadata"]["name"] = name
+    status, body = _apply(api, path, d, "ctl")
+    assert status == 201, body
+    status, scale, _ = raw(
+        api,
+        "PATCH",
+        f"{path}/scale",
+        query={"fieldManager": "scaler"},
+        body={"spec": {"replicas": 3}},
+        headers=MERGE,
+    )
+    assert status == 200 and scale["kind"] == "Scale" and scale["spec"]["replicas"] == 3, scale
+    status, live, _ = raw(api, "GET", path)
+    entries = {
+        (e["manager"], e["operation"], e.get("subresource")): e for e in live["metadata"]["managedFields"]
+    }
+    assert "f:replicas" in entries[("scaler", "Update", "scale")]["fieldsV1"]["f:spec"]
+    assert "f:replicas" not in entries[("ctl", "Apply", None)]["fieldsV1"]["f:spec"]
+    status, body = _apply(api, path, d, "ctl")
+    assert status == 409 and body["reason"] == "Conflict", body
+    assert body["message"] == (
+        'Apply failed with 1 conflict: conflict with "scaler" with subresource "scale" using apps/v1: .spec.replicas'
+    )
+    status, body = _apply(api, path, d, "ctl", force=True)
+    assert status == 200 and body["spec"]["replicas"] == 2, body

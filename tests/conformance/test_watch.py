@@ -58,18 +58,59 @@ def test_watch_timeout_seconds_is_honoured(api: client.ApiClient, ns: str) -> No
     assert time.monotonic() - t0 < 10
 
 
-def test_bookmarks_when_asked(core: client.CoreV1Api, api: client.ApiClient, ns: str) -> None:
-    rv = core.list_namespaced_config_map(ns).metadata.resource_version
-    events = _stream(
-        api,
-        f"/api/v1/namespaces/{ns}/configmaps",
-        {"resourceVersion": rv, "allowWatchBookmarks": "true", "timeoutSeconds": "3"},
+def test_initial_events_end_with_a_bookmark(core: client.CoreV1Api, api: client.ApiClient, ns: str) -> None:
+    """A watch-list (``sendInitialEvents``) streams the current objects, then a BOOKMARK annotated
+    ``k8s.io/initial-events-end``.  (Periodic bookmarks come about once a minute from a real
+    server and are allowed never to come, so they are not asserted here.)"""
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "initial", "labels": {"set": "initial"}}})
+    query = {
+        "sendInitialEvents": "true",
+        "resourceVersionMatch": "NotOlderThan",
+        "allowWatchBookmarks": "true",
+        "labelSelector": "set=initial",
+        "timeoutSeconds": "2",
+    }
+    events = _stream(api, f"/api/v1/namespaces/{ns}/configmaps", query)
+    assert [(e["type"], e["object"]["metadata"].get("name")) for e in events[:1]] == [("ADDED", "initial")]
+    marks = [e for e in events if e["type"] == "BOOKMARK"]
+    assert marks and marks[0]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+    assert events.index(marks[0]) == 1, "the bookmark closes the initial events"
+    assert int(marks[0]["object"]["metadata"]["resourceVersion"]) >= int(
+        events[0]["object"]["metadata"]["resourceVersion"]
     )
-    # the real API server sends bookmarks about once a minute; the emulator every second
-    bookmarks = [e for e in events if e["type"] == "BOOKMARK"]
-    if not bookmarks:
-        pytest.skip("no bookmark within 3 s (allowed by the API contract on a real cluster)")
-    assert int(bookmarks[0]["object"]["metadata"]["resourceVersion"]) >= int(rv)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        (
+            {"watch": "true", "sendInitialEvents": "true"},
+            "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+        ),
+        (
+            {"watch": "true", "resourceVersionMatch": "NotOlderThan"},
+            "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless "
+            "sendInitialEvents is provided",
+        ),
+        (
+            {"resourceVersionMatch": "NotOlderThan"},
+            "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
+        ),
+        (
+            {"sendInitialEvents": "false"},
+            "sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list",
+        ),
+    ],
+)
+def test_list_options_are_validated(
+    api: client.ApiClient, ns: str, query: dict[str, str], message: str
+) -> None:
+    status, body, _ = raw(
+        api, "GET", f"/api/v1/namespaces/{ns}/configmaps", query={"timeoutSeconds": "1", **query}
+    )
+    assert (status, body["reason"]) == (422, "Invalid"), body
+    assert body["message"] == f'ListOptions.meta.k8s.io "" is invalid: {message}'
+    assert body["details"]["kind"] == "ListOptions" and body["details"]["group"] == "meta.k8s.io"
 
 
 def test_watch_with_selectors(core: client.CoreV1Api, api: client.ApiClient, ns: str) -> None:

@@ -14,8 +14,15 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from choreo_dp.sandbox.apiserver import discovery, openapi, protobuf
-from choreo_dp.sandbox.apiserver.errors import ApiFailure, check_resource_version, status_body, success_status
+from choreo_dp.sandbox.apiserver import discovery, openapi, podlogs, protobuf
+from choreo_dp.sandbox.apiserver.errors import (
+    ApiFailure,
+    cause,
+    check_resource_version,
+    invalid,
+    status_body,
+    success_status,
+)
 from choreo_dp.sandbox.apiserver.faults import Faults
 from choreo_dp.sandbox.apiserver.patch import clone, json_patch, merge_patch, strategic_merge
 from choreo_dp.sandbox.apiserver.resources import ResourceType
@@ -60,7 +67,71 @@ def wants_table(request: web.Request) -> bool:
 
 
 def _flag(value: str | None) -> bool:
-    return value is not None and value.lower() in ("1", "true", "yes")
+    """A boolean query parameter as apimachinery converts it: absent, "0" and "false" are false."""
+    return value is not None and value != "0" and value.lower() != "false"
+
+
+def check_list_options(q: Any, watch: bool) -> None:
+    """``ValidateListOptions`` (WatchList on, as in 1.36): 422 ListOptions.meta.k8s.io."""
+    match = q.get("resourceVersionMatch", "")
+    initial = q.get("sendInitialEvents")
+    errors: list[JSON] = []
+
+    def forbidden(field: str, text: str) -> None:
+        errors.append(cause(field, f"Forbidden: {text}", "FieldValueForbidden"))
+
+    if watch:
+        if initial is not None and match != "NotOlderThan":
+            forbidden(
+                "resourceVersionMatch",
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            )
+        if match:
+            if initial is None:
+                forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+                )
+            if match != "NotOlderThan":
+                errors.append(
+                    cause(
+                        "resourceVersionMatch",
+                        f'Unsupported value: "{match}": supported values: "NotOlderThan"',
+                        "FieldValueNotSupported",
+                    )
+                )
+            if q.get("continue"):
+                forbidden(
+                    "resourceVersionMatch", "resourceVersionMatch is forbidden when continue is provided"
+                )
+    else:
+        if match:
+            if not q.get("resourceVersion"):
+                forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                )
+            if q.get("continue"):
+                forbidden(
+                    "resourceVersionMatch", "resourceVersionMatch is forbidden when continue is provided"
+                )
+            if match not in ("Exact", "NotOlderThan"):
+                errors.append(
+                    cause(
+                        "resourceVersionMatch",
+                        f'Unsupported value: "{match}": supported values: "Exact", "NotOlderThan", ""',
+                        "FieldValueNotSupported",
+                    )
+                )
+            if match == "Exact" and q.get("resourceVersion") == "0":
+                forbidden(
+                    "resourceVersionMatch",
+                    'resourceVersionMatch "exact" is forbidden for resourceVersion "0"',
+                )
+        if initial is not None:
+            forbidden("sendInitialEvents", "sendInitialEvents is forbidden for list")
+    if errors:
+        raise invalid("ListOptions", "meta.k8s.io", "", errors)
 
 
 def _validation(request: web.Request) -> str:
@@ -185,10 +256,14 @@ class ApiApp:
         if method == "GET":
             if t.name and not t.watch_path:
                 await self.faults.apply("get", t.rt.plural, t.subresource, t.namespace, t.name)
+                if t.subresource == "log":
+                    return await podlogs.serve(request, self.store, t.rt, t.namespace, t.name)
                 return self._get(request, t)
             if t.watch_path or _flag(q.get("watch")):
+                check_list_options(q, watch=True)
                 await self.faults.apply("watch", t.rt.plural, t.subresource, t.namespace, t.name)
                 return await self._watch(request, t)
+            check_list_options(q, watch=False)
             await self.faults.apply("list", t.rt.plural, "", t.namespace, "")
             return self._list(request, t)
         body = await self._body(request)
@@ -341,7 +416,11 @@ class ApiApp:
         updated.setdefault("spec", {})["replicas"] = replicas
         updated["metadata"].pop("resourceVersion", None)
         stored = self.store.update(
-            t.rt, t.namespace, t.name, updated, WriteOptions(manager=manager, dry_run=dry)
+            t.rt,
+            t.namespace,
+            t.name,
+            updated,
+            WriteOptions(manager=manager, dry_run=dry, subresource="scale"),
         )
         return json_response(_scale(t.rt, stored))
 
@@ -349,14 +428,6 @@ class ApiApp:
         obj = self.store.must_get(t.rt, t.namespace, t.name)
         if t.subresource == "scale":
             return json_response(_scale(t.rt, obj))
-        if t.subresource == "log":
-            # Simulated pods run no process; kubectl logs gets an honest one-liner instead of a 404.
-            container = request.query.get("container") or next(
-                (c.get("name") for c in (obj.get("spec") or {}).get("containers") or []), ""
-            )
-            return web.Response(
-                text=f"[emulated pod {t.name}, container {container}: no real process, no logs]\n"
-            )
         return self._object_response(request, t.rt, obj, 200)
 
     def _list_body(

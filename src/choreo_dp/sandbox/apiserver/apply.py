@@ -97,6 +97,12 @@ def _entry(
     return e
 
 
+def same_part(a: str, b: str) -> bool:
+    """Whether two managedFields subresources track the same fields: ``scale`` writes the main
+    resource's spec.replicas, so its owners and the main resource's compete (as upstream)."""
+    return a == b or {a, b} <= {"", "scale"}
+
+
 def record_update(
     old: JSON | None,
     new: JSON,
@@ -116,7 +122,7 @@ def record_update(
             return  # nothing this manager could own changed; keep managedFields as they are
         entries = read_entries(old)
     for e in entries:
-        if e.subresource == subresource:
+        if same_part(e.subresource, subresource):
             e.fields -= changed
             e.fields -= gone
     if changed or old is None:
@@ -223,7 +229,7 @@ def server_side_apply(
     entries = read_entries(live)
     applied_fs = field_set(applied, rt, sub)
     mine = _entry(entries, manager, "Apply", subresource, rt.api_version, now)
-    others = [e for e in entries if e is not mine and e.subresource == subresource]
+    others = [e for e in entries if e is not mine and same_part(e.subresource, subresource)]
     conflicts: list[tuple[Entry, Path]] = []
     for e in others:
         for path in applied_fs & e.fields:
@@ -282,6 +288,7 @@ def _conflict_error(conflicts: list[tuple[Entry, Path]]) -> ApiFailure:
             {
                 "reason": "FieldManagerConflict",
                 "message": f'conflict with "{e.manager}"'
+                + (f' with subresource "{e.subresource}"' if e.subresource else "")
                 + (f" using {e.api_version}" if e.operation == "Update" else ""),
                 "field": describe(path),
             }

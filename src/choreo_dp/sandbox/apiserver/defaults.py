@@ -109,5 +109,16 @@ def apply_builtin_defaults(rt: ResourceType, obj: JSON, creating: bool) -> None:
         spec.setdefault("internalTrafficPolicy", "Cluster")
         if creating:
             obj.setdefault("status", {"loadBalancer": {}})
+    elif kind == "HorizontalPodAutoscaler" and rt.group == "autoscaling" and isinstance(spec, dict):
+        # autoscaling/v2 SetDefaults_HorizontalPodAutoscaler (behavior stays unset when not sent)
+        if spec.get("minReplicas") is None:
+            spec["minReplicas"] = 1
+        if not spec.get("metrics"):
+            spec["metrics"] = [
+                {
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}},
+                }
+            ]
     elif kind == "ServiceAccount" and creating:
         pass

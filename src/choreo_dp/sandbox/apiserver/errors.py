@@ -74,11 +74,12 @@ def status_body(
     retry_after: int | None = None,
 ) -> JSON:
     details: JSON = {}
-    if name is not None:
+    # StatusDetails fields are omitempty: an empty group (the core group) is not sent.
+    if name:
         details["name"] = name
-    if group is not None:
+    if group:
         details["group"] = group
-    if kind is not None:
+    if kind:
         details["kind"] = kind
     if causes:
         details["causes"] = causes
@@ -104,7 +105,7 @@ def success_status(name: str, group: str, kind: str, uid: str) -> JSON:
         "apiVersion": "v1",
         "metadata": {},
         "status": "Success",
-        "details": {"name": name, "group": group, "kind": kind, "uid": uid},
+        "details": {k: v for k, v in (("name", name), ("group", group), ("kind", kind), ("uid", uid)) if v},
     }
 
 
@@ -143,8 +144,14 @@ def check_resource_version(resource: str, group: str, name: str, wanted: object,
 def invalid(kind: str, group: str, name: str, causes: list[JSON]) -> ApiFailure:
     """422 with one cause per field, worded like the real API server."""
     qualified = f"{kind}.{group}" if group else kind
-    text = "; ".join(c["message"] if not c.get("field") else f"{c['field']}: {c['message']}" for c in causes)
-    if len(causes) > 1:
+    # utilerrors.NewAggregate: distinct messages joined by ", ", bracketed when more than one.
+    texts: list[str] = []
+    for c in causes:
+        t = c["message"] if not c.get("field") else f"{c['field']}: {c['message']}"
+        if t not in texts:
+            texts.append(t)
+    text = ", ".join(texts)
+    if len(texts) > 1:
         text = f"[{text}]"
     return ApiFailure(
         422, f'{qualified} "{name}" is invalid: {text}', name=name, group=group, kind=kind, causes=causes

@@ -1,25 +1,28 @@
-"""HorizontalPodAutoscaler emulation: what kube-controller-manager's HPA controller does
-for autoscaling/v2 HPAs that target a Deployment, when no metrics are available.
+"""HorizontalPodAutoscaler emulation: what kube-controller-manager's HPA controller
+(``pkg/controller/podautoscaler``, ``reconcileAutoscaler``) does for autoscaling/v2 HPAs that
+target a Deployment, in a cluster without a metrics API (no metrics-server).
 
-The real controller first reads the target's scale; a replica count outside
-``[minReplicas, maxReplicas]`` is clamped without consulting metrics (that is the only
-scaling done here: the emulator serves no metrics API, so nothing ever scales above what
-the clamp needs).  In range, the real controller asks the resource metrics API; in a
-cluster without metrics-server that fails, and so it does here: ``ScalingActive`` is
-``False`` with reason ``FailedGetResourceMetric``, exactly what ``kubectl describe hpa``
-shows on such a cluster.  A target at 0 replicas means "scaling disabled"
-(``ScalingActive`` ``False``, ``ScalingDisabled``), as upstream.
+Each sync reads the target's scale (``AbleToScale`` True ``SucceededGetScale``, or False
+``FailedGetScale`` when the target is missing).  A replica count outside
+``[minReplicas, maxReplicas]`` is clamped without consulting metrics: the write goes through
+the ``scale`` subresource (managedFields ``subresource: scale``, manager
+``kube-controller-manager``), ``AbleToScale`` becomes ``SucceededRescale`` and
+``lastScaleTime`` is set.  In range, the controller asks the resource metrics API, which is
+not there: ``ScalingActive`` False ``FailedGetResourceMetric`` with the upstream message,
+``currentMetrics`` one empty entry per metric, ``desiredReplicas`` left as it was.  A target at
+0 replicas disables scaling (``ScalingActive`` False ``ScalingDisabled``).  The status is
+rebuilt on every sync as upstream's ``setStatus`` does (``currentReplicas``,
+``desiredReplicas``, ``currentMetrics``, ``lastScaleTime``, ``conditions``; no
+``observedGeneration``), and a rescale posts a ``SuccessfulRescale`` Event.
 
-The write goes where the real controller's does: ``spec.replicas`` of the Deployment,
-via the same path the emulator's ``scale`` subresource uses (an update of the main
-object), by manager ``kube-controller-manager``.  HPA status (``currentReplicas``,
-``desiredReplicas``, ``lastScaleTime``, ``observedGeneration``, conditions
-``AbleToScale``/``ScalingActive``) goes through the status path.
+Timing differs on purpose: the real controller syncs each HPA every 15 s (an event only
+queues the next sync); the emulation reacts at once.  Clients must not rely on either.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from choreo_dp.sandbox.apiserver.errors import ApiFailure
@@ -98,9 +101,8 @@ class HpaEmulator:
         if target is None:
             return  # only Deployments are emulated; others are left as a cluster without them would
         spec = hpa.get("spec") or {}
-        status: JSON = dict(hpa.get("status") or {})
-        conds: list[JSON] = list(status.get("conditions") or [])
-        status["observedGeneration"] = hpa["metadata"].get("generation", 1)
+        old: JSON = hpa.get("status") or {}
+        conds: list[JSON] = [dict(c) for c in old.get("conditions") or []]
         d = self.store.get(self.deploy_rt, namespace, target)
         if d is None:
             _set(
@@ -108,11 +110,12 @@ class HpaEmulator:
                 "AbleToScale",
                 False,
                 "FailedGetScale",
-                f'the HPA controller was unable to get the target\'s current scale: deployments/scale.apps "{target}" not found',
+                "the HPA controller was unable to get the target's current scale: "
+                f'deployments.apps "{target}" not found',
             )
-            status["conditions"] = conds
-            status.setdefault("desiredReplicas", 0)
-            self._write_status(hpa, status)
+            # Only the condition changes; the rest is whatever the status held (Go zero values).
+            self._write_status(hpa, {**_zero_status(old), "conditions": conds})
+            self._event(hpa, "Warning", "FailedGetScale", f'deployments.apps "{target}" not found')
             return
         _set(
             conds,
@@ -125,8 +128,11 @@ class HpaEmulator:
         current = 1 if current is None else int(current)
         lo = int(spec.get("minReplicas") or 1)
         hi = int(spec.get("maxReplicas") or lo)
-        desired = current
-        if current == 0 and lo != 0:
+        desired = 0
+        rescale = True
+        reason = ""
+        if current == 0:
+            rescale = False
             _set(
                 conds,
                 "ScalingActive",
@@ -134,22 +140,40 @@ class HpaEmulator:
                 "ScalingDisabled",
                 "scaling is disabled since the replica count of the target is zero",
             )
-        elif current > hi or current < lo:
-            desired = hi if current > hi else lo
+        elif current > hi:
+            desired, reason = hi, "Current number of replicas above Spec.MaxReplicas"
+        elif current < lo:
+            desired, reason = lo, "Current number of replicas below Spec.MinReplicas"
         else:
-            # In range: the real controller would compute from metrics, and there are none.
+            # In range: upstream computes from metrics, and the metrics API is not there.
+            metrics = spec.get("metrics") or []
+            reason, error, wrapped = _metric_failure(metrics[0] if metrics else {})
             _set(
                 conds,
                 "ScalingActive",
                 False,
-                "FailedGetResourceMetric",
-                "the HPA was unable to compute the replica count: failed to get cpu utilization: "
-                "unable to get metrics for resource cpu: no metrics returned from resource metrics API",
+                reason,
+                f"the HPA was unable to compute the replica count: {error}",
             )
-        if desired != current:
+            self._event(hpa, "Warning", reason, error)
+            n = len(metrics)
+            self._event(
+                hpa,
+                "Warning",
+                "FailedComputeMetricsReplicas",
+                f"invalid metrics ({n} invalid out of {n}), first error is: {wrapped}",
+            )
+            status = {
+                **_zero_status(old),
+                "currentReplicas": current,
+                "currentMetrics": [{"type": ""} for _ in metrics],
+                "conditions": conds,
+            }
+            self._write_status(hpa, status)
+            return
+        if rescale:
             if not self._scale(d, desired):
                 return  # the Deployment changed under us; its change event brings us back
-            status["lastScaleTime"] = now_iso()
             _set(
                 conds,
                 "AbleToScale",
@@ -157,19 +181,28 @@ class HpaEmulator:
                 "SucceededRescale",
                 f"the HPA controller was able to update the target scale to {desired}",
             )
-        status["currentReplicas"] = current
-        status["desiredReplicas"] = desired
+            self._event(hpa, "Normal", "SuccessfulRescale", f"New size: {desired}; reason: {reason}")
+        else:
+            desired = current
+        status = {"currentReplicas": current, "desiredReplicas": desired, "currentMetrics": None}
+        last = now_iso() if rescale else old.get("lastScaleTime")
+        if last:
+            status["lastScaleTime"] = last
         status["conditions"] = conds
         self._write_status(hpa, status)
 
     def _scale(self, d: JSON, replicas: int) -> bool:
-        """Write spec.replicas the way the ``scale`` subresource does (optimistic concurrency)."""
+        """Write spec.replicas through the ``scale`` subresource (optimistic concurrency)."""
         updated = clone(d)
         updated.setdefault("spec", {})["replicas"] = replicas
         meta = d["metadata"]
         try:
             self.store.update(
-                self.deploy_rt, meta["namespace"], meta["name"], updated, WriteOptions(manager=MANAGER)
+                self.deploy_rt,
+                meta["namespace"],
+                meta["name"],
+                updated,
+                WriteOptions(manager=MANAGER, subresource="scale"),
             )
         except ApiFailure as exc:
             log.info("HPA could not scale %s/%s: %s", meta["namespace"], meta["name"], exc)
@@ -177,11 +210,77 @@ class HpaEmulator:
         return True
 
     def _write_status(self, hpa: JSON, status: JSON) -> None:
+        if not status.get("currentReplicas"):
+            status.pop("currentReplicas", None)  # int32 omitempty
         if status == hpa.get("status"):
             return
         new = dict(hpa)
         new["status"] = status
         self.store.write_internal(self.hpa_rt, new, hpa, MANAGER)
+
+    def _event(self, hpa: JSON, type_: str, reason: str, message: str) -> None:
+        """An Event on the HPA, as the controller's event recorder posts it (core/v1, named
+        ``<hpa>.<hex nanoseconds>``).  Upstream repeats warnings every sync, counting them on
+        one Event; the emulation syncs on changes only, so each is posted once per sync."""
+        rt = self.store.registry.get("", "v1", "events")
+        if rt is None:
+            return
+        meta = hpa["metadata"]
+        now = now_iso()
+        event = {
+            "metadata": {"name": f"{meta['name']}.{time.time_ns():x}", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": "autoscaling/v2",
+                "kind": "HorizontalPodAutoscaler",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+                "resourceVersion": meta.get("resourceVersion", ""),
+            },
+            "reason": reason,
+            "message": message,
+            "source": {"component": "horizontal-pod-autoscaler"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "type": type_,
+            "eventTime": None,
+            "reportingComponent": "horizontal-pod-autoscaler",
+            "reportingInstance": "",
+        }
+        self.store.write_internal(rt, event, None, MANAGER)
+
+
+def _zero_status(old: JSON) -> JSON:
+    """The Go zero values the controller's status always serializes, then what ``old`` held."""
+    out: JSON = {"currentMetrics": None, "desiredReplicas": 0}
+    out.update({k: v for k, v in old.items() if k != "observedGeneration"})
+    return out
+
+
+def _metric_failure(metric: JSON) -> tuple[str, str, str]:
+    """(reason, error, wrapped error) when a metric cannot be read: no metrics API is served."""
+    kind = metric.get("type") or "Resource"
+    if kind in ("Resource", "ContainerResource"):
+        source = metric.get("resource") or metric.get("containerResource") or {}
+        res = source.get("name") or "cpu"
+        target = (source.get("target") or {}).get("type") or "Utilization"
+        what = f"{res} utilization" if target == "Utilization" else f"{res} usage"
+        error = (
+            f"failed to get {what}: unable to get metrics for resource {res}: unable to fetch metrics "
+            "from resource metrics API: the server could not find the requested resource "
+            "(get pods.metrics.k8s.io)"
+        )
+        if kind == "Resource":
+            return "FailedGetResourceMetric", error, f"failed to get {res} resource metric value: {error}"
+        return (
+            "FailedGetContainerResourceMetric",
+            error,
+            f"failed to get {res} container metric value: {error}",
+        )
+    api = "custom.metrics.k8s.io" if kind in ("Pods", "Object") else "external.metrics.k8s.io"
+    error = f"unable to get {kind.lower()} metric: the server could not find the metrics API {api}"
+    return f"FailedGet{kind}Metric", error, error
 
 
 def _set(conds: list[JSON], type_: str, ok: bool, reason: str, message: str) -> None:

@@ -6,10 +6,11 @@ sub-commands (``create namespace|configmap|secret|serviceaccount|job|cronjob|dep
 is the ``k8s\\x00`` magic plus a runtime.Unknown envelope (TypeMeta, raw message).
 
 Field numbers and types come from ``protobuf_schema`` (generated from the upstream
-``generated.proto`` descriptors), so every field of the supported kinds decodes,
-including the whole PodTemplateSpec tree.  A field number the schema does not know (a
-newer client) is refused with 415 naming its path, never dropped, so nobody gets a
-half-decoded object.  Other kinds get 415 too.
+``generated.proto`` of the Kubernetes release the real control plane is built from, 1.36),
+so every field of the supported kinds decodes, including the whole PodTemplateSpec tree.
+A field number the schema does not know is skipped, as the Go code generated for
+kube-apiserver skips it (a newer client's field is dropped by a 1.36 server just the same).
+Kinds outside ``TOP_LEVEL`` get 415: the emulator cannot decode them (a real server would).
 
 Go's protobuf encoding writes every non-pointer field, even at its zero value, where
 JSON (``omitempty``) leaves it out.  To give the object a JSON client would have sent:
@@ -123,12 +124,6 @@ for _name in _LEGACY_READONLY:
     _VALUE_SCALARS.setdefault(f"api.core.v1.{_name}VolumeSource", set()).add("readOnly")
 
 
-class _Unknown(Exception):
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
-        self.path = path
-
-
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
@@ -220,7 +215,7 @@ def _message(buf: bytes, name: str, path: str) -> JSON:
     value_scalars = _VALUE_SCALARS.get(name, set())
     for num, wire, val in _fields(buf):
         if num not in schema:
-            raise _Unknown(f"{path}.<field {num}>")
+            continue  # unknown to this release: skipped, as generated Go Unmarshal code does
         key, typ = schema[num]
         repeated = typ.startswith("[]")
         base = typ[2:] if repeated else typ
@@ -301,13 +296,6 @@ def decode(body: bytes) -> JSON:
                 "UnsupportedMediaType",
             )
         obj = _message(_bytes(envelope.get(2, b"")), message, kind)
-    except _Unknown as exc:
-        raise ApiFailure(
-            415,
-            f"the emulated API cannot decode field {exc.path} of this protobuf body (unknown field number); "
-            "send the object as JSON",
-            "UnsupportedMediaType",
-        ) from None
     except (ValueError, UnicodeDecodeError, KeyError) as exc:
         raise ApiFailure(400, f"the body of the request could not be decoded: {exc}") from None
     obj["apiVersion"] = api_version

@@ -39,6 +39,7 @@ MESSAGES: dict[str, dict[int, tuple[str, str]]] = {
         6: ("conditions", "[]msg:api.apps.v1.DeploymentCondition"),
         7: ("readyReplicas", "int"),
         8: ("collisionCount", "int"),
+        9: ("terminatingReplicas", "int"),
     },
     "api.apps.v1.DeploymentStrategy": {
         1: ("type", "string"),
@@ -305,6 +306,7 @@ MESSAGES: dict[str, dict[int, tuple[str, str]]] = {
         22: ("startupProbe", "msg:api.core.v1.Probe"),
         23: ("resizePolicy", "[]msg:api.core.v1.ContainerResizePolicy"),
         24: ("restartPolicy", "string"),
+        25: ("restartPolicyRules", "[]msg:api.core.v1.ContainerRestartRule"),
     },
     "api.core.v1.ContainerPort": {
         1: ("name", "string"),
@@ -316,6 +318,14 @@ MESSAGES: dict[str, dict[int, tuple[str, str]]] = {
     "api.core.v1.ContainerResizePolicy": {
         1: ("resourceName", "string"),
         2: ("restartPolicy", "string"),
+    },
+    "api.core.v1.ContainerRestartRule": {
+        1: ("action", "string"),
+        2: ("exitCodes", "msg:api.core.v1.ContainerRestartRuleOnExitCodes"),
+    },
+    "api.core.v1.ContainerRestartRuleOnExitCodes": {
+        1: ("operator", "string"),
+        2: ("values", "[]int"),
     },
     "api.core.v1.DownwardAPIProjection": {
         1: ("items", "[]msg:api.core.v1.DownwardAPIVolumeFile"),
@@ -349,6 +359,7 @@ MESSAGES: dict[str, dict[int, tuple[str, str]]] = {
         2: ("resourceFieldRef", "msg:api.core.v1.ResourceFieldSelector"),
         3: ("configMapKeyRef", "msg:api.core.v1.ConfigMapKeySelector"),
         4: ("secretKeyRef", "msg:api.core.v1.SecretKeySelector"),
+        5: ("fileKeyRef", "msg:api.core.v1.FileKeySelector"),
     },
     "api.core.v1.EphemeralContainer": {
         1: ("ephemeralContainerCommon", "msg:api.core.v1.EphemeralContainerCommon"),
@@ -379,6 +390,7 @@ MESSAGES: dict[str, dict[int, tuple[str, str]]] = {
         22: ("startupProbe", "msg:api.core.v1.Probe"),
         23: ("resizePolicy", "[]msg:api.core.v1.ContainerResizePolicy"),
         24: ("restartPolicy", "string"),
+        25: ("restartPolicyRules", "[]msg:api.core.v1.ContainerRestartRule"),
     },
     "api.core.v1.EphemeralVolumeSource": {
         1: ("volumeClaimTemplate", "msg:api.core.v1.PersistentVolumeClaimTemplate"),
@@ -392,6 +404,12 @@ MESSAGES: dict[str, dict[int, tuple[str, str]]] = {
         3: ("fsType", "string"),
         4: ("readOnly", "bool"),
         5: ("wwids", "[]string"),
+    },
+    "api.core.v1.FileKeySelector": {
+        1: ("volumeName", "string"),
+        2: ("path", "string"),
+        3: ("key", "string"),
+        4: ("optional", "bool"),
     },
     "api.core.v1.FlexVolumeSource": {
         1: ("driver", "string"),
@@ -472,6 +490,7 @@ MESSAGES: dict[str, dict[int, tuple[str, str]]] = {
     "api.core.v1.Lifecycle": {
         1: ("postStart", "msg:api.core.v1.LifecycleHandler"),
         2: ("preStop", "msg:api.core.v1.LifecycleHandler"),
+        3: ("stopSignal", "string"),
     },
     "api.core.v1.LifecycleHandler": {
         1: ("exec", "msg:api.core.v1.ExecAction"),
@@ -574,6 +593,19 @@ MESSAGES: dict[str, dict[int, tuple[str, str]]] = {
         1: ("requiredDuringSchedulingIgnoredDuringExecution", "[]msg:api.core.v1.PodAffinityTerm"),
         2: ("preferredDuringSchedulingIgnoredDuringExecution", "[]msg:api.core.v1.WeightedPodAffinityTerm"),
     },
+    "api.core.v1.PodCertificateProjection": {
+        1: ("signerName", "string"),
+        2: ("keyType", "string"),
+        3: ("maxExpirationSeconds", "int"),
+        4: ("credentialBundlePath", "string"),
+        5: ("keyPath", "string"),
+        6: ("certificateChainPath", "string"),
+        7: ("userAnnotations", "[]msg:api.core.v1.PodCertificateProjection.UserAnnotationsEntry"),
+    },
+    "api.core.v1.PodCertificateProjection.UserAnnotationsEntry": {
+        1: ("key", "string"),
+        2: ("value", "string"),
+    },
     "api.core.v1.PodDNSConfig": {
         1: ("nameservers", "[]string"),
         2: ("searches", "[]string"),
@@ -596,6 +628,9 @@ MESSAGES: dict[str, dict[int, tuple[str, str]]] = {
     },
     "api.core.v1.PodSchedulingGate": {
         1: ("name", "string"),
+    },
+    "api.core.v1.PodSchedulingGroup": {
+        1: ("podGroupName", "string"),
     },
     "api.core.v1.PodSecurityContext": {
         1: ("seLinuxOptions", "msg:api.core.v1.SELinuxOptions"),
@@ -653,6 +688,8 @@ MESSAGES: dict[str, dict[int, tuple[str, str]]] = {
         38: ("schedulingGates", "[]msg:api.core.v1.PodSchedulingGate"),
         39: ("resourceClaims", "[]msg:api.core.v1.PodResourceClaim"),
         40: ("resources", "msg:api.core.v1.ResourceRequirements"),
+        41: ("hostnameOverride", "string"),
+        43: ("schedulingGroup", "msg:api.core.v1.PodSchedulingGroup"),
     },
     "api.core.v1.PodSpec.NodeSelectorEntry": {
         1: ("key", "string"),
@@ -885,6 +922,7 @@ MESSAGES: dict[str, dict[int, tuple[str, str]]] = {
         3: ("configMap", "msg:api.core.v1.ConfigMapProjection"),
         4: ("serviceAccountToken", "msg:api.core.v1.ServiceAccountTokenProjection"),
         5: ("clusterTrustBundle", "msg:api.core.v1.ClusterTrustBundleProjection"),
+        6: ("podCertificate", "msg:api.core.v1.PodCertificateProjection"),
     },
     "api.core.v1.VolumeResourceRequirements": {
         1: ("limits", "[]msg:api.core.v1.VolumeResourceRequirements.LimitsEntry"),

@@ -22,6 +22,7 @@ from choreo_dp.sandbox.apiserver.app import ApiApp
 from choreo_dp.sandbox.apiserver.faults import Faults
 from choreo_dp.sandbox.apiserver.gc import GarbageCollector
 from choreo_dp.sandbox.apiserver.patch import clone
+from choreo_dp.sandbox.apiserver.podlogs import install_kwok_crds
 from choreo_dp.sandbox.apiserver.resources import Registry
 from choreo_dp.sandbox.apiserver.simulator import WorkloadSimulator
 from choreo_dp.sandbox.apiserver.store import Store, WriteOptions
@@ -67,6 +68,7 @@ class ApiServer:
             ns_rt = self.registry.get("", "v1", "namespaces")
             assert ns_rt is not None
             self.store.create(ns_rt, "", {"metadata": {"name": ns}}, WriteOptions(manager="kube-apiserver"))
+        install_kwok_crds(self.store)  # kwok's Logs/ClusterLogs, as ``sandbox cluster`` serves them
 
     @property
     def port(self) -> int:

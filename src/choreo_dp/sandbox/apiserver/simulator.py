@@ -14,7 +14,9 @@ unless a failure mode was set for the Deployment with ``set_pod_failure``:
 
 Deployment status follows (replicas, updatedReplicas, readyReplicas,
 availableReplicas, unavailableReplicas, observedGeneration, Available/Progressing
-conditions).  Like the real API, counters that are zero are omitted.  Off by default.
+conditions, ``terminatingReplicas``; the ``deployment.kubernetes.io/revision`` annotations).
+Like the real API, counters that are zero are omitted, except ReplicaSet ``status.replicas``
+and ``terminatingReplicas``, which upstream always sends.  Off by default.
 HorizontalPodAutoscalers targeting Deployments are clamped into their replica range by
 ``hpa.HpaEmulator`` (see there), driven from the same loop.
 """
@@ -75,6 +77,31 @@ def image_id(image: str) -> str:
     elif "." not in first and ":" not in first and first != "localhost":
         name = f"docker.io/{name}"
     return f"{name}@sha256:{hashlib.sha256(image.encode()).hexdigest()}"
+
+
+def _revision(rs: JSON | None) -> int:
+    if rs is None:
+        return 0
+    try:
+        return int((rs["metadata"].get("annotations") or {}).get("deployment.kubernetes.io/revision", 0))
+    except ValueError:
+        return 0
+
+
+def _max_surge(spec: JSON, replicas: int) -> int:
+    """``maxSurge`` resolved against ``replicas`` (percentages round up, as upstream)."""
+    if (spec.get("strategy") or {}).get("type") == "Recreate":
+        return 0
+    ru = ((spec.get("strategy") or {}).get("rollingUpdate") or {}).get("maxSurge", "25%")
+    if isinstance(ru, str) and ru.endswith("%"):
+        try:
+            return math.ceil(replicas * int(ru[:-1]) / 100)
+        except ValueError:
+            return 0
+    try:
+        return int(ru)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _max_unavailable(spec: JSON, replicas: int) -> int:
@@ -202,12 +229,31 @@ class WorkloadSimulator:
         rs_name = f"{name}-{h}"
         owned_rs = [rs for rs in self.store.list(self.rs_rt, namespace) if self._owned_by(rs, d)]
         current = next((rs for rs in owned_rs if rs["metadata"]["name"] == rs_name), None)
+        others = [rs for rs in owned_rs if rs is not current]
+        newest = max((_revision(rs) for rs in others), default=0)
+        # The new (or rolled-back-to) ReplicaSet's revision is one above every other's.
+        revision = _revision(current) if current is not None and _revision(current) > newest else newest + 1
+        notes = {
+            "deployment.kubernetes.io/revision": str(revision),
+            "deployment.kubernetes.io/desired-replicas": str(desired),
+            "deployment.kubernetes.io/max-replicas": str(desired + _max_surge(spec, desired)),
+        }
         if current is None:
-            current = self._create_rs(d, rs_name, h, template, desired)
-        elif (current.get("spec") or {}).get("replicas") != desired:
+            current = self._create_rs(d, rs_name, h, template, desired, notes)
+        elif (current.get("spec") or {}).get("replicas") != desired or any(
+            (current["metadata"].get("annotations") or {}).get(k) != v for k, v in notes.items()
+        ):
             new = clone(current)
             new["spec"]["replicas"] = desired
+            new["metadata"]["annotations"] = {**(new["metadata"].get("annotations") or {}), **notes}
             current = self.store.write_internal(self.rs_rt, new, current, MANAGER)
+        if (d["metadata"].get("annotations") or {}).get("deployment.kubernetes.io/revision") != str(revision):
+            new_d = clone(d)
+            new_d["metadata"]["annotations"] = {
+                **(new_d["metadata"].get("annotations") or {}),
+                "deployment.kubernetes.io/revision": str(revision),
+            }
+            d = self.store.write_internal(self.deploy_rt, new_d, d, MANAGER)
         total = updated = ready = 0
         pending_soon = False
         for rs in (
@@ -256,7 +302,9 @@ class WorkloadSimulator:
             "blockOwnerDeletion": True,
         }
 
-    def _create_rs(self, d: JSON, rs_name: str, h: str, template: JSON, desired: int) -> JSON:
+    def _create_rs(
+        self, d: JSON, rs_name: str, h: str, template: JSON, desired: int, annotations: dict[str, str]
+    ) -> JSON:
         labels = dict((template.get("metadata") or {}).get("labels") or {}, **{"pod-template-hash": h})
         tmpl = clone(template)
         tmpl.setdefault("metadata", {})["labels"] = labels
@@ -267,7 +315,7 @@ class WorkloadSimulator:
                 "name": rs_name,
                 "namespace": d["metadata"]["namespace"],
                 "labels": labels,
-                "annotations": {"deployment.kubernetes.io/revision": str(d["metadata"].get("generation", 1))},
+                "annotations": dict(annotations),
                 "ownerReferences": [self._owner_ref(d)],
             },
             "spec": {"replicas": desired, "selector": selector, "template": tmpl},
@@ -359,6 +407,7 @@ class WorkloadSimulator:
                 "ready": ready,
                 "started": ready,
             }
+            cs["lastState"] = {}
             if mode is None:
                 started = ((prev.get("state") or {}).get("running") or {}).get("startedAt") or now
                 cs["state"] = {"running": {"startedAt": started}}
@@ -410,6 +459,7 @@ class WorkloadSimulator:
                 cond("PodScheduled", True),
             ],
             "hostIP": "10.0.0.10",
+            "hostIPs": [{"ip": "10.0.0.10"}],
             "podIP": ip,
             "podIPs": [{"ip": ip}],
             "startTime": old.get("startTime") or now,
@@ -421,15 +471,18 @@ class WorkloadSimulator:
         rs = self.store.get(self.rs_rt, namespace, name)
         if rs is None:
             return
-        status: JSON = {"observedGeneration": rs["metadata"].get("generation", 1)}
+        # ReplicaSetStatus.replicas has no omitempty (0 is sent); the other counters do.
+        # terminatingReplicas is always set (feature DeploymentReplicaSetTerminatingReplicas,
+        # on by default); simulated pods vanish when deleted, so none are ever terminating.
+        status: JSON = {"observedGeneration": rs["metadata"].get("generation", 1), "replicas": replicas}
         for k, v in (
-            ("replicas", replicas),
             ("fullyLabeledReplicas", replicas),
             ("readyReplicas", ready),
             ("availableReplicas", ready),
         ):
             if v:
                 status[k] = v
+        status["terminatingReplicas"] = 0
         if status != rs.get("status"):
             new = dict(rs)
             new["status"] = status
@@ -464,15 +517,8 @@ class WorkloadSimulator:
 
         name = d["metadata"]["name"]
         rs_name = f"{name}-{template_hash(spec.get('template') or {})}"
+        # Progressing is set first (at the ReplicaSet's creation), Available after, as upstream.
         conditions = [
-            cond(
-                "Available",
-                available_ok,
-                "MinimumReplicasAvailable" if available_ok else "MinimumReplicasUnavailable",
-                "Deployment has minimum availability."
-                if available_ok
-                else "Deployment does not have minimum availability.",
-            ),
             cond(
                 "Progressing",
                 True,
@@ -480,6 +526,14 @@ class WorkloadSimulator:
                 f'ReplicaSet "{rs_name}" has successfully progressed.'
                 if complete
                 else f'ReplicaSet "{rs_name}" is progressing.',
+            ),
+            cond(
+                "Available",
+                available_ok,
+                "MinimumReplicasAvailable" if available_ok else "MinimumReplicasUnavailable",
+                "Deployment has minimum availability."
+                if available_ok
+                else "Deployment does not have minimum availability.",
             ),
         ]
         status: JSON = {"observedGeneration": d["metadata"].get("generation", 1)}
@@ -492,6 +546,7 @@ class WorkloadSimulator:
         ):
             if v:
                 status[k] = v
+        status["terminatingReplicas"] = 0
         status["conditions"] = conditions
         if status != old:
             new = dict(d)

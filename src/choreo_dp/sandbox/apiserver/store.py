@@ -33,6 +33,7 @@ from choreo_dp.sandbox.apiserver.errors import (
 from choreo_dp.sandbox.apiserver.patch import clone, json_patch, merge_patch, strategic_merge
 from choreo_dp.sandbox.apiserver.resources import Registry, ResourceType
 from choreo_dp.sandbox.apiserver.schema import apply_defaults, prune, validate
+from choreo_dp.sandbox.apiserver.timefields import normalize_times
 from choreo_dp.sandbox.apiserver.watch import Event, History, Predicate, Watcher
 
 JSON = dict[str, Any]
@@ -226,12 +227,16 @@ class Store:
             if unknown and opts is not None:
                 self._unknown_fields(rt, unknown, opts)
             apply_defaults(obj, schema)
-            errors = validate(
-                {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}, schema
-            )
+            # metadata is ObjectMeta, checked elsewhere (a schema may still list it as required,
+            # as kwok's do: every object has one)
+            envelope = ("apiVersion", "kind", "metadata")
+            if any(k in envelope for k in schema.get("required") or ()):
+                schema = {**schema, "required": [k for k in schema["required"] if k not in envelope]}
+            errors = validate({k: v for k, v in obj.items() if k not in envelope}, schema)
             if errors:
                 raise invalid(rt.kind, rt.group, name, errors)
         else:
+            normalize_times(rt, obj)
             apply_builtin_defaults(rt, obj, creating=old is None)
             if rt.kind == "Service" and old is not None and isinstance(obj.get("spec"), dict):
                 old_spec = old.get("spec") or {}
@@ -395,11 +400,10 @@ class Store:
             if "managedFields" in (obj.get("metadata") or {}):
                 new["metadata"]["managedFields"] = obj["metadata"]["managedFields"]
             obj = new
-        elif opts.subresource == "scale":
-            raise ApiFailure(
-                405, "scale is read through GET and written through PATCH/PUT of the main resource"
-            )
         else:
+            # The main resource, or ``scale``: its writers (the scale endpoint, the HPA
+            # emulation) hand over the whole object with only spec.replicas changed; the
+            # subresource only tells whose managedFields entry records the change.
             if rt.has_status:
                 if "status" in old:
                     obj["status"] = old["status"]
