@@ -134,7 +134,12 @@ async def _rest_throughput(server: ServerProcess, n: int) -> dict[str, Any]:
         base_url=server.url, headers=headers, verify=server.ssl, limits=limits, timeout=30
     ) as http:
         (await http.put("/api/v1/dataplanes/bench")).raise_for_status()
-        (await http.put("/api/v1/dataplanes/bench/environments/dev", json={"spec": {}})).raise_for_status()
+        (
+            await http.put(
+                "/api/v1/dataplanes/bench/environments/dev",
+                json={"spec": {"registry": {"allowedPrefixes": ["*"]}}},
+            )
+        ).raise_for_status()
         latencies: list[float] = []
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(n):

@@ -289,7 +289,7 @@ async def _measure(server: clusters.ApiServerProcess, n: int) -> dict[str, Any]:
                     "apiVersion": "choreo.dev/v1alpha1",
                     "kind": "Environment",
                     "metadata": {"name": f"bench{i}"},
-                    "spec": {},
+                    "spec": {"registry": {"allowedPrefixes": ["*"]}},
                 },
                 "bench",
             )

@@ -298,7 +298,10 @@ async def _measure(
         try:
             r = await http.put(f"/api/v1/dataplanes/{DP}")
             (tmp / "token").write_text(r.json()["token"])
-            await http.put(f"/api/v1/dataplanes/{DP}/environments/dev", json={"spec": {"displayName": "Dev"}})
+            await http.put(
+                f"/api/v1/dataplanes/{DP}/environments/dev",
+                json={"spec": {"displayName": "Dev", "registry": {"allowedPrefixes": ["*"]}}},
+            )
             t0 = time.perf_counter()
             for i in range(n_apps):
                 await http.put(

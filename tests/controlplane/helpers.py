@@ -92,6 +92,14 @@ class RawAgent:
     async def send_raw(self, data: str | bytes) -> None:
         await self.ws.send(data)
 
+    async def send_json(self, type_: str, body: Any) -> str:
+        """A frame built with plain json, not the protocol's models: for bodies a well-behaved
+        sender could not even serialise (the hostile agent's)."""
+        frame_id = p.new_id()
+        envelope = {"v": 1, "type": type_, "id": frame_id, "seq": self.seq.next(), "body": body}
+        await self.ws.send(json.dumps(envelope, separators=(",", ":")))
+        return frame_id
+
     async def recv(self, timeout: float = FRAME_TIMEOUT) -> p.Frame:
         data = await asyncio.wait_for(self.ws.recv(), timeout)
         frame = p.decode(data)

@@ -32,6 +32,7 @@ kind: Environment
 metadata: {name: dev}
 spec:
   displayName: Development
+  registry: {allowedPrefixes: ["ghcr.io/acme/"]}
 """
 
 

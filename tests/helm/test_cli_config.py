@@ -29,6 +29,10 @@ OPERATOR_NON_FLAG_ENV = {
 }
 
 
+# Env the agent reads directly: the operator's namespace, which it refuses to let Environments use.
+AGENT_NON_FLAG_ENV = {"CHOREO_DP_OPERATOR_NAMESPACE"}
+
+
 def rendered_env(ctr: Manifest) -> dict[str, str]:
     """The environment the kubelet would give the container (downward API resolved)."""
     env: dict[str, str] = {}
@@ -155,7 +159,9 @@ def test_agent_configuration_parses(scenario: str, monkeypatch: pytest.MonkeyPat
         assert ns.client_cert is None
         assert ns.client_key is None
 
-    unknown = {n for n in rendered_env(ctr) if n.startswith("CHOREO_DP_")} - option_envs(verb)
+    unknown = (
+        {n for n in rendered_env(ctr) if n.startswith("CHOREO_DP_")} - option_envs(verb) - AGENT_NON_FLAG_ENV
+    )
     assert not unknown, f"env the agent does not read: {unknown}"
 
     # The agent's own validation of that configuration (URL scheme, cert/key pairing, files), with

@@ -392,7 +392,13 @@ async def running_operator(
                 await task
 
 
+# The registry every test app's image comes from. An Environment without an allowlist admits no
+# images (issue 12), so tests that do not care about the registry get this one.
+TEST_REGISTRY = {"allowedPrefixes": ["registry.example.com/"]}
+
+
 def environment(name: str, **spec: Any) -> dict[str, Any]:
+    spec.setdefault("registry", TEST_REGISTRY)
     return {
         "apiVersion": "choreo.dev/v1alpha1",
         "kind": "Environment",

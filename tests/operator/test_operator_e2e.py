@@ -87,7 +87,12 @@ async def env(operator_cluster: Cluster) -> AsyncIterator[Env]:
     pull = {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": "regcred", "namespace": e.operator_ns},
+        # Opted in: only labelled dockerconfigjson Secrets are ever copied.
+        "metadata": {
+            "name": "regcred",
+            "namespace": e.operator_ns,
+            "labels": {"choreo.dev/pull-secret": "true"},
+        },
         "type": "kubernetes.io/dockerconfigjson",
         "data": {".dockerconfigjson": DOCKERCONFIG},
     }
@@ -302,7 +307,8 @@ async def test_policy_refusals_create_nothing(env: Env) -> None:
     await kube.apply(choreoapp("miner", env.dev, image="docker.io/evil/miner:1"), "test")
     app = await env.phase("miner", "Failed")
     assert (
-        "ImageNotAllowed" in str(app["status"]["conditions"]) and "allowed prefix" in app["status"]["message"]
+        "ImageNotAllowed" in str(app["status"]["conditions"])
+        and "not under any of registry.allowedPrefixes" in app["status"]["message"]
     )
     assert await kube.get(R.DEPLOYMENTS, "miner", env.ns) is None
     elsewhere = env.c.namespace("elsewhere")
@@ -358,19 +364,11 @@ async def test_crash_loop_and_image_pull_are_degraded(env: Env) -> None:
     assert any(e.get("reason") == "Degraded" and e["involvedObject"]["name"] == "pully" for e in events)
 
 
-def emulator_lacks(request: pytest.FixtureRequest, env: Env, what: str) -> None:
-    """Expect this test to fail on the emulator, for a known emulator bug; strict, so the day the
-    emulator does it, the mark fails the run and is removed."""
-    if env.c.emulated:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"emulator bug: {what}"))
-
-
 async def test_pods_without_resources_get_the_environment_defaults(
     env: Env, request: pytest.FixtureRequest
 ) -> None:
     """The LimitRange the Environment installs fills in what a container leaves out, which is
     what lets a quota on requests and limits admit such pods at all."""
-    emulator_lacks(request, env, "no LimitRanger admission (pods keep empty resources)")
     await env.kube.apply(choreoapp("plain", env.dev, type="worker"), "test")
     await env.phase("plain", "Ready")
     pods, _ = await env.kube.list(R.PODS, env.ns, label_selector="choreo.dev/app=plain")
@@ -383,7 +381,6 @@ async def test_pods_without_resources_get_the_environment_defaults(
 
 
 async def test_pods_the_quota_refuses_make_the_app_degraded(env: Env, request: pytest.FixtureRequest) -> None:
-    emulator_lacks(request, env, "no ResourceQuota admission (every pod is admitted, no ReplicaFailure)")
     kube = env.kube
     tight = env.c.env_name("tight")
     await kube.apply(environment(tight, quota={"pods": 1}), "test")

@@ -162,7 +162,15 @@ ENV_CASES: dict[str, tuple[Environment, list[str], dict[str, Any] | None]] = {
     "environment-full": (
         environment(),
         ["shop", "billing"],
-        {"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "e30="}},
+        {
+            "metadata": {
+                "name": "regcred",
+                "namespace": "choreo-system",
+                "labels": {"choreo.dev/pull-secret": "true"},
+            },
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": "e30="},
+        },
     ),
     "environment-minimal-retain": (
         Environment.model_validate(

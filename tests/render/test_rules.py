@@ -130,8 +130,53 @@ def test_policy_refusals() -> None:
     wrong_ns.metadata.namespace = "someone-else"
     refusal = check_app_policy(wrong_ns, env)
     assert refusal is not None and refusal.reason == "NamespaceNotInEnvironment"
-    open_env = environment(registry=None)
+    open_env = environment(registry={"allowedPrefixes": ["*"]})
     assert check_app_policy(app(image="docker.io/library/nginx:1"), open_env) is None
+
+
+# Issue 12, finding 8: the operator's own image check, whatever the control plane decided.
+@pytest.mark.parametrize(
+    ("prefixes", "image"),
+    [
+        (["registry.example.com"], "registry.example.com.evil.io/x:1"),  # host prefix attack
+        (["registry.example.com/"], "registry.example.com.evil.io/x:1"),
+        (["registry.example.com"], "registry.example.com:5000/x:1"),  # another port is another registry
+        (["ghcr.io/acme/"], "ghcr.io/acmeevil/x:1"),  # path segment prefix attack
+        (["ghcr.io/acme"], "ghcr.io/acme-evil/x:1"),
+        (["ghcr.io/acme/"], "docker.io/evil/miner"),
+        ([], "docker.io/library/nginx:1"),  # empty allowlist admits nothing
+        (None, "docker.io/library/nginx:1"),  # so does an absent registry section
+    ],
+)
+def test_policy_refuses_images_outside_the_allowlist(prefixes: list[str] | None, image: str) -> None:
+    env = environment(registry=None if prefixes is None else {"allowedPrefixes": prefixes})
+    refusal = check_app_policy(app(image=image), env)
+    assert refusal is not None and refusal.reason == "ImageNotAllowed"
+    assert image in refusal.message
+
+
+@pytest.mark.parametrize(
+    ("prefixes", "image"),
+    [
+        (["registry.example.com"], "registry.example.com/x:1"),
+        (["REGISTRY.example.com"], "registry.example.com/team/x@sha256:" + "a" * 64),
+        (["ghcr.io/acme/"], "ghcr.io/acme/x/y:1"),
+        (["docker.io/library/"], "nginx:1.25"),  # normalised as the runtime pulls it
+        (["docker.io/library/nginx"], "index.docker.io/nginx"),
+        (["*"], "quay.io/anything/at-all:v1"),
+    ],
+)
+def test_policy_admits_images_inside_the_allowlist(prefixes: list[str], image: str) -> None:
+    env = environment(registry={"allowedPrefixes": prefixes})
+    assert check_app_policy(app(image=image), env) is None
+
+
+def test_policy_refuses_a_path_traversal_image_even_if_the_model_was_bypassed() -> None:
+    # model_construct skips validation, as an object built by a buggy or hostile caller would.
+    bad = app()
+    bad.spec = bad.spec.model_copy(update={"image": "docker.io/library/../../evil/x"})
+    refusal = check_app_policy(bad, environment(registry={"allowedPrefixes": ["docker.io/library/"]}))
+    assert refusal is not None and refusal.reason == "ImageNotAllowed" and "'..'" in refusal.message
 
 
 @pytest.mark.parametrize(

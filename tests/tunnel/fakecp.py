@@ -68,6 +68,10 @@ class FakeControlPlane:
         self.drop_on_applied = False  # close when an applied frame arrives, ignoring it
         self.refuse_status: int | None = None
         self.heartbeat_interval = 15.0
+        self.snapshot_omit_keys = False  # a broken cp: never sends snapshot.keys
+        # while set and not yet open, snapshot.end waits (the link is live: tests inject frames)
+        self.snapshot_end_gate: asyncio.Event | None = None
+        self._later: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()
         self._seq = P.Sequencer()
         self._puts_sent = 0
@@ -137,6 +141,8 @@ class FakeControlPlane:
         return f"{'wss' if self.ssl_context else 'ws'}://127.0.0.1:{self.port}"
 
     async def stop(self) -> None:
+        if self._later is not None:
+            self._later.cancel()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -313,11 +319,24 @@ class FakeControlPlane:
             spec, rev = st.desired[key]
             await self._send_change(ws, Entry(rev, key, spec), None)
         for part in P.chunked(same, P.SNAPSHOT_KEYS_CHUNK):
-            if part:
+            if part and not self.snapshot_omit_keys:
                 await self._send(ws, P.SnapshotKeys(keys=part))
+        gate = self.snapshot_end_gate
+        if gate is not None:
+            # the reader goes on reading (nacks, errors) while a test injects frames
+            self._later = asyncio.create_task(self._end_snapshot_after(ws, begin, gate))
+            return
         await self._send(ws, P.SnapshotEnd(epoch=begin.epoch, revision=begin.revision))
         # changes committed after the snapshot's revision follow, chained from it
         await self._stream_since(ws, begin.revision)
+
+    async def _end_snapshot_after(
+        self, ws: ServerConnection, begin: P.SnapshotBegin, gate: asyncio.Event
+    ) -> None:
+        await gate.wait()
+        async with self._lock:
+            await self._send(ws, P.SnapshotEnd(epoch=begin.epoch, revision=begin.revision))
+            await self._stream_since(ws, begin.revision)
 
 
 def frame_text(msg_type: str, body: dict[str, Any], *, v: int = 1) -> str:

@@ -28,8 +28,12 @@ from tests.tunnel.fakecp import FakeControlPlane, frame_text
 pytestmark = pytest.mark.timeout(60)
 
 
+# the images the tests' apps use; an Environment without an allowlist admits no image at all
+REGISTRY = {"allowedPrefixes": ["registry.example.com/", "r.example.com/"]}
+
+
 def env_spec(**extra: Any) -> dict[str, Any]:
-    return {"displayName": "Dev", **extra}
+    return {"displayName": "Dev", "registry": REGISTRY, **extra}
 
 
 def app_spec(env: str, image: str = "registry.example.com/app:1") -> dict[str, Any]:
@@ -573,7 +577,7 @@ async def test_app_waits_for_its_namespace_then_nacks_retryable_and_holds_the_ac
     fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any], names: Names
 ) -> None:
     late, late_ns = names("late"), names("ns-late")
-    await fake_cp.put(P.environment_key(late), {"namespace": late_ns})
+    await fake_cp.put(P.environment_key(late), env_spec(namespace=late_ns))
     async with running(config(fake_cp, token_file, tls, names), kube) as r:
         await eventually(lambda: converged(fake_cp, kube, names))
         r.agent.store.namespace_wait = 0.3

@@ -25,6 +25,7 @@ from tests.tunnel.conftest import Names, eventually
 pytestmark = pytest.mark.timeout(90)
 
 ADMIN = "admin-token-e2e-0123456789abcdef"
+ENV_SPEC: dict[str, Any] = {"displayName": "Dev", "registry": {"allowedPrefixes": ["ghcr.io/acme/"]}}
 
 
 def app_spec(names: Names) -> dict[str, Any]:
@@ -128,7 +129,7 @@ async def test_push_to_cluster_and_ready_status_back(
             await register(http, token, names)
             r = await http.put(
                 f"/api/v1/dataplanes/{names.dp}/environments/{names.env}",
-                json={"spec": {"displayName": "Dev"}},
+                json={"spec": ENV_SPEC},
             )
             assert r.status_code == 202, r.text
             r = await http.put(
@@ -185,7 +186,7 @@ async def test_control_plane_restart_and_restore_empty(
                 await register(http, token, names)
                 await http.put(
                     f"/api/v1/dataplanes/{names.dp}/environments/{names.env}",
-                    json={"spec": {"displayName": "Dev"}},
+                    json={"spec": ENV_SPEC},
                 )
                 for i in range(3):
                     await http.put(

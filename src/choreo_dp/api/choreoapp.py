@@ -19,6 +19,8 @@ from choreo_dp.api.common import (
     Resource,
 )
 from choreo_dp.api.environment import Quantity
+from choreo_dp.api.images import IMAGE_PATTERN, InvalidImage, parse_image
+from choreo_dp.api.quantity import parse_quantity
 
 AppType = Literal["service", "webhook", "worker", "scheduledTask", "manualTask"]
 Protocol = Literal["REST", "GraphQL", "gRPC", "WS", "TCP"]
@@ -54,6 +56,20 @@ class ResourceList(Model):
 class Resources(Model):
     requests: ResourceList | None = None
     limits: ResourceList | None = None
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> Self:
+        # The apiserver refuses such a pod template; saying so here names the app's field
+        # instead of failing later on a Deployment the user never wrote.
+        if self.requests is None or self.limits is None:
+            return self
+        for name in ("cpu", "memory"):
+            request, limit = getattr(self.requests, name), getattr(self.limits, name)
+            if request is not None and limit is not None and parse_quantity(request) > parse_quantity(limit):
+                raise ValueError(
+                    f"resources.requests.{name} ({request}) must not exceed resources.limits.{name} ({limit})"
+                )
+        return self
 
 
 class EnvVar(Model):
@@ -107,7 +123,13 @@ class ChoreoAppSpec(Model):
     environment: DnsLabel
     project: DnsLabel
     type: AppType
-    image: str = Field(min_length=1, max_length=1024, pattern=r"^[^\s]+$")
+    image: str = Field(
+        min_length=1,
+        max_length=1024,
+        # The parser below gives the clear error; the pattern is for the apiserver's own check.
+        json_schema_extra={"pattern": IMAGE_PATTERN},
+        description="[registry/]repository[:tag][@digest], as the container runtime reads it.",
+    )
     replicas: int = Field(default=1, ge=0, le=1000)
     autoscaling: Autoscaling | None = None
     resources: Resources | None = None
@@ -121,6 +143,15 @@ class ChoreoAppSpec(Model):
     )
     probes: Probes | None = None
     suspend: bool = False
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        try:
+            parse_image(value)
+        except InvalidImage as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("schedule")
     @classmethod

@@ -8,6 +8,8 @@ from choreo_dp.api.crdgen import RESOURCES, crd_for
 
 
 def _type_of(node: dict[str, Any]) -> str:
+    if node.get("x-kubernetes-int-or-string"):
+        return "int-or-string"
     t = str(node.get("type", "any"))
     if t == "array":
         return f"[{_type_of(node.get('items', {}))}]"

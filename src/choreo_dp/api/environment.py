@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, field_validator
 
 from choreo_dp.api.common import (
     AGE_COLUMN,
@@ -16,11 +16,49 @@ from choreo_dp.api.common import (
     PrinterColumn,
     Resource,
 )
+from choreo_dp.api.images import InvalidImage, validate_allowed_prefix
+from choreo_dp.api.quantity import MAX_LENGTH as QUANTITY_MAX_LENGTH
+from choreo_dp.api.quantity import NON_NEGATIVE_PATTERN, InvalidQuantity, resource_quantity
 
 DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
-Quantity = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?([a-zA-Z]{1,2})?$")]
+
+def _quantity(value: object) -> str:
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ValueError(f"a quantity is a string or a number, not {type(value).__name__}")
+    try:
+        return resource_quantity(value)
+    except InvalidQuantity as exc:
+        raise ValueError(str(exc)) from None
+
+
+# A Kubernetes resource quantity (``500m``, ``2``, ``1.5Gi``), stored as the apiserver stores it
+# in a ResourceList (canonical, rounded up to milli-units), so what is applied and what is read
+# back compare equal. The CRD types
+# it like upstream's resource.Quantity: int-or-string with the grammar as a pattern.
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "pattern": NON_NEGATIVE_PATTERN,
+            "maxLength": QUANTITY_MAX_LENGTH,
+            "description": "A Kubernetes quantity such as 500m, 2, 512Mi or 1.5Gi.",
+        }
+    ),
+]
+
+
+def _allowed_prefix(value: str) -> str:
+    try:
+        return validate_allowed_prefix(value)
+    except InvalidImage as exc:
+        raise ValueError(str(exc)) from None
+
+
+AllowedPrefix = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(_allowed_prefix)]
 
 
 def parse_duration(text: str) -> float:
@@ -34,8 +72,14 @@ def parse_duration(text: str) -> float:
 
 
 class RegistrySpec(Model):
-    allowed_prefixes: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(
-        default_factory=list, max_length=64, description="Images must start with one of these prefixes."
+    allowed_prefixes: list[AllowedPrefix] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "Registries or repository paths images may come from, matched on registry and path "
+            "segment boundaries: registry.example.com, ghcr.io/acme/ (anything below acme), "
+            'ghcr.io/acme/app (that repository). Empty or absent admits no image; ["*"] admits any.'
+        ),
     )
     pull_secret_name: DnsLabel | None = Field(
         default=None,
@@ -138,4 +182,20 @@ class Environment(Resource):
 
 
 def default_namespace(env_name: str) -> str:
-    return f"choreo-{env_name}"[:63].rstrip("-")
+    """``choreo-<name>`` when that is a namespace name of at most 62 characters, else
+    ``choreo-<stem>-<hash>`` of exactly 63: a readable stem of the name and a hash (at least 16 hex
+    digits of SHA-256) of all of it.
+
+    Distinct names get distinct namespaces: a plain result is never 63 characters long and a hashed
+    one always is, so the two kinds never meet, and hashed ones differ unless 64 bits of SHA-256
+    collide. Cutting alone gave every name sharing its first 56 characters the same namespace.
+    """
+    import hashlib
+    import re
+
+    plain = f"choreo-{env_name}"
+    if len(plain) <= 62 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", env_name):
+        return plain
+    stem = re.sub(r"[^a-z0-9-]", "-", env_name.lower())[:39]
+    digest = hashlib.sha256(env_name.encode()).hexdigest()[: 63 - len("choreo-") - len(stem) - 1]
+    return f"choreo-{stem}-{digest}"

@@ -9,7 +9,14 @@ import logging
 import signal
 from typing import Any
 
-from choreo_dp.cli.common import UsageError, add_env_argument, add_logging_arguments, port
+from choreo_dp.cli.common import (
+    PROTECTED_NAMESPACES_HELP,
+    UsageError,
+    add_env_argument,
+    add_logging_arguments,
+    namespace_patterns,
+    port,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +29,9 @@ def add_agent_arguments(p: Any) -> None:
     add_env_argument(p, "--client-cert", help="mTLS client certificate")
     add_env_argument(p, "--client-key", help="mTLS client key")
     p.add_argument("--insecure", action="store_true", help="allow ws:// (development only)")
+    add_env_argument(
+        p, "--protected-namespaces", type=namespace_patterns, default=None, help=PROTECTED_NAMESPACES_HELP
+    )
 
 
 def agent_config(args: argparse.Namespace) -> Any:
@@ -29,6 +39,7 @@ def agent_config(args: argparse.Namespace) -> Any:
     import os
 
     from choreo_dp.tunnel.agent import AgentConfig, ConfigError, tunnel_url
+    from choreo_dp.tunnel.guards import default_protected_namespaces
 
     try:
         tunnel_url(args.control_plane, args.insecure)
@@ -48,6 +59,7 @@ def agent_config(args: argparse.Namespace) -> Any:
         client_cert=args.client_cert,
         client_key=args.client_key,
         insecure=args.insecure,
+        protected_namespaces=default_protected_namespaces(getattr(args, "protected_namespaces", None)),
     )
 
 

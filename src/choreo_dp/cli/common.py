@@ -68,3 +68,19 @@ def existing_file(text: str) -> str:
     if not os.path.isfile(text):
         raise argparse.ArgumentTypeError(f"no such file: {text}")
     return text
+
+
+def namespace_patterns(text: str) -> tuple[str, ...]:
+    """``--protected-namespaces`` of the operator and the agent: comma-separated globs."""
+    from choreo_dp.render.environment import parse_protected_namespaces
+
+    try:
+        return parse_protected_namespaces(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+PROTECTED_NAMESPACES_HELP = (
+    "comma-separated globs of namespaces no Environment may use (default: kube-*,default; "
+    "the operator's own namespace and namespaces labelled choreo.dev/protected always are)"
+)

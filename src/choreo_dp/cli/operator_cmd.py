@@ -7,7 +7,14 @@ import asyncio
 import contextlib
 from typing import Any
 
-from choreo_dp.cli.common import UsageError, add_env_argument, add_logging_arguments, port
+from choreo_dp.cli.common import (
+    PROTECTED_NAMESPACES_HELP,
+    UsageError,
+    add_env_argument,
+    add_logging_arguments,
+    namespace_patterns,
+    port,
+)
 
 
 def operator_config(args: argparse.Namespace) -> Any:
@@ -20,19 +27,28 @@ def operator_config(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
     from choreo_dp.operator.config import default_key_vault_from_env
+    from choreo_dp.render.environment import PROTECTED_NAMESPACES_ENV
 
     try:
         default_key_vault_from_env()
     except ValidationError as exc:
         first = exc.errors()[0]
         raise UsageError(f"CHOREO_DP_DEFAULT_KEYVAULT_*: {first['loc'][0]}: {first['msg']}") from None
-    return OperatorConfig(
-        kubeconfig=args.kubeconfig,
-        listen_host=health_host(),
-        health_port=args.health_port,
-        metrics_port=args.metrics_port,
-        workers=args.workers,
-    )
+    extra: dict[str, Any] = {}
+    # ``choreo-dp run`` has no such flag; there the setting comes from the environment alone.
+    if getattr(args, "protected_namespaces", None) is not None:
+        extra["protected_namespaces"] = args.protected_namespaces
+    try:
+        return OperatorConfig(
+            kubeconfig=args.kubeconfig,
+            listen_host=health_host(),
+            health_port=args.health_port,
+            metrics_port=args.metrics_port,
+            workers=args.workers,
+            **extra,
+        )
+    except ValueError as exc:
+        raise UsageError(f"{PROTECTED_NAMESPACES_ENV}: {exc}") from None
 
 
 async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> int:
@@ -66,5 +82,12 @@ def register(sub: Any) -> None:
     add_env_argument(p, "--metrics-port", type=port, default=9090, help="Prometheus /metrics port")
     add_env_argument(p, "--health-port", type=port, default=8081, help="/healthz port")
     add_env_argument(p, "--workers", type=int, default=16, help="concurrent reconciles")
+    add_env_argument(
+        p,
+        "--protected-namespaces",
+        type=namespace_patterns,
+        default=None,
+        help=PROTECTED_NAMESPACES_HELP,
+    )
     add_logging_arguments(p)
     p.set_defaults(handler=handle)

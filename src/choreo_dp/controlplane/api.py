@@ -1,19 +1,29 @@
 """REST API of the reference control plane (contract section 6).
 
 All ``/api/v1`` routes need ``Authorization: Bearer <admin token>``; ``/healthz``, ``/metrics`` and
-``/openapi.json`` are open. Bad input is answered with 4xx: 401 before anything else is looked at,
-then 422 for names and bodies (pydantic's error list), 404 for unknown dataplanes/objects, 409 when
-a request is well-formed but cannot be carried out (promotion without a known digest).
+``/openapi.json`` are open. Bad input is answered with 4xx, in this order: 401 before anything else
+is looked at (the body is not even read), 413 for bodies over 1 MiB, 404/405 for unknown routes,
+422 for every body that is not parseable JSON and for names and bodies that do not validate
+(pydantic's error list), for objects too large for the tunnel and for apps their Environment's
+registry allowlist refuses, 404 for unknown dataplanes/objects, 409 when a request is well-formed
+but cannot be carried out (promotion without a trustworthy digest). Every one of these codes is
+declared in the OpenAPI document.
 """
 
 from __future__ import annotations
 
+import email.message
+import json
 import logging
-from typing import Annotated, Any, Literal
+import math
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -23,7 +33,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from choreo_dp import __version__
 from choreo_dp.api import ChoreoAppSpec, EnvironmentSpec
 from choreo_dp.api.common import DNS1123_LABEL
-from choreo_dp.controlplane import promotion
+from choreo_dp.api.images import image_refusal
+from choreo_dp.controlplane import promotion, reports
 from choreo_dp.controlplane.context import ControlPlane
 from choreo_dp.controlplane.metrics import Metrics
 from choreo_dp.controlplane.store import (
@@ -35,10 +46,16 @@ from choreo_dp.controlplane.store import (
     StoreError,
     WriteResult,
 )
+from choreo_dp.controlplane.tunnel import FRAME_MARGIN_BYTES, MAX_OBJECT_FRAME_BYTES, put_frame_bytes
+from choreo_dp.tunnel.protocol import MAX_FRAME_BYTES
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+# Request bodies nest a handful of levels (spec.probes.liveness.httpGet.path); anything far deeper
+# is refused before recursive code (pydantic, merge patch) walks it.
+MAX_BODY_DEPTH = 32
+API_PREFIX = "/api/"
 DATAPLANE_ID = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 DpId = Annotated[
@@ -133,6 +150,28 @@ class ObjectView(ApiModel):
 
 class ObjectList(ApiModel):
     items: list[ObjectView]
+
+
+class ErrorDetail(ApiModel):
+    detail: str
+
+
+def _documented(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer (422 FastAPI declares itself)."""
+    what = {
+        401: "Missing or wrong admin token; answered before the body is read.",
+        404: "Unknown data plane, environment or app.",
+        409: "Well-formed but impossible: no trustworthy digest, image not allowed at the target, "
+        "project mismatch.",
+        413: "Request body over 1 MiB.",
+    }
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entry: dict[str, Any] = {"model": ErrorDetail, "description": what[code]}
+        if code == 401:
+            entry["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}}
+        out[code] = entry
+    return out
 
 
 class DataplaneList(ApiModel):
@@ -273,6 +312,135 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+def _bearer_token(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            text: str = bytes(value).decode("latin-1")
+            scheme, _, token = text.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+class AdminAuth:
+    """401 for an ``/api/`` request without the admin token, before the request is routed or a
+    byte of its body is read: nothing an anonymous client sends is parsed, buffered or answered
+    with anything but 401."""
+
+    def __init__(self, app: ASGIApp, cp: ControlPlane) -> None:
+        self.app = app
+        self.cp = cp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith(API_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        token = _bearer_token(scope)
+        if token is None or not self.cp.is_admin(token):
+            detail = "missing bearer token" if token is None else "invalid admin token"
+            await _unauthorized(detail)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _json_problem(content_type: str | None, body: bytes) -> dict[str, Any] | None:
+    """Why ``body`` is not a JSON document the API can work with, as one pydantic-style error."""
+
+    def problem(msg: str, pos: int = 0) -> dict[str, Any]:
+        return {"type": "json_invalid", "loc": ["body", pos], "msg": msg, "input": {}}
+
+    message = email.message.Message()
+    message["content-type"] = content_type or ""
+    subtype = message.get_content_subtype()
+    if message.get_content_maintype() != "application" or not (
+        subtype == "json" or subtype.endswith("+json")
+    ):
+        return problem("the request body must be JSON sent with Content-Type: application/json")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return problem("the request body is not valid UTF-8", exc.start)
+
+    def finite(token: str) -> float:
+        value = float(token)
+        if not math.isfinite(value):
+            raise ValueError(f"number {token[:40]} is out of range")
+        return value
+
+    def no_constants(token: str) -> Any:
+        raise ValueError(f"{token} is not a JSON number")
+
+    try:
+        value = json.loads(text, parse_float=finite, parse_constant=no_constants)
+    except json.JSONDecodeError as exc:
+        return problem(f"JSON decode error: {exc.msg}", exc.pos)
+    except RecursionError:
+        return problem(f"the JSON is nested too deeply (at most {MAX_BODY_DEPTH} levels)")
+    except ValueError as exc:  # non-finite numbers, integers beyond Python's digit limit
+        return problem(f"JSON decode error: {str(exc)[:200]}")
+    if reports.json_depth_exceeds(value, MAX_BODY_DEPTH):
+        return problem(f"the JSON is nested too deeply (at most {MAX_BODY_DEPTH} levels)")
+    try:
+        reports.canonical_size(value)
+    except UnicodeEncodeError:
+        return problem("the JSON holds text that is not Unicode (an unpaired \\ud800-\\udfff escape)")
+    return None
+
+
+class JsonRoute(APIRoute):
+    """Routes whose PUT/POST/PATCH bodies are checked to be JSON before FastAPI parses them.
+
+    FastAPI answers some unparseable bodies with 400 (invalid UTF-8, numbers beyond Python's
+    digit limit, nesting beyond the recursion limit) and lets others reach validation as raw
+    bytes; here every one of them gets the same 422 as an invalid document. The body is read
+    once: Starlette caches it on the request FastAPI then uses.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def checked(request: Request) -> Response:
+            if request.method in ("PUT", "POST", "PATCH"):
+                body = await request.body()
+                if body:
+                    problem = _json_problem(request.headers.get("content-type"), body)
+                    if problem is not None:
+                        return JSONResponse({"detail": [problem]}, status_code=422)
+            return await handler(request)
+
+        return checked
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+async def _strict_body(request: Request, model: type[_M]) -> _M:
+    """The body validated again without type coercion.
+
+    FastAPI validates bodies in pydantic's lax mode, where ``false`` is a valid replica count and
+    ``"3"`` a number; a JSON API should refuse wrong types (422), not reinterpret them. The JSON
+    is the one FastAPI already parsed (Starlette caches it on the request).
+    """
+    try:
+        return model.model_validate(await request.json(), strict=True)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors(include_url=False)]
+        ) from None
+
+
+def _validation_response(exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 body, but never a failure: inputs that cannot be rendered as JSON are left out."""
+    errors = list(exc.errors())
+    try:
+        content = jsonable_encoder({"detail": errors})
+        json.dumps(content, allow_nan=False)
+    except (ValueError, TypeError):
+        content = jsonable_encoder(
+            {"detail": [{k: v for k, v in e.items() if k not in ("input", "ctx")} for e in errors]}
+        )
+    return JSONResponse(content, status_code=422)
+
+
 class RequestMetrics:
     """Count requests by route template, method and status (pure ASGI: no per-request task group)."""
 
@@ -326,6 +494,10 @@ def _dataplane_view(cp: ControlPlane, dp: Dataplane) -> dict[str, Any]:
     agent = dict(dp.agent)
     orphans = agent.pop("orphans", None)
     orphaned = agent.pop("orphanedKeys", None) or []
+    if not isinstance(orphans, int) or not 0 <= orphans <= reports.MAX_INVENTORY_ITEMS:
+        orphans = None  # a record from before reports were validated
+    reason = agent.get("orphanReason")
+    agent = {"orphanReason": reason} if isinstance(reason, str) and len(reason) <= 64 else {}
     return {
         "id": dp.id,
         "epoch": dp.epoch,
@@ -342,8 +514,8 @@ def _dataplane_view(cp: ControlPlane, dp: Dataplane) -> dict[str, Any]:
         "applied_revision": dp.applied_revision,
         "applied_epoch": dp.applied_epoch,
         "in_sync": dp.applied_epoch == dp.epoch and dp.applied_revision == dp.revision,
-        "orphans": orphans if isinstance(orphans, int) else None,
-        "orphaned_keys": [str(k) for k in orphaned][:100] if isinstance(orphaned, list) else [],
+        "orphans": orphans,
+        "orphaned_keys": [str(k)[:200] for k in orphaned[:100]] if isinstance(orphaned, list) else [],
         "objects": dp.objects,
         "agent": agent,
     }
@@ -390,10 +562,24 @@ def create_app(cp: ControlPlane) -> FastAPI:
     async def _promotion_refused(_: Request, exc: promotion.PromotionRefused) -> JSONResponse:
         return _http_error(409, str(exc))
 
-    app.add_middleware(RequestMetrics, metrics=cp.metrics)
-    app.add_middleware(BodyLimit)
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_response(exc)
 
-    @app.get("/healthz", response_class=PlainTextResponse, tags=["ops"])
+    # Outermost first: count everything, then authenticate (before anything reads the body), then
+    # bound the body.
+    app.add_middleware(BodyLimit)
+    app.add_middleware(AdminAuth, cp=cp)
+    app.add_middleware(RequestMetrics, metrics=cp.metrics)
+
+    @app.get(
+        "/healthz",
+        response_class=PlainTextResponse,
+        tags=["ops"],
+        responses={
+            500: {"description": "Unhealthy.", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        },
+    )
     async def healthz() -> Response:
         if not cp.liveness.healthy:
             return PlainTextResponse(
@@ -406,7 +592,14 @@ def create_app(cp: ControlPlane) -> FastAPI:
         cp.metrics.sessions.set(len(cp.hub))
         return Response(generate_latest(cp.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin)])
+    # AdminAuth already answered 401 before routing; the dependency keeps the check next to the
+    # routes and declares the bearer scheme in the OpenAPI document.
+    api = APIRouter(
+        prefix="/api/v1",
+        dependencies=[Depends(require_admin)],
+        route_class=JsonRoute,
+        responses=_documented(401, 413),
+    )
 
     async def known_dataplane(dp: str) -> Dataplane:
         found = await cp.store.get_dataplane(dp)
@@ -415,7 +608,15 @@ def create_app(cp: ControlPlane) -> FastAPI:
         return found
 
     # dataplanes
-    @api.put("/dataplanes/{dp}", response_model=Registration, tags=["dataplanes"])
+    @api.put(
+        "/dataplanes/{dp}",
+        response_model=Registration,
+        tags=["dataplanes"],
+        responses={
+            200: {"description": "Already registered (token only when rotated)."},
+            201: {"model": Registration, "description": "Registered; the response holds its token once."},
+        },
+    )
     async def register_dataplane(
         dp: DpId,
         response: Response,
@@ -437,13 +638,16 @@ def create_app(cp: ControlPlane) -> FastAPI:
     async def list_dataplanes() -> dict[str, Any]:
         return {"items": [_dataplane_view(cp, d) for d in await cp.store.list_dataplanes()]}
 
-    @api.get("/dataplanes/{dp}", response_model=DataplaneView, tags=["dataplanes"])
+    @api.get(
+        "/dataplanes/{dp}", response_model=DataplaneView, tags=["dataplanes"], responses=_documented(404)
+    )
     async def get_dataplane(dp: DpId) -> dict[str, Any]:
         return _dataplane_view(cp, await known_dataplane(dp))
 
     # desired objects
     async def object_view(dp: Dataplane, obj: DesiredObject) -> dict[str, Any]:
-        status = await cp.store.get_status(dp.id, obj.key)
+        record = await cp.store.get_status(dp.id, obj.key)
+        status = None if record is None else reports.stored_status(obj.key, record.status)
         nack = await cp.store.get_nack(dp.id, obj.key)
         applied = (
             dp.applied_epoch == dp.epoch
@@ -460,8 +664,8 @@ def create_app(cp: ControlPlane) -> FastAPI:
             "revision": obj.revision,
             "updated_at": obj.updated_at,
             "applied": applied and (nack is None or nack.revision < obj.revision),
-            "status": None if status is None else status.status,
-            "status_reported_at": None if status is None else status.reported_at,
+            "status": status,
+            "status_reported_at": None if status is None or record is None else record.reported_at,
             "last_error": None
             if nack is None
             else {
@@ -474,7 +678,30 @@ def create_app(cp: ControlPlane) -> FastAPI:
         }
 
     async def put(dp: str, kind: Kind, env: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        result = await cp.store.put_object(dp, kind, env, name, spec)
+        size = put_frame_bytes(kind, env, name, spec, cp.store.spec_hash(spec))
+        if size > MAX_OBJECT_FRAME_BYTES:
+            raise _body_error(
+                ("body", "spec"),
+                f"the {kind} would travel to the data plane in a tunnel frame of {size} bytes; "
+                f"the limit is {MAX_OBJECT_FRAME_BYTES} bytes (the tunnel's {MAX_FRAME_BYTES}-byte "
+                f"frames less {FRAME_MARGIN_BYTES} bytes for the envelope): make the spec smaller",
+                size,
+            )
+
+        def allowed_by(env_spec: dict[str, Any]) -> None:
+            image = spec.get("image")
+            prefixes = (env_spec.get("registry") or {}).get("allowedPrefixes") or []
+            refusal = image_refusal(image, prefixes) if isinstance(image, str) else "the app has no image"
+            if refusal is not None:
+                raise _body_error(
+                    ("body", "spec", "image"),
+                    f"{refusal} (Environment {env!r})",
+                    image,
+                )
+
+        result = await cp.store.put_object(
+            dp, kind, env, name, spec, check_environment=allowed_by if kind == KIND_APP else None
+        )
         if result.changed:
             cp.metrics.changes.labels(kind, "put").inc()
             cp.hub.notify(dp)
@@ -495,23 +722,44 @@ def create_app(cp: ControlPlane) -> FastAPI:
         return await object_view(record, obj)
 
     @api.put(
-        "/dataplanes/{dp}/environments/{env}", status_code=202, response_model=Accepted, tags=["environments"]
+        "/dataplanes/{dp}/environments/{env}",
+        status_code=202,
+        response_model=Accepted,
+        tags=["environments"],
+        responses=_documented(404),
     )
-    async def put_environment(dp: DpId, env: EnvName, body: EnvironmentBody) -> dict[str, Any]:
+    async def put_environment(
+        dp: DpId, env: EnvName, body: EnvironmentBody, request: Request
+    ) -> dict[str, Any]:
+        body = await _strict_body(request, EnvironmentBody)
         body.check_name(env)
         return await put(dp, KIND_ENVIRONMENT, env, env, body.spec.to_k8s())
 
     @api.delete(
-        "/dataplanes/{dp}/environments/{env}", status_code=202, response_model=Accepted, tags=["environments"]
+        "/dataplanes/{dp}/environments/{env}",
+        status_code=202,
+        response_model=Accepted,
+        tags=["environments"],
+        responses=_documented(404),
     )
     async def delete_environment(dp: DpId, env: EnvName) -> dict[str, Any]:
         return await delete(dp, KIND_ENVIRONMENT, env, env)
 
-    @api.get("/dataplanes/{dp}/environments/{env}", response_model=ObjectView, tags=["environments"])
+    @api.get(
+        "/dataplanes/{dp}/environments/{env}",
+        response_model=ObjectView,
+        tags=["environments"],
+        responses=_documented(404),
+    )
     async def get_environment(dp: DpId, env: EnvName) -> dict[str, Any]:
         return await get_one(dp, KIND_ENVIRONMENT, env, env)
 
-    @api.get("/dataplanes/{dp}/environments", response_model=ObjectList, tags=["environments"])
+    @api.get(
+        "/dataplanes/{dp}/environments",
+        response_model=ObjectList,
+        tags=["environments"],
+        responses=_documented(404),
+    )
     async def list_environments(dp: DpId) -> dict[str, Any]:
         record = await known_dataplane(dp)
         objs = await cp.store.list_objects(dp, kind=KIND_ENVIRONMENT)
@@ -522,8 +770,12 @@ def create_app(cp: ControlPlane) -> FastAPI:
         status_code=202,
         response_model=Accepted,
         tags=["apps"],
+        responses=_documented(404),
     )
-    async def put_app(dp: DpId, env: EnvName, app: AppName, body: AppBody) -> dict[str, Any]:
+    async def put_app(
+        dp: DpId, env: EnvName, app: AppName, body: AppBody, request: Request
+    ) -> dict[str, Any]:
+        body = await _strict_body(request, AppBody)
         body.check_name(app)
         given = body.spec.environment
         if given is not None and given != env:
@@ -545,23 +797,41 @@ def create_app(cp: ControlPlane) -> FastAPI:
         status_code=202,
         response_model=Accepted,
         tags=["apps"],
+        responses=_documented(404),
     )
     async def delete_app(dp: DpId, env: EnvName, app: AppName) -> dict[str, Any]:
         return await delete(dp, KIND_APP, env, app)
 
-    @api.get("/dataplanes/{dp}/environments/{env}/apps/{app}", response_model=ObjectView, tags=["apps"])
+    @api.get(
+        "/dataplanes/{dp}/environments/{env}/apps/{app}",
+        response_model=ObjectView,
+        tags=["apps"],
+        responses=_documented(404),
+    )
     async def get_app(dp: DpId, env: EnvName, app: AppName) -> dict[str, Any]:
         return await get_one(dp, KIND_APP, env, app)
 
-    @api.get("/dataplanes/{dp}/environments/{env}/apps", response_model=ObjectList, tags=["apps"])
+    @api.get(
+        "/dataplanes/{dp}/environments/{env}/apps",
+        response_model=ObjectList,
+        tags=["apps"],
+        responses=_documented(404),
+    )
     async def list_apps(dp: DpId, env: EnvName) -> dict[str, Any]:
         record = await known_dataplane(dp)
         objs = await cp.store.list_objects(dp, kind=KIND_APP, environment=env)
         return {"items": [await object_view(record, o) for o in objs]}
 
     # promotions
-    @api.post("/promotions", status_code=202, response_model=PromotionResult, tags=["promotions"])
-    async def promote(req: PromotionRequest) -> dict[str, Any]:
+    @api.post(
+        "/promotions",
+        status_code=202,
+        response_model=PromotionResult,
+        tags=["promotions"],
+        responses=_documented(404, 409),
+    )
+    async def promote(req: PromotionRequest, request: Request) -> dict[str, Any]:
+        req = await _strict_body(request, PromotionRequest)
         src, dst = req.from_, req.to
         where = f"{src.dataplane}/{src.environment}"
         await known_dataplane(src.dataplane)
@@ -573,8 +843,9 @@ def create_app(cp: ControlPlane) -> FastAPI:
             raise promotion.PromotionRefused(
                 f"app {req.app!r} in {where} belongs to project {source.spec.get('project')!r}, not {req.project!r}"
             )
-        status = await cp.store.get_status(src.dataplane, source.key)
-        image = promotion.running_digest(None if status is None else status.status, req.app, where)
+        record = await cp.store.get_status(src.dataplane, source.key)
+        status = None if record is None else reports.stored_status(source.key, record.status)
+        image = promotion.promoted_image(status, str(source.spec.get("image", "")), req.app, where)
         target_env = await cp.store.get_object(
             dst.dataplane, KIND_ENVIRONMENT, dst.environment, dst.environment
         )
@@ -583,10 +854,10 @@ def create_app(cp: ControlPlane) -> FastAPI:
                 "not_found", f"environment {dst.environment!r} is not defined on dataplane {dst.dataplane!r}"
             )
         prefixes = (target_env.spec.get("registry") or {}).get("allowedPrefixes") or []
-        if not promotion.image_allowed(image, prefixes):
+        refusal = image_refusal(image, prefixes)
+        if refusal is not None:
             raise promotion.PromotionRefused(
-                f"image {image} is not allowed in {dst.dataplane}/{dst.environment} "
-                f"(registry.allowedPrefixes: {', '.join(prefixes)})"
+                f"{refusal}: not allowed in {dst.dataplane}/{dst.environment} (registry.allowedPrefixes)"
             )
         existing = await cp.store.get_object(dst.dataplane, KIND_APP, dst.environment, req.app)
         raw = promotion.promoted_spec(
@@ -597,10 +868,13 @@ def create_app(cp: ControlPlane) -> FastAPI:
             overrides=req.overrides,
         )
         try:
-            spec = ChoreoAppSpec.model_validate(raw)
+            spec = ChoreoAppSpec.model_validate(raw, strict=True)
         except ValidationError as exc:
             raise RequestValidationError(
-                [{**e, "loc": ("body", "overrides", *e.get("loc", ()))} for e in exc.errors()]
+                [
+                    {**e, "loc": ("body", "overrides", *e.get("loc", ()))}
+                    for e in exc.errors(include_url=False)
+                ]
             ) from None
         accepted = await put(dst.dataplane, KIND_APP, dst.environment, req.app, spec.to_k8s())
         log.info("promoted %s from %s to %s/%s (%s)", req.app, where, dst.dataplane, dst.environment, image)

@@ -35,6 +35,12 @@ class Metrics:
         self.bytes_in = Counter("choreo_cp_tunnel_bytes_in", "Tunnel payload bytes received.", registry=r)
         self.bytes_out = Counter("choreo_cp_tunnel_bytes_out", "Tunnel payload bytes sent.", registry=r)
         self.nacks = Counter("choreo_cp_tunnel_nacks", "Nacks received, by code.", ["code"], registry=r)
+        self.reports_refused = Counter(
+            "choreo_cp_tunnel_reports_refused",
+            "Reports from data planes refused by validation (nothing stored), by kind of report.",
+            ["report"],
+            registry=r,
+        )
         self.store_flush_seconds = Histogram(
             "choreo_cp_store_flush_seconds",
             "Time to write one batch of coalesced reports.",

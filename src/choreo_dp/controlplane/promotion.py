@@ -1,7 +1,12 @@
 """Promotion: the exact image (by digest) running in one place, deployed to another.
 
-The image comes from the *reported* status of the source app, never from its desired spec: a tag in
-the spec may have moved since, the digest the data plane reports is what actually runs.
+The digest comes from the *reported* status of the source app, never from its desired spec: a tag
+in the spec may have moved since, the digest the data plane reports is what actually runs. The
+digest is the only thing the data plane is trusted for. The repository is the control plane's own:
+the reported image must name the same repository as the source app's desired image (normalised as
+the container runtime would), and the promoted reference is built from the desired repository and
+the reported digest. A data plane reporting another repository's image (``ghcr.io/acme/backdoor``
+for an app that runs ``ghcr.io/acme/shop``) cannot get that image deployed anywhere.
 """
 
 from __future__ import annotations
@@ -9,26 +14,45 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-DIGEST_MARK = "@sha256:"
+from choreo_dp.api.images import InvalidImage, parse_image, same_repository
 
 
 class PromotionRefused(Exception):
     """The promotion cannot be carried out as asked (maps to 409)."""
 
 
-def running_digest(status: dict[str, Any] | None, app: str, where: str) -> str:
+def promoted_image(status: dict[str, Any] | None, desired_image: str, app: str, where: str) -> str:
+    """``<desired repository>@<reported digest>``; raises :class:`PromotionRefused`."""
     if not status:
         raise PromotionRefused(
             f"app {app!r} in {where} has no status reported by its data plane yet, so the running image "
             "digest is unknown; wait until it runs (GET the app to see its status) and retry"
         )
-    image = status.get("image")
-    if not isinstance(image, str) or DIGEST_MARK not in image:
+    reported = status.get("image")
+    if not isinstance(reported, str):
         raise PromotionRefused(
-            f"app {app!r} in {where} reports image {image!r}, which carries no @sha256: digest; "
+            f"app {app!r} in {where} reports no running image; promotion moves images by digest"
+        )
+    try:
+        running = parse_image(reported)
+    except InvalidImage as exc:
+        raise PromotionRefused(f"app {app!r} in {where} reports an invalid image: {exc}") from None
+    if running.digest is None:
+        raise PromotionRefused(
+            f"app {app!r} in {where} reports image {reported!r}, which carries no digest (@sha256:...); "
             "promotion only moves images by digest"
         )
-    return image
+    try:
+        desired = parse_image(desired_image)
+    except InvalidImage as exc:
+        raise PromotionRefused(f"app {app!r} in {where} has an invalid desired image: {exc}") from None
+    if not same_repository(reported, desired_image):
+        raise PromotionRefused(
+            f"app {app!r} in {where} reports running {running.name}, but its desired image is from "
+            f"{desired.name}; only a digest of the app's own repository is promoted (the data plane is "
+            "trusted for the digest, not for the repository)"
+        )
+    return f"{desired.name}@{running.digest}"
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -64,7 +88,3 @@ def promoted_spec(
     base["image"] = image
     base["environment"] = environment
     return dict(base)
-
-
-def image_allowed(image: str, allowed_prefixes: list[str]) -> bool:
-    return not allowed_prefixes or any(image.startswith(p) for p in allowed_prefixes)

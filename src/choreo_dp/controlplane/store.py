@@ -291,6 +291,7 @@ class Store:
         self._thread: threading.Thread | None = None
         # Coalesced, loss-tolerant writes: the newest value per key wins until the next flush.
         self._pending_status: dict[tuple[str, str], tuple[str, str]] = {}
+        self._pending_status_bytes: dict[str, int] = {}
         self._pending_applied: dict[str, tuple[int, str]] = {}
         self._pending_heartbeat: dict[str, str] = {}
         self._pending_agent: dict[str, dict[str, Any]] = {}
@@ -444,18 +445,32 @@ class Store:
         self._pending_applied.pop(dp, None)
         self._pending_heartbeat.pop(dp, None)
         self._pending_agent.pop(dp, None)
+        self._pending_status_bytes.pop(dp, None)
         for k in [k for k in self._pending_status if k[0] == dp]:
             del self._pending_status[k]
 
     # -- desired objects ---------------------------------------------------------------------
     async def put_object(
-        self, dp: str, kind: Kind, environment: str, name: str, spec: dict[str, Any]
+        self,
+        dp: str,
+        kind: Kind,
+        environment: str,
+        name: str,
+        spec: dict[str, Any],
+        *,
+        check_environment: Callable[[dict[str, Any]], None] | None = None,
     ) -> WriteResult:
-        """Store a desired object; a spec identical to the stored one is not a change (no new revision)."""
+        """Store a desired object; a spec identical to the stored one is not a change (no new revision).
+
+        ``check_environment`` (apps only) is called with the environment's spec inside the write
+        transaction, so a rule of the environment (its registry allowlist) is judged against the
+        environment as it is when the app is committed; whatever it raises aborts the write.
+        """
         digest = self.spec_hash(spec)
         text = canonical_json(spec)
         return await self._call(
-            self._tx, lambda c: self._put_sync(c, dp, kind, environment, name, text, digest)
+            self._tx,
+            lambda c: self._put_sync(c, dp, kind, environment, name, text, digest, check_environment),
         )
 
     def _bump(self, conn: sqlite3.Connection, dp: str) -> int:
@@ -491,17 +506,27 @@ class Store:
         return int(row[0])
 
     def _put_sync(
-        self, conn: sqlite3.Connection, dp: str, kind: Kind, env: str, name: str, text: str, digest: str
+        self,
+        conn: sqlite3.Connection,
+        dp: str,
+        kind: Kind,
+        env: str,
+        name: str,
+        text: str,
+        digest: str,
+        check_environment: Callable[[dict[str, Any]], None] | None = None,
     ) -> WriteResult:
         current = self._current_revision(conn, dp)
         key = object_key(kind, env, name)
         if kind == KIND_APP:
             parent = conn.execute(
-                "SELECT 1 FROM objects WHERE dataplane=? AND key=?",
+                "SELECT spec FROM objects WHERE dataplane=? AND key=?",
                 (dp, object_key(KIND_ENVIRONMENT, env, env)),
             ).fetchone()
             if parent is None:
                 raise StoreError("not_found", f"environment {env!r} is not defined on dataplane {dp!r}")
+            if check_environment is not None:
+                check_environment(json.loads(parent["spec"]))
         row = conn.execute(
             "SELECT spec_hash, revision FROM objects WHERE dataplane=? AND key=?", (dp, key)
         ).fetchone()
@@ -525,7 +550,7 @@ class Store:
         """Delete a desired object (an Environment takes its apps with it, each its own revision)."""
         result = await self._txn(lambda c: self._delete_sync(c, dp, kind, environment, name))
         for key in result.removed:
-            self._pending_status.pop((dp, key), None)
+            self._unqueue_status(dp, key)
         return result
 
     def _delete_sync(self, conn: sqlite3.Connection, dp: str, kind: Kind, env: str, name: str) -> WriteResult:
@@ -673,7 +698,19 @@ class Store:
     # -- reports from the data plane ---------------------------------------------------------
     def queue_status(self, dp: str, key: str, status: dict[str, Any]) -> None:
         """Remember the newest status of an object; flushed with the next :meth:`flush`."""
-        self._pending_status[(dp, key)] = (canonical_json(status), now_rfc3339())
+        text = canonical_json(status)
+        self._unqueue_status(dp, key)
+        self._pending_status[(dp, key)] = (text, now_rfc3339())
+        self._pending_status_bytes[dp] = self._pending_status_bytes.get(dp, 0) + len(text)
+
+    def _unqueue_status(self, dp: str, key: str) -> None:
+        old = self._pending_status.pop((dp, key), None)
+        if old is not None:
+            self._pending_status_bytes[dp] = self._pending_status_bytes.get(dp, 0) - len(old[0])
+
+    def pending_status_bytes(self, dp: str) -> int:
+        """Characters of status reports of ``dp`` waiting for the next flush (to bound memory)."""
+        return self._pending_status_bytes.get(dp, 0)
 
     def queue_applied(self, dp: str, revision: int, epoch: str) -> None:
         prev = self._pending_applied.get(dp)
@@ -702,6 +739,7 @@ class Store:
             if not self.pending:
                 return 0
             status, self._pending_status = self._pending_status, {}
+            self._pending_status_bytes = {}
             applied, self._pending_applied = self._pending_applied, {}
             beats, self._pending_heartbeat = self._pending_heartbeat, {}
             agent, self._pending_agent = self._pending_agent, {}
@@ -761,16 +799,25 @@ class Store:
 
     async def record_nack(
         self, dp: str, key: str, revision: int, code: str, message: str, retryable: bool
-    ) -> None:
-        await self._txn(
-            lambda c: c.execute(
-                "INSERT INTO nacks(dataplane, key, revision, code, message, retryable, at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dataplane, key) DO UPDATE SET"
-                " revision=excluded.revision, code=excluded.code, message=excluded.message,"
-                " retryable=excluded.retryable, at=excluded.at",
-                (dp, key, revision, code, message[:4096], int(retryable), now_rfc3339()),
-            ),
-        )
+    ) -> bool:
+        """Remember the agent's refusal of an object; False (nothing stored) when the object is not
+        desired on that data plane: an agent cannot make us keep rows for keys of its choosing."""
+
+        def tx(c: sqlite3.Connection) -> bool:
+            return (
+                c.execute(
+                    "INSERT INTO nacks(dataplane, key, revision, code, message, retryable, at)"
+                    " SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS"
+                    " (SELECT 1 FROM objects WHERE dataplane=? AND key=?)"
+                    " ON CONFLICT(dataplane, key) DO UPDATE SET"
+                    " revision=excluded.revision, code=excluded.code, message=excluded.message,"
+                    " retryable=excluded.retryable, at=excluded.at",
+                    (dp, key, revision, code, message[:4096], int(retryable), now_rfc3339(), dp, key),
+                ).rowcount
+                > 0
+            )
+
+        return await self._txn(tx)
 
     async def get_nack(self, dp: str, key: str) -> Nack | None:
         row = await self._call(

@@ -11,32 +11,83 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import deque
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI, WebSocket
 from starlette.responses import JSONResponse
 
+from choreo_dp.controlplane import reports
 from choreo_dp.controlplane.context import ControlPlane
-from choreo_dp.controlplane.store import KIND_ENVIRONMENT, Change, LogGap, Snapshot, StoreError, now_rfc3339
+from choreo_dp.controlplane.store import (
+    KIND_ENVIRONMENT,
+    Change,
+    Kind,
+    LogGap,
+    Snapshot,
+    StoreError,
+    now_rfc3339,
+)
 from choreo_dp.tunnel import protocol as p
 
 log = logging.getLogger(__name__)
 
-# Inventories larger than this are refused: far beyond any realistic data plane, and it bounds the
-# memory one (possibly misbehaving) agent can make us hold during a resync.
-MAX_INVENTORY_ITEMS = 1_000_000
 SEND_TIMEOUT = 30.0
 GOAWAY_RETRY_REPLACED = 5.0
 GOAWAY_RETRY_SHUTDOWN = 1.0
 
-Phase = Literal["await_inventory", "snapshot_ready", "streaming"]
+Phase = Literal["await_inventory", "snapshot_ready", "streaming", "refused"]
+
+# What the REST API admits: the largest desired.put frame, measured with worst-case envelope
+# numbers, plus room for envelope fields a later protocol version may add. Anything the API
+# accepts therefore fits in a frame, and no object can block its data plane's stream.
+FRAME_MARGIN_BYTES = 8 * 1024
+MAX_OBJECT_FRAME_BYTES = p.MAX_FRAME_BYTES - FRAME_MARGIN_BYTES
+_WORST_REVISION = 2**63 - 1  # SQLite's largest integer: no revision or sequence number is longer
+_WORST_ID = "f" * len(p.new_id())
 
 
 class _Closing(Exception):
     pass
+
+
+def change_frame(change: Change, prev: int | None) -> p.Body:
+    """The frame that carries one desired-state change (streamed or inside a snapshot)."""
+    if change.op == "delete" or change.spec is None or change.spec_hash is None:
+        return p.DesiredDelete(key=change.key, revision=change.revision, prev=prev)
+    return p.DesiredPut(
+        key=change.key,
+        kind="Environment" if change.kind == KIND_ENVIRONMENT else "ChoreoApp",
+        revision=change.revision,
+        prev=prev,
+        spec_hash=change.spec_hash,
+        spec=change.spec,
+        metadata={"environment": change.environment, "name": change.name},
+    )
+
+
+def put_frame_bytes(kind: Kind, environment: str, name: str, spec: dict[str, Any], spec_hash: str) -> int:
+    """UTF-8 size of the largest desired.put frame that can ever carry this object.
+
+    Built with :func:`change_frame` and :func:`protocol.encode` exactly as the session sends it,
+    with the longest revision, prev, seq and id the envelope can hold.
+    """
+    key = p.environment_key(name) if kind == KIND_ENVIRONMENT else p.app_key(environment, name)
+    change = Change(_WORST_REVISION, "put", key, kind, environment, name, spec, spec_hash)
+    body = change_frame(change, prev=_WORST_REVISION)
+    try:
+        return len(p.encode(body, seq=_WORST_REVISION, id=_WORST_ID).encode())
+    except p.FrameTooLarge:
+        # encode refuses to build it; the same envelope around an empty spec, plus the spec
+        # serialised as encode serialises it, is the same byte count.
+        empty = change_frame(
+            Change(_WORST_REVISION, "put", key, kind, environment, name, {}, spec_hash), prev=_WORST_REVISION
+        )
+        envelope = len(p.encode(empty, seq=_WORST_REVISION, id=_WORST_ID).encode()) - len("{}")
+        return envelope + len(json.dumps(spec, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def _bearer(websocket: WebSocket) -> str | None:
@@ -80,7 +131,10 @@ class TunnelSession:
         self.agent_revision = 0
         self._snapshot: Snapshot | None = None
         self._buckets = 0
+        # Only the agent's hashes of keys we desire are kept: nothing else can change the snapshot
+        # diff, so what one agent makes us hold is bounded by our own object count.
         self._inventory: dict[str, str] = {}
+        self._inventory_seen = 0
         self._compared: list[int] | None = None
         self._next_chunk = 0
         self.last_seen = time.monotonic()
@@ -104,6 +158,11 @@ class TunnelSession:
 
     def wake(self) -> None:
         self._wake.set()
+
+    @property
+    def inventory_held(self) -> int:
+        """Inventory entries held for the running resync (bounded by the desired object count)."""
+        return len(self._inventory)
 
     def go_away(self, reason: str, retry_after: float) -> None:
         if self._goaway is None:
@@ -332,31 +391,34 @@ class TunnelSession:
             self.go_away("dataplane no longer registered", GOAWAY_RETRY_REPLACED)
             return False
         for change in changes:
-            await self._send(self._change_frame(change, prev=self.sent_revision))
+            await self._send_change(change, prev=self.sent_revision)
             self.sent_revision = change.revision
             if self._outbox or self._goaway is not None:
                 break  # replies (heartbeat echoes) must not wait behind a long stream
         return bool(changes)
 
-    @staticmethod
-    def _change_frame(change: Change, prev: int | None) -> p.Body:
-        if change.op == "delete" or change.spec is None or change.spec_hash is None:
-            return p.DesiredDelete(key=change.key, revision=change.revision, prev=prev)
-        return p.DesiredPut(
-            key=change.key,
-            kind="Environment" if change.kind == KIND_ENVIRONMENT else "ChoreoApp",
-            revision=change.revision,
-            prev=prev,
-            spec_hash=change.spec_hash,
-            spec=change.spec,
-            metadata={"environment": change.environment, "name": change.name},
-        )
+    async def _send_change(self, change: Change, prev: int | None) -> None:
+        try:
+            await self._send(change_frame(change, prev))
+        except p.FrameTooLarge:
+            # Only an object stored before the REST API checked sizes can get here; say which one
+            # instead of failing the session with a traceback on every reconnect.
+            log.error(
+                "dataplane %s: %s (revision %d) does not fit in a tunnel frame; delete or shrink it",
+                self.dataplane,
+                change.key,
+                change.revision,
+            )
+            raise _Closing(f"{change.key} is too large for the tunnel") from None
 
     async def _finish_snapshot(self) -> None:
         snap = self._snapshot
         assert snap is not None
         compared = self._compared if self._compared is not None else list(range(self._buckets))
         puts, same = p.snapshot_diff(snap.hashes, self._inventory, compared, self._buckets)
+        # the agent's hashes are used up: release them before the (possibly long) sending
+        self._inventory = {}
+        self._inventory_seen = 0
         objects = await self.cp.store.get_objects(self.dataplane, puts)
         # Environments first, so apps never arrive before the environment they live in.
         objects.sort(key=lambda o: (o.kind != KIND_ENVIRONMENT, o.key))
@@ -364,7 +426,7 @@ class TunnelSession:
             change = Change(
                 obj.revision, "put", obj.key, obj.kind, obj.environment, obj.name, obj.spec, obj.spec_hash
             )
-            await self._send(self._change_frame(change, prev=None))
+            await self._send_change(change, prev=None)
         for part in p.chunked(same, p.SNAPSHOT_KEYS_CHUNK):
             if part:
                 await self._send(p.SnapshotKeys(keys=part))
@@ -379,7 +441,6 @@ class TunnelSession:
             len(same),
         )
         self._snapshot = None
-        self._inventory = {}
         self.phase = "streaming"
 
     # -- receiving ---------------------------------------------------------------------------
@@ -421,14 +482,13 @@ class TunnelSession:
             else:
                 store.queue_applied(dp, body.revision, epoch)
         elif isinstance(body, p.StatusBatch):
-            for item in body.items:
-                try:
-                    p.parse_key(item.key)
-                except ValueError as exc:
-                    self.send_soon(self._error("bad_body", f"status for {exc}", frame))
-                    continue
-                store.queue_status(dp, item.key, item.status)
+            await self._take_statuses(body, frame)
         elif isinstance(body, p.Nack):
+            try:
+                reports.check_nack(body.key, body.code, body.message)
+            except reports.InvalidReport as exc:
+                self._refuse_report("nack", str(exc), frame)
+                return
             self.cp.metrics.nacks.labels(body.code[:32]).inc()
             log.warning(
                 "dataplane %s: nack %s at revision %d: %s (%s)%s",
@@ -443,9 +503,12 @@ class TunnelSession:
         elif isinstance(body, p.Inventory):
             self._take_inventory(body, frame)
         elif isinstance(body, p.Orphans):
-            store.queue_agent_info(
-                dp, {"orphans": body.count, "orphanedKeys": body.keys[:100], "orphanReason": body.reason}
-            )
+            try:
+                info = reports.validated_orphans(body.count, body.keys, body.reason)
+            except reports.InvalidReport as exc:
+                self._refuse_report("orphans", str(exc), frame)
+                return
+            store.queue_agent_info(dp, info)
             if body.count:
                 log.warning("dataplane %s holds %d orphans (%s)", dp, body.count, body.reason)
         elif isinstance(body, p.Error):
@@ -457,7 +520,46 @@ class TunnelSession:
         else:
             self.send_soon(self._error("protocol", f"{frame.type} is not a message an agent sends", frame))
 
+    async def _take_statuses(self, body: p.StatusBatch, frame: p.Frame) -> None:
+        """Store the valid statuses of a batch; refuse the others with one error frame.
+
+        Keys are not checked against the desired objects here: the store keeps a status only for
+        an object this data plane has (another data plane's objects are not even addressable), so
+        reports for anything else are dropped at the next flush.
+        """
+        refused: list[str] = []
+        for item in body.items:
+            try:
+                status = reports.validated_status(item.key, item.status)
+            except reports.InvalidReport as exc:
+                refused.append(str(exc))
+                continue
+            if self.cp.store.pending_status_bytes(self.dataplane) > reports.MAX_PENDING_STATUS_BYTES:
+                # backpressure: this agent waits (its socket is not read) until the store caught up
+                await self.cp.store.flush()
+            self.cp.store.queue_status(self.dataplane, item.key, status)
+        if refused:
+            more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+            self._refuse_report("status", f"status refused: {refused[0]}{more}", frame, len(refused))
+
+    def _refuse_report(self, what: str, message: str, frame: p.Frame, count: int = 1) -> None:
+        self.cp.metrics.reports_refused.labels(what).inc(count)
+        log.warning("dataplane %s: %s", self.dataplane, message[:300])
+        self.send_soon(self._error("bad_body", message, frame))
+
+    def _refuse_inventory(self, message: str, frame: p.Frame) -> None:
+        """An inventory we cannot use ends the resync: drop what was collected and go away (the
+        agent reconnects and resyncs from scratch)."""
+        self._refuse_report("inventory", message, frame)
+        self._inventory = {}
+        self._inventory_seen = 0
+        self._snapshot = None
+        self.phase = "refused"
+        self.go_away(f"resync refused: {message[:200]}", GOAWAY_RETRY_REPLACED)
+
     def _take_inventory(self, body: p.Inventory, frame: p.Frame) -> None:
+        if self.phase == "refused":
+            return  # the goaway is on its way; later chunks of that inventory are moot
         if self.phase != "await_inventory":
             self.send_soon(self._error("protocol", "inventory outside a resync", frame))
             return
@@ -468,13 +570,20 @@ class TunnelSession:
             return
         if body.chunk == 0:
             if body.buckets is not None and any(not 0 <= b < self._buckets for b in body.buckets):
-                self.send_soon(self._error("bad_body", f"bucket index outside 0..{self._buckets - 1}", frame))
+                self._refuse_inventory(f"bucket index outside 0..{self._buckets - 1}", frame)
                 return
             self._compared = None if body.buckets is None else sorted(set(body.buckets))
-        if len(self._inventory) + len(body.items) > MAX_INVENTORY_ITEMS:
-            self.go_away(f"inventory larger than {MAX_INVENTORY_ITEMS} items", GOAWAY_RETRY_REPLACED)
+        self._inventory_seen += len(body.items)
+        if self._inventory_seen > reports.MAX_INVENTORY_ITEMS:
+            self._refuse_inventory(f"inventory larger than {reports.MAX_INVENTORY_ITEMS} items", frame)
             return
-        self._inventory.update(body.items)
+        try:
+            reports.check_inventory_items(body.items)
+        except reports.InvalidReport as exc:
+            self._refuse_inventory(str(exc), frame)
+            return
+        desired = self._snapshot.hashes if self._snapshot is not None else {}
+        self._inventory.update((k, h) for k, h in body.items.items() if k in desired)
         self._next_chunk += 1
         if body.last:
             self.phase = "snapshot_ready"

@@ -11,9 +11,10 @@ from choreo_dp.api import ChoreoApp, Condition, Environment
 from choreo_dp.kube import resources as R
 from choreo_dp.operator.app_status import AppObservation, Refusal, compute_app_status
 from choreo_dp.operator.children import apply_children, prune_children
+from choreo_dp.operator.env_reconciler import check_app_namespace, with_namespace
 from choreo_dp.operator.keys import AppKey, ChildKey
 from choreo_dp.operator.summaries import CronJobSummary, DeploymentSummary
-from choreo_dp.render import RenderError, check_app_policy, render_app
+from choreo_dp.render import PolicyViolation, RenderError, check_app_policy, render_app
 from choreo_dp.render.endpoints import EndpointExposure
 from choreo_dp.render.labels import REVISION_ANNOTATION
 
@@ -116,7 +117,20 @@ async def _reconcile_workload(
             "Pending", "EnvironmentTerminating", f"environment {env.metadata.name!r} is being deleted"
         )
         return None
-    violation = check_app_policy(app, env)
+    # Before anything is written (the Key Vault sync writes a Secret): the app's namespace must be
+    # one its Environment owns, as the namespace's mark says, not merely the one it names.
+    uid = str(env_body["metadata"].get("uid") or "")
+    ns_problem = await check_app_namespace(ctl, env.metadata.name, uid, key.namespace)
+    violation: PolicyViolation | None
+    if ns_problem is not None and key.namespace == env.target_namespace:
+        violation = ns_problem
+    else:
+        # In the namespace its Environment owns but no longer names (that move is refused), an app
+        # is checked against the Environment as bound there.
+        violation = (
+            check_app_policy(app, env if ns_problem is not None else with_namespace(env, key.namespace))
+            or ns_problem
+        )
     if violation is not None:
         obs.refusal = Refusal("Failed", violation.reason, violation.message)
         return None

@@ -9,11 +9,23 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from choreo_dp.api import Condition, Environment
 from choreo_dp.observability.health import Liveness
+from choreo_dp.render.environment import (
+    DEFAULT_PROTECTED_NAMESPACES,
+    PROTECTED_NAMESPACES_ENV,
+    parse_protected_namespaces,
+)
 
 if TYPE_CHECKING:
     from choreo_dp.kube import KubeClient
 
 DEFAULT_OPERATOR_NAMESPACE = "choreo-system"
+
+
+# Namespaces no Environment may use (shell-style globs), besides the operator's own namespace
+# (always protected) and any namespace labelled choreo.dev/protected.
+def _protected_from_env() -> tuple[str, ...]:
+    raw = os.environ.get(PROTECTED_NAMESPACES_ENV)
+    return DEFAULT_PROTECTED_NAMESPACES if raw is None else parse_protected_namespaces(raw)
 
 
 class SecretsResult(Protocol):
@@ -84,3 +96,10 @@ class OperatorConfig:
     secrets_factory: SecretsFactory | None = default_secrets_factory
     # None = discover (gateway.networking.k8s.io/v1 served?); True/False to force.
     gateway_api: bool | None = None
+    # Globs of namespaces no Environment may use, whether they exist or not. Replaces the default
+    # list; the operator's own namespace is protected whatever it says.
+    protected_namespaces: tuple[str, ...] = field(default_factory=_protected_from_env)
+
+    @property
+    def protected_patterns(self) -> tuple[str, ...]:
+        return (*self.protected_namespaces, self.operator_namespace)

@@ -1,8 +1,18 @@
-"""Reconcile one Environment: namespace and guard rails, pull secret copy, status, deletion policy."""
+"""Reconcile one Environment: its namespace, guard rails, pull secret copy, status, deletion policy.
+
+The namespace is the trust boundary. The operator creates an Environment's namespace itself and
+marks it (``choreo.dev/environment-uid``, label and annotation); it writes into, and lets the
+garbage collector delete, only a namespace carrying the mark of the Environment at hand. An
+Environment naming a namespace that exists without its mark, or a protected one, is Failed and
+nothing is written there. ``spec.namespace`` cannot move an Environment once its namespace exists:
+the change is refused and the namespace it owns stays reconciled (see docs/operator.md).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -11,9 +21,18 @@ from choreo_dp.api import Condition, Environment, set_condition
 from choreo_dp.kube import ApiError
 from choreo_dp.kube import resources as R
 from choreo_dp.operator.children import apply_children, prune_children
+from choreo_dp.operator.drift import contains
 from choreo_dp.operator.keys import ChildKey, EnvKey
-from choreo_dp.render import RenderError, render_environment
-from choreo_dp.render.labels import ENVIRONMENT_LABEL, MANAGED_BY
+from choreo_dp.operator.metrics import APPLIES
+from choreo_dp.operator.state import TrackedChild, canonical, controller_owner_uid
+from choreo_dp.render import PolicyViolation, RenderError, render_environment
+from choreo_dp.render.environment import (
+    check_pull_secret,
+    namespace_owner,
+    protected_reason,
+    render_namespace,
+)
+from choreo_dp.render.labels import ENVIRONMENT_LABEL, ENVIRONMENT_UID_KEY, MANAGED_BY
 
 if TYPE_CHECKING:
     from choreo_dp.operator.controller import Controller
@@ -27,17 +46,208 @@ RETAIN_FINALIZER = "choreo.dev/retain-namespace"
 ENV_CHILD_KINDS = frozenset({"ResourceQuota", "NetworkPolicy", "Secret", "LimitRange", "ServiceAccount"})
 
 
-def _claimant(ctl: Controller, namespace: str) -> str | None:
-    """The environment that owns ``namespace``: the oldest one naming it."""
-    claims = []
+@dataclass
+class Binding:
+    """Where an Environment lives, or why it lives nowhere.
+
+    ``namespace``/``live``: a namespace the Environment owns (exists, carries its mark), the only
+    place the operator writes for it. ``reason``/``message``: a refusal. With a namespace, the
+    Environment is still reconciled there (its move to another namespace was refused); without one,
+    nothing is written anywhere.
+    """
+
+    namespace: str | None = None
+    live: dict[str, Any] | None = None
+    phase: str = "Failed"
+    reason: str = ""
+    message: str = ""
+    requeue: float | None = None
+
+
+def with_namespace(env: Environment, namespace: str) -> Environment:
+    """``env`` as bound to ``namespace``, the namespace it owns, whatever spec.namespace says now."""
+    if env.target_namespace == namespace:
+        return env
+    return env.model_copy(update={"spec": env.spec.model_copy(update={"namespace": namespace})})
+
+
+def _terminating(namespace: dict[str, Any]) -> bool:
+    return bool((namespace.get("metadata") or {}).get("deletionTimestamp"))
+
+
+async def owned_namespaces(ctl: Controller, uid: str) -> list[dict[str, Any]]:
+    """The live namespaces carrying the mark of Environment ``uid`` (not being deleted), oldest first."""
+    items, _ = await ctl.kube.list(R.NAMESPACES, label_selector={ENVIRONMENT_UID_KEY: uid})
+    mine = [n for n in items if namespace_owner(n) == uid and not _terminating(n)]
+    return sorted(
+        mine, key=lambda n: (str(n["metadata"].get("creationTimestamp") or ""), n["metadata"]["name"])
+    )
+
+
+def _env_with_uid(ctl: Controller, uid: str) -> str | None:
     for name, body in ctl.state.envs.items():
+        if str(body["metadata"].get("uid") or "") == uid:
+            return name
+    return None
+
+
+def _usable(ctl: Controller, live: dict[str, Any]) -> Binding:
+    name = str(live["metadata"]["name"])
+    protected = protected_reason(name, live, ctl.config.protected_patterns)
+    if protected is not None:
+        return Binding(reason="NamespaceProtected", message=protected)
+    return Binding(name, live)
+
+
+def _not_owned(ctl: Controller, name: str, live: dict[str, Any]) -> Binding:
+    owner = namespace_owner(live)
+    claimant = _env_with_uid(ctl, owner) if owner else None
+    if claimant is not None:
+        return Binding(
+            reason="NamespaceConflict",
+            message=f"namespace {name!r} belongs to environment {claimant!r}; environments never share a namespace",
+        )
+    return Binding(
+        reason="NamespaceNotOwned",
+        message=(
+            f"namespace {name!r} exists and was not created for this environment; choreo-dp never "
+            "adopts a namespace it did not create (name another namespace, or remove this one)"
+        ),
+    )
+
+
+async def _bind(ctl: Controller, env: Environment, uid: str) -> Binding:
+    """Find (or create) the namespace ``env`` owns. Creates at most; never writes to one that exists."""
+    target = env.target_namespace
+    live = await ctl.kube.get(R.NAMESPACES, target)
+    if live is not None and namespace_owner(live) == uid and not _terminating(live):
+        return _usable(ctl, live)
+    others = [n for n in await owned_namespaces(ctl, uid) if n["metadata"]["name"] != target]
+    if others:
+        binding = _usable(ctl, others[0])
+        if binding.namespace is not None:
+            binding.reason = "NamespaceImmutable"
+            binding.message = (
+                f"spec.namespace says {target!r}, but this environment lives in namespace "
+                f"{binding.namespace!r} and an environment's namespace cannot change; set it back to "
+                f"{binding.namespace!r}, or delete the environment and create it again. "
+                f"{binding.namespace!r} is still reconciled."
+            )
+        return binding
+    protected = protected_reason(target, live, ctl.config.protected_patterns)
+    if protected is not None:
+        return Binding(reason="NamespaceProtected", message=protected)
+    if live is None:
         try:
-            env = Environment.model_validate(body)
-        except ValidationError:
-            continue
-        if env.target_namespace == namespace and not body["metadata"].get("deletionTimestamp"):
-            claims.append((str(body["metadata"].get("creationTimestamp") or ""), name))
-    return min(claims)[1] if claims else None
+            # Create, never apply: an apply would take over a namespace someone made meanwhile.
+            return Binding(target, await ctl.kube.create(R.NAMESPACES, render_namespace(env)))
+        except ApiError as exc:
+            if not exc.conflict:
+                raise
+        live = await ctl.kube.get(R.NAMESPACES, target)
+        if live is None:
+            raise ApiError(409, "Conflict", f"namespace {target} was created and deleted meanwhile")
+        if namespace_owner(live) == uid and not _terminating(live):
+            return _usable(ctl, live)
+    if _terminating(live):
+        # Deleting a namespace takes the namespace controller seconds (longer with many objects),
+        # and nothing can be created in it meanwhile: an Environment deleted and put back at once
+        # (the agent restores what another writer deleted) finds its old namespace Terminating.
+        # Say so and wait; the resync brings us back to create it afresh once it is gone.
+        return Binding(
+            phase="Pending",
+            reason="NamespaceTerminating",
+            message=f"namespace {target} is still being deleted; it is created again once it is gone",
+            requeue=ctl.config.env_resync_seconds,
+        )
+    return _not_owned(ctl, target, live)
+
+
+def _drifted(live: dict[str, Any], manifest: dict[str, Any], uid: str) -> bool:
+    if not contains(live, manifest):
+        return True
+    if "ownerReferences" in manifest["metadata"]:
+        return False
+    # Retain: our ownerReference must go, or the garbage collector takes the namespace anyway.
+    return any(ref.get("uid") == uid for ref in live["metadata"].get("ownerReferences") or [])
+
+
+async def _mark_namespace(
+    ctl: Controller, key: EnvKey, manifest: dict[str, Any], live: dict[str, Any], uid: str
+) -> None:
+    """Keep our labels, mark and ownerReference on the namespace we own, and record it as checked."""
+    ns_key = ChildKey.of(manifest)
+    if _drifted(live, manifest, uid):
+        meta = manifest["metadata"]
+        # A merge patch of the very version whose mark we read (resourceVersion is a precondition):
+        # a namespace replaced meanwhile is never written. It sets the ownerReferences list as a
+        # whole, which server-side apply cannot do for an ownerReference set at creation.
+        patch = {
+            "metadata": {
+                "resourceVersion": live["metadata"]["resourceVersion"],
+                "labels": meta["labels"],
+                "annotations": meta["annotations"],
+                "ownerReferences": meta.get("ownerReferences"),
+            }
+        }
+        live = await ctl.kube.patch(R.NAMESPACES, ns_key.name, patch)
+        APPLIES.labels("Namespace").inc()
+    ctl.state.desired[ns_key] = canonical(manifest)
+    ctl.state.desired_by_owner.setdefault(key, set()).add(ns_key)
+    ctl.state.live[key][ns_key] = TrackedChild(controller_owner_uid(live), contains(live, manifest))
+
+
+def _unbind(ctl: Controller, key: EnvKey) -> None:
+    """Forget that this Environment owns a namespace, so its apps check again (and are refused)."""
+    keys = ctl.state.desired_by_owner.get(key, set())
+    dropped = {k for k in keys if k.kind == "Namespace"}
+    for ns_key in dropped:
+        keys.discard(ns_key)
+        ctl.state.desired.pop(ns_key, None)
+    if dropped:
+        for app in ctl.state.apps_of_env(key.name):
+            ctl.queue.add(app)
+
+
+def namespace_verified(ctl: Controller, env_name: str, namespace: str, uid: str) -> bool:
+    """Whether the last reconcile of ``env_name`` found ``namespace`` carrying its mark (uid
+    ``uid``) and the namespace watch has shown nothing since that says otherwise. No API call:
+    apps ask this on every reconcile."""
+    ns_key = ChildKey("v1", "Namespace", "", namespace)
+    env_key = EnvKey(env_name)
+    if ns_key not in ctl.state.desired_by_owner.get(env_key, ()) or not ctl.state.in_sync(ns_key, env_key):
+        return False
+    text = ctl.state.desired.get(ns_key)
+    if text is None:
+        return False
+    annotations = (json.loads(text).get("metadata") or {}).get("annotations") or {}
+    return bool(annotations.get(ENVIRONMENT_UID_KEY) == uid)
+
+
+async def check_app_namespace(
+    ctl: Controller, env_name: str, uid: str, namespace: str
+) -> PolicyViolation | None:
+    """Why nothing of Environment ``env_name`` (uid ``uid``) may be written into ``namespace``, or None
+    when the Environment owns it."""
+    protected = protected_reason(namespace, None, ctl.config.protected_patterns)
+    if protected is not None:
+        return PolicyViolation("NamespaceProtected", protected)
+    if namespace_verified(ctl, env_name, namespace, uid):
+        return None
+    live = await ctl.kube.get(R.NAMESPACES, namespace)
+    protected = protected_reason(namespace, live, ctl.config.protected_patterns)
+    if protected is not None:
+        return PolicyViolation("NamespaceProtected", protected)
+    owner = namespace_owner(live)
+    if owner == uid:
+        return None
+    claimant = _env_with_uid(ctl, owner) if owner else None
+    whose = f"belongs to environment {claimant!r}" if claimant else "was not created by choreo-dp for it"
+    return PolicyViolation(
+        "NamespaceNotOwned",
+        f"namespace {namespace!r} {whose}; nothing of environment {env_name!r} is deployed into a "
+        "namespace it does not own",
+    )
 
 
 async def reconcile(ctl: Controller, key: EnvKey) -> float | None:
@@ -63,52 +273,54 @@ async def reconcile(ctl: Controller, key: EnvKey) -> float | None:
         return None
     await _ensure_finalizer(ctl, key, body, want=env.spec.deletion_policy == "Retain")
 
-    namespace = env.target_namespace
-    claimant = _claimant(ctl, namespace)
-    if claimant is not None and claimant != key.name:
-        msg = f"namespace {namespace!r} already belongs to environment {claimant!r}"
-        await _status(ctl, key, body, "Failed", namespace, "NamespaceConflict", msg, generation)
-        await ctl.warn_once(key, body, "NamespaceConflict", msg)
-        return None
-
-    app_keys = [k for k in ctl.state.apps_of_env(key.name) if k.namespace == namespace]
-    # Deleting a namespace takes the namespace controller seconds (longer with many objects), and
-    # nothing can be created in it meanwhile: an Environment deleted and put back at once (the
-    # agent restores what another writer deleted) finds its old namespace Terminating.  Say so and
-    # wait; the Namespace's DELETED event brings us back to create it afresh.
-    live_ns = await ctl.kube.get(R.NAMESPACES, namespace)
-    if live_ns is not None and live_ns["metadata"].get("deletionTimestamp"):
-        msg = f"namespace {namespace} is still being deleted; it is created again once it is gone"
+    uid = str(meta.get("uid") or "")
+    binding = await _bind(ctl, env, uid)
+    if binding.namespace is None or binding.live is None:
+        _unbind(ctl, key)
         await _status(
-            ctl, key, body, "Pending", namespace, "NamespaceTerminating", msg, generation, len(app_keys)
+            ctl, key, body, binding.phase, env.target_namespace, binding.reason, binding.message, generation
         )
-        return ctl.config.env_resync_seconds
+        if binding.phase == "Failed":
+            await ctl.warn_once(key, body, binding.reason, binding.message)
+        return binding.requeue
 
+    namespace = binding.namespace
+    bound = with_namespace(env, namespace)
+    app_keys = [k for k in ctl.state.apps_of_env(key.name) if k.namespace == namespace]
     pull_secret: dict[str, Any] | None = None
-    pull_problem: str | None = None
+    pull_problem: PolicyViolation | None = None
     pull_name = env.spec.registry.pull_secret_name if env.spec.registry else None
     if pull_name:
-        pull_secret = await ctl.kube.get(R.SECRETS, pull_name, ctl.config.operator_namespace)
-        if pull_secret is None:
-            pull_problem = (
-                f"pull secret {pull_name!r} not found in namespace {ctl.config.operator_namespace!r}"
-            )
+        source = ctl.config.operator_namespace
+        pull_secret = await ctl.kube.get(R.SECRETS, pull_name, source)
+        pull_problem = check_pull_secret(pull_secret, pull_name, source)
+        if pull_problem is not None:
+            pull_secret = None  # nothing is copied (and an earlier copy is pruned)
 
     projects = {str((ctl.state.apps[k].get("spec") or {}).get("project", "")) for k in app_keys}
     try:
         manifests = render_environment(
-            env, projects=sorted(p for p in projects if p), pull_secret=pull_secret
+            bound, projects=sorted(p for p in projects if p), pull_secret=pull_secret
         )
     except RenderError as exc:
         await _status(ctl, key, body, "Failed", namespace, exc.reason, exc.message, generation)
         return None
+    ns_manifest, children = manifests[0], manifests[1:]
     force = ctl.env_full_apply_due(key.name)
-    await apply_children(ctl, key, manifests, force=force)
+    await apply_children(ctl, key, children, force=force)
+    # After apply_children, which records the Environment's desired children anew.
+    await _mark_namespace(ctl, key, ns_manifest, binding.live, uid)
     if force:
         ctl.mark_env_full_apply(key.name)
     keep = {ChildKey.of(m) for m in manifests}
-    await prune_children(ctl, key, str(meta.get("uid", "")), keep, ENV_CHILD_KINDS)
+    await prune_children(ctl, key, uid, keep, ENV_CHILD_KINDS)
 
+    if binding.reason:
+        await _status(
+            ctl, key, body, "Failed", namespace, binding.reason, binding.message, generation, len(app_keys)
+        )
+        await ctl.warn_once(key, body, binding.reason, binding.message)
+        return None
     if pull_problem is not None:
         await _status(
             ctl,
@@ -116,12 +328,12 @@ async def reconcile(ctl: Controller, key: EnvKey) -> float | None:
             body,
             "Pending",
             namespace,
-            "PullSecretNotFound",
-            pull_problem,
+            pull_problem.reason,
+            pull_problem.message,
             generation,
             len(app_keys),
         )
-        await ctl.warn_once(key, body, "PullSecretNotFound", pull_problem)
+        await ctl.warn_once(key, body, pull_problem.reason, pull_problem.message)
         return ctl.config.env_resync_seconds
     msg = f"namespace {namespace} ready with {len(app_keys)} app(s)"
     await _status(ctl, key, body, "Ready", namespace, "Ready", msg, generation, len(app_keys))
@@ -199,25 +411,28 @@ async def _ensure_finalizer(ctl: Controller, key: EnvKey, body: dict[str, Any], 
 async def _finalize(ctl: Controller, key: EnvKey, body: dict[str, Any], env: Environment) -> None:
     if RETAIN_FINALIZER not in (body["metadata"].get("finalizers") or []):
         return
-    namespace = env.target_namespace
+    uid = str(body["metadata"].get("uid") or "")
+    # Only what this Environment owns is released: never a namespace it was refused.
+    owned = await owned_namespaces(ctl, uid)
+    names = {str(n["metadata"]["name"]) for n in owned}
     await _status(
         ctl,
         key,
         body,
         "Terminating",
-        namespace,
+        min(names) if names else env.target_namespace,
         "Retaining",
         "leaving the namespace in place",
         int(body["metadata"].get("generation") or 0),
     )
     # Retain: everything stays, but stops being ours. Remove our labels and ownerReferences so the
     # garbage collector keeps the namespace's guard rails (the app ServiceAccount above all).
-    unmanage = {"metadata": {"labels": {MANAGED_BY: None, ENVIRONMENT_LABEL: None}}}
+    unmanage = {MANAGED_BY: None, ENVIRONMENT_LABEL: None}
     children = set(ctl.state.live.get(key, {})) | ctl.state.desired_by_owner.get(key, set())
     for child in sorted(children):
-        if child.kind == "Namespace":
+        if child.kind == "Namespace" or child.namespace not in names:
             continue
-        patch = {"metadata": {**unmanage["metadata"], "ownerReferences": None}}
+        patch = {"metadata": {"labels": unmanage, "ownerReferences": None}}
         try:
             await ctl.kube.patch(
                 R.for_kind(child.api_version, child.kind), child.name, patch, child.namespace, "merge"
@@ -225,12 +440,21 @@ async def _finalize(ctl: Controller, key: EnvKey, body: dict[str, Any], env: Env
         except ApiError as exc:
             if not exc.not_found:
                 raise
-    try:
-        await ctl.kube.patch(
-            R.NAMESPACES, namespace, {"metadata": {**unmanage["metadata"], "ownerReferences": None}}
-        )
-    except ApiError as exc:
-        if not exc.not_found:
-            raise
+    for namespace in owned:
+        # The mark goes too: the namespace is the cluster admin's now, and no Environment (not
+        # even one of the same name created again) takes it back.
+        released = {
+            "metadata": {
+                "resourceVersion": namespace["metadata"]["resourceVersion"],
+                "labels": {**unmanage, ENVIRONMENT_UID_KEY: None},
+                "annotations": {ENVIRONMENT_UID_KEY: None},
+                "ownerReferences": None,
+            }
+        }
+        try:
+            await ctl.kube.patch(R.NAMESPACES, namespace["metadata"]["name"], released)
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
     await _ensure_finalizer(ctl, key, body, want=False)
-    log.info("environment %s deleted; namespace %s retained and unlabelled", key.name, namespace)
+    log.info("environment %s deleted; namespace(s) %s retained and unlabelled", key.name, sorted(names))

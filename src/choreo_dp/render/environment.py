@@ -1,17 +1,27 @@
-"""Environment -> Namespace, ResourceQuota, LimitRange, NetworkPolicies, app ServiceAccount, pull secret."""
+"""Environment -> Namespace, ResourceQuota, LimitRange, NetworkPolicies, app ServiceAccount, pull secret.
+
+Also the pure rules of the namespace boundary: which namespaces are protected, which Environment a
+namespace belongs to (its mark), and which Secrets may be copied as pull secrets.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from choreo_dp.api import API_VERSION, Environment
-from choreo_dp.render.errors import RenderError
+from choreo_dp.render.errors import PolicyViolation, RenderError
 from choreo_dp.render.labels import (
     APP_SERVICE_ACCOUNT,
+    ENVIRONMENT_UID_KEY,
     EXPOSE_EXTERNAL_LABEL,
     EXPOSE_INTERNAL_LABEL,
     PROJECT_LABEL,
+    PROTECTED_LABEL,
+    PULL_SECRET_LABEL,
+    PULL_SECRET_OPT_IN,
     bounded_name,
     environment_labels,
     owner_reference,
@@ -24,10 +34,108 @@ DENY_POLICY = "choreo-default-deny-ingress"
 DEFAULT_LIMITS = {"cpu": "500m", "memory": "512Mi"}
 DEFAULT_REQUESTS = {"cpu": "50m", "memory": "64Mi"}
 PULL_SECRET_TYPE = "kubernetes.io/dockerconfigjson"
+PULL_SECRET_KEY = ".dockerconfigjson"
 
 
 def project_policy_name(project: str) -> str:
     return bounded_name(f"choreo-project-{project}", 253)
+
+
+def _uid(env: Environment) -> str:
+    uid = (env.metadata.model_extra or {}).get("uid")
+    if not uid:
+        raise RenderError("MissingUID", "environment has no metadata.uid; cannot own its children")
+    return str(uid)
+
+
+def render_namespace(env: Environment) -> dict[str, Any]:
+    """The Environment's Namespace, carrying its mark (see ``ENVIRONMENT_UID_KEY``)."""
+    uid = _uid(env)
+    labels = {**environment_labels(env.metadata.name), ENVIRONMENT_UID_KEY: uid}
+    meta: dict[str, Any] = {
+        "name": env.target_namespace,
+        "labels": labels,
+        "annotations": {ENVIRONMENT_UID_KEY: uid},
+    }
+    if env.spec.deletion_policy == "Delete":
+        # Only then may the garbage collector take the namespace (and all in it) with the Environment.
+        meta["ownerReferences"] = [owner_reference(API_VERSION, "Environment", env.metadata.name, uid)]
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
+
+
+def namespace_owner(namespace: Mapping[str, Any] | None) -> str | None:
+    """The uid of the Environment a live namespace was created for, or None when it carries no
+    consistent mark (label and annotation must agree: a namespace is never ours by half)."""
+    meta = (namespace or {}).get("metadata") or {}
+    label = (meta.get("labels") or {}).get(ENVIRONMENT_UID_KEY)
+    annotation = (meta.get("annotations") or {}).get(ENVIRONMENT_UID_KEY)
+    return str(label) if label and label == annotation else None
+
+
+# Protected namespaces: the same rules for the operator and the agent (both read
+# CHOREO_DP_PROTECTED_NAMESPACES; each adds its own and the operator's namespace).
+DEFAULT_PROTECTED_NAMESPACES: tuple[str, ...] = ("kube-*", "default")
+PROTECTED_NAMESPACES_ENV = "CHOREO_DP_PROTECTED_NAMESPACES"
+_PATTERN = re.compile(r"^[a-z0-9*?\[\]!-]{1,63}$")
+
+
+def parse_protected_namespaces(text: str) -> tuple[str, ...]:
+    """``kube-*,default,monitoring`` -> patterns; ValueError naming the first bad one.
+
+    Empty text is an empty list (only the product's own namespaces stay protected).
+    """
+    patterns = tuple(p.strip() for p in text.split(",") if p.strip())
+    for pattern in patterns:
+        if not _PATTERN.match(pattern):
+            raise ValueError(
+                f"invalid namespace pattern {pattern!r}: lowercase letters, digits, '-' and the globs * ? [ ] !"
+            )
+    return patterns
+
+
+def protected_reason(name: str, namespace: Mapping[str, Any] | None, patterns: Iterable[str]) -> str | None:
+    """Why namespace ``name`` may never be used by an Environment, or None.
+
+    ``patterns``: shell-style globs (``kube-*``) of protected names, matched whether or not the
+    namespace exists; ``namespace``: the live object, if any, whose ``choreo.dev/protected`` label
+    (any value) protects it too.
+    """
+    for pattern in patterns:
+        if fnmatch.fnmatchcase(name, pattern):
+            return f"namespace {name!r} is protected (matches {pattern!r}); Environments may not use it"
+    labels = (((namespace or {}).get("metadata") or {}).get("labels")) or {}
+    if PROTECTED_LABEL in labels:
+        return f"namespace {name!r} is protected (labelled {PROTECTED_LABEL}); Environments may not use it"
+    return None
+
+
+def check_pull_secret(
+    secret: Mapping[str, Any] | None, name: str, source_namespace: str
+) -> PolicyViolation | None:
+    """Whether ``secret`` (read from the operator's namespace) may be copied as a pull secret.
+
+    Only registry credentials the cluster admin opted in: type kubernetes.io/dockerconfigjson with
+    a .dockerconfigjson key and the label choreo.dev/pull-secret=true. Anything else (a token, TLS
+    keys, an Opaque credentials Secret) stays where it is, whatever an Environment names.
+    """
+    where = f"pull secret {name!r} in namespace {source_namespace!r}"
+    if secret is None:
+        return PolicyViolation("PullSecretNotFound", f"{where} not found")
+    kind = secret.get("type") or "Opaque"
+    if kind != PULL_SECRET_TYPE:
+        return PolicyViolation(
+            "PullSecretNotAllowed", f"{where} is of type {kind!r}; only {PULL_SECRET_TYPE} Secrets are copied"
+        )
+    labels = ((secret.get("metadata") or {}).get("labels")) or {}
+    if labels.get(PULL_SECRET_LABEL) != PULL_SECRET_OPT_IN:
+        return PolicyViolation(
+            "PullSecretNotAllowed",
+            f"{where} is not labelled {PULL_SECRET_LABEL}={PULL_SECRET_OPT_IN}; "
+            "only Secrets opted in with that label are copied",
+        )
+    if not (secret.get("data") or {}).get(PULL_SECRET_KEY):
+        return PolicyViolation("PullSecretNotAllowed", f"{where} has no {PULL_SECRET_KEY} key")
+    return None
 
 
 def render_environment(
@@ -39,23 +147,18 @@ def render_environment(
     """Every object the Environment owns, Namespace first.
 
     ``projects``: the projects of the apps living in the environment (one NetworkPolicy each);
-    ``pull_secret``: the source registry Secret from the operator's namespace, if configured and found.
+    ``pull_secret``: the source registry Secret from the operator's namespace, if configured, found
+    and allowed (:func:`check_pull_secret`; anything else is refused here too).
     """
-    uid = (env.metadata.model_extra or {}).get("uid")
-    if not uid:
-        raise RenderError("MissingUID", "environment has no metadata.uid; cannot own its children")
+    uid = _uid(env)
     ns = env.target_namespace
     labels = environment_labels(env.metadata.name)
-    owner = owner_reference(API_VERSION, "Environment", env.metadata.name, str(uid))
+    owner = owner_reference(API_VERSION, "Environment", env.metadata.name, uid)
 
     def meta(name: str) -> dict[str, Any]:
         return {"name": name, "namespace": ns, "labels": dict(labels), "ownerReferences": [owner]}
 
-    ns_meta: dict[str, Any] = {"name": ns, "labels": dict(labels)}
-    if env.spec.deletion_policy == "Delete":
-        # Only then may the garbage collector take the namespace (and all in it) with the Environment.
-        ns_meta["ownerReferences"] = [owner]
-    out: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": ns_meta}]
+    out: list[dict[str, Any]] = [render_namespace(env)]
 
     quota = env.spec.quota
     if quota is not None and (quota.cpu or quota.memory or quota.pods is not None):
@@ -103,13 +206,18 @@ def render_environment(
     }
     pull_name = env.spec.registry.pull_secret_name if env.spec.registry else None
     if pull_name and pull_secret is not None:
+        source = str((pull_secret.get("metadata") or {}).get("namespace") or "")
+        refused = check_pull_secret(pull_secret, pull_name, source)
+        if refused is not None:
+            raise RenderError(refused.reason, refused.message)
         sa["imagePullSecrets"] = [{"name": pull_name}]
         copy: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": meta(pull_name),
-            "type": pull_secret.get("type") or PULL_SECRET_TYPE,
-            "data": dict(pull_secret.get("data") or {}),
+            "type": PULL_SECRET_TYPE,
+            # The credentials alone: nothing else the source may hold travels with them.
+            "data": {PULL_SECRET_KEY: pull_secret["data"][PULL_SECRET_KEY]},
         }
         out.append(copy)
     out.append(sa)

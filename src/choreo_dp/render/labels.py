@@ -15,6 +15,18 @@ PROJECT_LABEL = "choreo.dev/project"
 EXPOSE_INTERNAL_LABEL = "choreo.dev/expose-internal"
 EXPOSE_EXTERNAL_LABEL = "choreo.dev/expose-external"
 
+# The mark of a namespace the operator created for an Environment: this key, with the Environment's
+# uid as value, both as a label (what the operator selects on to find what an Environment owns) and
+# as an annotation. The operator writes into, and lets the garbage collector delete, only a
+# namespace whose label and annotation both carry the uid of the Environment at hand; it never
+# adopts one it did not create.
+ENVIRONMENT_UID_KEY = "choreo.dev/environment-uid"
+# A namespace labelled with this (any value) is never used by an Environment.
+PROTECTED_LABEL = "choreo.dev/protected"
+# Only registry Secrets labelled ``choreo.dev/pull-secret=true`` may be copied into an environment.
+PULL_SECRET_LABEL = "choreo.dev/pull-secret"
+PULL_SECRET_OPT_IN = "true"
+
 SECRETS_HASH_ANNOTATION = "choreo.dev/secrets-hash"
 REVISION_ANNOTATION = "choreo.dev/revision"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from choreo_dp.api import ChoreoApp, Environment
+from choreo_dp.api.images import image_refusal
 from choreo_dp.render.errors import PolicyViolation
 
 
@@ -19,11 +20,10 @@ def check_app_policy(app: ChoreoApp, env: Environment) -> PolicyViolation | None
             f"namespace {namespace!r} does not belong to environment {env.metadata.name!r} "
             f"(its namespace is {env.target_namespace!r})",
         )
+    # Checked here as well as by the control plane: the data plane does not take the control
+    # plane's word that an image is allowed. An absent or empty allowlist admits nothing.
     prefixes = env.spec.registry.allowed_prefixes if env.spec.registry else []
-    if prefixes and not any(app.spec.image.startswith(p) for p in prefixes):
-        return PolicyViolation(
-            "ImageNotAllowed",
-            f"image {app.spec.image!r} does not start with an allowed prefix of environment "
-            f"{env.metadata.name!r}: {', '.join(prefixes)}",
-        )
+    refusal = image_refusal(app.spec.image, prefixes)
+    if refusal is not None:
+        return PolicyViolation("ImageNotAllowed", f"environment {env.metadata.name!r}: {refusal}")
     return None

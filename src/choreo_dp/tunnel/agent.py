@@ -29,7 +29,8 @@ from choreo_dp.tunnel import metrics as M
 from choreo_dp.tunnel import protocol as P
 from choreo_dp.tunnel.cluster import ClusterStore
 from choreo_dp.tunnel.dpstatus import DataPlaneStatus
-from choreo_dp.tunnel.session import AGENT_VERSION, Session
+from choreo_dp.tunnel.guards import ProtectedNamespaces, default_protected_namespaces
+from choreo_dp.tunnel.session import AGENT_VERSION, UNACKED_LIMIT, Session
 from choreo_dp.tunnel.statusreport import StatusReporter
 from choreo_dp.tunnel.tlsconfig import client_context
 from choreo_dp.tunnel.tokens import TokenError, TokenFile
@@ -62,6 +63,10 @@ class AgentConfig:
     # True: honour HTTPS_PROXY / NO_PROXY from the environment; None: never; str: this proxy
     proxy: str | Literal[True] | None = True
     window: int = 16
+    unacked_limit: int = UNACKED_LIMIT
+    # Namespaces no Environment may name (globs); None: ``guards.default_protected_namespaces()``
+    # (kube-*, default, the operator's and the agent's own namespace, CHOREO_DP_PROTECTED_NAMESPACES).
+    protected_namespaces: tuple[str, ...] | None = None
 
 
 def tunnel_url(control_plane: str, insecure: bool) -> str:
@@ -91,7 +96,12 @@ class Agent:
         self.kube = kube
         self.liveness = liveness or Liveness("agent", max_silence=120.0)
         self.tokens = TokenFile(cfg.token_file)
-        self.store = ClusterStore(kube, cfg.dataplane_id)
+        protected = (
+            cfg.protected_namespaces
+            if cfg.protected_namespaces is not None
+            else default_protected_namespaces()
+        )
+        self.store = ClusterStore(kube, cfg.dataplane_id, protected=ProtectedNamespaces(protected))
         self.dp = DataPlaneStatus(kube, cfg.dataplane_id, cfg.control_plane)
         self.reporter = StatusReporter(kube, self.store)
         self.sessions = 0  # welcomed sessions, for tests and metrics
@@ -236,6 +246,7 @@ class Agent:
                 reporter=self.reporter,
                 liveness=self.liveness,
                 window=self.cfg.window,
+                unacked_limit=self.cfg.unacked_limit,
             )
             self.connected.set()
             self.session = session

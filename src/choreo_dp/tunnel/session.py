@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from choreo_dp.kube import ApiError
 from choreo_dp.observability.health import Liveness
+from choreo_dp.tunnel import guards as G
 from choreo_dp.tunnel import metrics as M
 from choreo_dp.tunnel import protocol as P
 from choreo_dp.tunnel.cluster import ApplyRefused, ClusterStore, NotYetApplicable
@@ -33,7 +34,13 @@ AGENT_VERSION = "choreo-dp-agent/0.1"
 WELCOME_TIMEOUT = 10.0
 OUTQ_FRAMES = 1024
 APPLY_WINDOW = 16
+# Changes released from the chain but not yet acknowledged (finished ones wait behind an unfinished
+# one, e.g. an app whose namespace does not exist yet). Past this the reader stops reading: memory
+# stays bounded however many changes a control plane pushes behind a stuck one.
+UNACKED_LIMIT = 4096
 STATUS_COALESCE = 0.05  # seconds to let a burst of status changes collapse into one batch
+# Orphan hold reason when a resync snapshot names fewer (or more) keys than it says it has.
+SNAPSHOT_INCONSISTENT = "snapshot_inconsistent"
 
 
 class SessionEnded(Exception):
@@ -51,6 +58,12 @@ class SessionResult:
 class _Snapshot:
     begin: P.SnapshotBegin
     compared: list[int]
+    # the agent's keys in the buckets whose digests matched: the cp has exactly these there
+    identical: int = 0
+    # keys the cp named in the compared buckets (puts and snapshot.keys), counted as they come ...
+    delivered: int = 0
+    # ... and kept only when the agent has them: only those can be deletion candidates, so a control
+    # plane naming millions of keys costs no memory
     remote: set[str] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -66,6 +79,7 @@ class Session:
         reporter: StatusReporter,
         liveness: Liveness | None = None,
         window: int = APPLY_WINDOW,
+        unacked_limit: int = UNACKED_LIMIT,
     ) -> None:
         self.ws = ws
         self.dataplane_id = dataplane_id
@@ -76,6 +90,8 @@ class Session:
         self.seq = P.Sequencer()
         self.outq: asyncio.Queue[tuple[str, list[P.StatusItem] | None]] = asyncio.Queue(OUTQ_FRAMES)
         self.window = asyncio.Semaphore(window)
+        self.unacked_limit = unacked_limit
+        self.progress = asyncio.Event()  # set whenever a change finishes
         self.result = SessionResult()
         self.epoch = ""
         self.state: Literal["hello", "await_snapshot", "resync", "incremental"] = "hello"
@@ -129,7 +145,9 @@ class Session:
             return self.result
         self.result.welcomed = True
         self.epoch = welcome.epoch
-        self.heartbeat_interval = welcome.heartbeat_interval
+        self.heartbeat_interval = min(
+            max(welcome.heartbeat_interval, G.HEARTBEAT_MIN_SECONDS), G.HEARTBEAT_MAX_SECONDS
+        )
         if welcome.mode == "incremental":
             if welcome.epoch != self.dp.epoch:
                 self.send_soon(P.Error(code="protocol", message="incremental mode in a different epoch"))
@@ -233,7 +251,8 @@ class Session:
                     P.Error(code="protocol", message="snapshot.keys outside a snapshot", ref=frame.id)
                 )
             else:
-                self.snapshot.remote.update(body.keys)
+                for key in body.keys:
+                    self._note_remote(self.snapshot, key)
         elif isinstance(body, P.SnapshotEnd):
             await self._on_snapshot_end(frame, body)
         elif isinstance(body, P.GoAway):
@@ -248,6 +267,13 @@ class Session:
             )
 
     async def _on_change(self, frame: P.Frame, change: Change) -> None:
+        if change.revision > G.MAX_REVISION or (change.prev or 0) > G.MAX_REVISION:
+            # refused before it reaches the chain: accepted, it would mark every later change a
+            # duplicate, and its revision could never be persisted
+            self.send_soon(
+                P.Error(code="bad_body", message=f"revision beyond {G.MAX_REVISION}", ref=frame.id)
+            )
+            return
         if change.prev is None:
             snap = self.snapshot
             if snap is None or not isinstance(change, P.DesiredPut):
@@ -255,14 +281,19 @@ class Session:
                     P.Error(code="protocol", message="change without prev outside a snapshot", ref=frame.id)
                 )
                 return
-            snap.remote.add(change.key)
-            snap.tasks.add(await self._schedule(change, chained=False))
+            self._note_remote(snap, change.key)
+            task = await self._schedule(change, chained=False)
+            snap.tasks.add(task)
+            task.add_done_callback(self._snapshot_put_done(snap, change.key))
             return
         if self.state != "incremental":
             self.send_soon(
                 P.Error(code="protocol", message=f"{frame.type} during {self.state}", ref=frame.id)
             )
             return
+        while self.stream.in_flight >= self.unacked_limit:
+            self.progress.clear()
+            await self.progress.wait()
         verdict, released = self.stream.offer(change)
         if verdict == "duplicate":
             # already received (maybe already applied): nothing to write, repeat what is persisted
@@ -285,6 +316,20 @@ class Session:
         task.add_done_callback(self._task_done(change.key))
         return task
 
+    def _note_remote(self, snap: _Snapshot, key: str, *, count: bool = True) -> None:
+        if count:
+            snap.delivered += 1
+        if key in self.store.index:
+            snap.remote.add(key)
+
+    def _snapshot_put_done(self, snap: _Snapshot, key: str) -> Any:
+        def done(task: asyncio.Task[None]) -> None:
+            snap.tasks.discard(task)
+            # a key the put just created is the cp's too (it must not become a deletion candidate)
+            self._note_remote(snap, key, count=False)
+
+        return done
+
     def _task_done(self, key: str) -> Any:
         def done(task: asyncio.Task[None]) -> None:
             self.tasks.discard(task)
@@ -301,6 +346,7 @@ class Session:
             await self._apply_with_retry(change)
             if chained:
                 acked = self.stream.finish(change.revision)
+                self.progress.set()
                 if acked > self.persisted:
                     self.ack_wakeup.set()
         finally:
@@ -346,6 +392,19 @@ class Session:
                         )
                     )
                 log.info("retrying %s r%d: %s", change.key, change.revision, exc)
+            except Exception as exc:  # nothing the control plane sends may wedge the stream
+                log.exception("unexpected failure applying %s r%d", change.key, change.revision)
+                M.NACKS.labels("internal", "false").inc()
+                await self.send(
+                    P.Nack(
+                        revision=change.revision,
+                        key=change.key,
+                        code="internal",
+                        message=f"{type(exc).__name__}: {exc}"[:2000],
+                        retryable=False,
+                    )
+                )
+                return
             ceiling = min(60.0, 0.5 * 2**attempt)
             await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
             attempt += 1
@@ -356,6 +415,11 @@ class Session:
         if self.state != "await_snapshot" or begin.epoch != self.epoch:
             self.send_soon(P.Error(code="protocol", message="unexpected snapshot.begin", ref=frame.id))
             return
+        if begin.revision > G.MAX_REVISION:
+            self.send_soon(
+                P.Error(code="bad_body", message=f"revision beyond {G.MAX_REVISION}", ref=frame.id)
+            )
+            return
         try:
             theirs = P.decode_digests(begin.digests, begin.buckets)
         except ValueError as exc:
@@ -364,9 +428,10 @@ class Session:
         inventory = self.store.inventory()
         ours = P.bucket_digests(inventory, begin.buckets)
         compared = P.differing_buckets(ours, theirs)
-        self.snapshot = _Snapshot(begin=begin, compared=compared)
+        inside = P.in_buckets(inventory, compared, begin.buckets)
+        self.snapshot = _Snapshot(begin=begin, compared=compared, identical=len(inventory) - len(inside))
         self.state = "resync"
-        for inv in P.inventory_frames(compared, P.in_buckets(inventory, compared, begin.buckets)):
+        for inv in P.inventory_frames(compared, inside):
             await self.send(inv)
 
     async def _on_snapshot_end(self, frame: P.Frame, end: P.SnapshotEnd) -> None:
@@ -387,12 +452,24 @@ class Session:
             cp_revision=snap.begin.revision,
             cp_total=snap.begin.total,
         )
-        for key in plan.deletes:
-            await self._retrying(lambda k=key: self.store.delete(k))
-        for key in plan.orphans:
-            await self._retrying(lambda k=key, r=plan.hold_reason or "held": self.store.mark_orphan(k, r))
-        if plan.orphans:
-            log.warning("resync held %d deletion(s) as orphans (%s)", len(plan.orphans), plan.hold_reason)
+        hold_reason: str | None = plan.hold_reason
+        deletes, orphans = plan.deletes, plan.orphans
+        if deletes and snap.delivered + snap.identical != snap.begin.total:
+            # The cp said it has `total` keys but named a different number: a broken snapshot
+            # (lost keys, a bug, a truncated store) must not delete what it failed to mention.
+            log.warning(
+                "resync snapshot inconsistent: %d keys named + %d identical != total %d",
+                snap.delivered,
+                snap.identical,
+                snap.begin.total,
+            )
+            deletes, orphans, hold_reason = [], sorted([*deletes, *orphans]), SNAPSHOT_INCONSISTENT
+        for key in deletes:
+            await self._retrying(lambda k=key: self._resync_delete(k))
+        for key in orphans:
+            await self._retrying(lambda k=key, r=hold_reason or "held": self.store.mark_orphan(k, r))
+        if orphans:
+            log.warning("resync held %d deletion(s) as orphans (%s)", len(orphans), hold_reason)
         await self._retrying(lambda: self.dp.persist_revision(end.epoch, end.revision))
         self.persisted = end.revision
         M.APPLIED_REVISION.set(end.revision)
@@ -400,7 +477,14 @@ class Session:
         self.snapshot = None
         self.state = "incremental"
         await self.send(P.Applied(revision=end.revision, epoch=end.epoch))
-        await self._report_orphans(plan.hold_reason)
+        await self._report_orphans(hold_reason)
+
+    async def _resync_delete(self, key: str) -> None:
+        try:
+            await self.store.delete(key)
+        except ApplyRefused as exc:
+            # it stopped being ours since the inventory was taken: not ours to delete
+            log.warning("resync left %s alone: %s", key, exc)
 
     async def _retrying(self, op: Any) -> None:
         attempt = 0
@@ -408,7 +492,13 @@ class Session:
             try:
                 await op()
                 return
-            except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
+            except ApiError as exc:
+                if exc.status in (400, 422):
+                    # the request itself is refused and will be again: retrying would wedge the
+                    # session; ending it resumes from what is persisted
+                    raise SessionEnded(f"Kubernetes refused a write: {exc}") from None
+                log.info("retrying after %s", exc)
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 log.info("retrying after %s", exc)
             ceiling = min(30.0, 0.2 * 2**attempt)
             await asyncio.sleep(random.uniform(ceiling / 2, ceiling))

@@ -5,7 +5,9 @@ background thread, for synchronous clients), ``serve_forever`` (the CLI loop beh
 ``choreo-dp sandbox apiserver``).  Fixtures for tests live in ``tests/fixtures/kube.py``.
 
 Modules: ``resources`` (built-in resource table + CRD registry), ``discovery``,
-``store`` (objects, resourceVersion, write semantics), ``schema`` (CRD prune/default/
+``store`` (objects, resourceVersion, write semantics), ``admission`` (what happens between
+decoding and storing: ``limitrange`` defaults and bounds, ``quota`` admission and its
+controller, quantities through ``resourcelists``), ``schema`` (CRD prune/default/
 validate) with ``cel`` (a CEL subset), ``patch`` (merge/JSON/strategic), ``fieldsets`` and
 ``apply`` (server-side apply, managedFields), ``selectors``, ``watch``, ``tables``
 (server-side printing), ``gc`` (owner references, namespaces), ``simulator`` (Deployments
@@ -29,7 +31,8 @@ Known simplifications, on purpose:
 - CEL ``x-kubernetes-validations``: only the subset in ``cel.py`` is enforced; rules
   outside it (``oldSelf`` transitions, macros) are skipped.
 - Lists are served from the current state (continue tokens do not pin a snapshot);
-  admission webhooks, conversion webhooks, validation of built-in specs, exec/attach/
+  admission webhooks, conversion webhooks, most validation of built-in specs (quantities
+  and container resources are checked), exec/attach/
   port-forward are absent.  Pod logs come from the files kwok's Logs/ClusterLogs name, as
   on a kwok cluster.
 """

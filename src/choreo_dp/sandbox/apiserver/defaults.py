@@ -10,6 +10,8 @@ import ipaddress
 import itertools
 from typing import Any
 
+from choreo_dp.sandbox.apiserver import limitrange
+from choreo_dp.sandbox.apiserver.resourcelists import default_requests_from_limits
 from choreo_dp.sandbox.apiserver.resources import ResourceType
 
 JSON = dict[str, Any]
@@ -72,6 +74,7 @@ def apply_builtin_defaults(rt: ResourceType, obj: JSON, creating: bool) -> None:
             template.setdefault("metadata", {}).setdefault("creationTimestamp", None)
     elif kind == "Pod" and isinstance(spec, dict):
         _pod_spec(spec)
+        default_requests_from_limits(spec)
         if creating:
             obj.setdefault("status", {"phase": "Pending", "qosClass": "BestEffort"})
     elif kind == "Job" and isinstance(spec, dict):
@@ -120,5 +123,7 @@ def apply_builtin_defaults(rt: ResourceType, obj: JSON, creating: bool) -> None:
                     "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}},
                 }
             ]
+    elif kind == "LimitRange":
+        limitrange.set_defaults(obj)
     elif kind == "ServiceAccount" and creating:
         pass

@@ -23,6 +23,7 @@ from choreo_dp.sandbox.apiserver.faults import Faults
 from choreo_dp.sandbox.apiserver.gc import GarbageCollector
 from choreo_dp.sandbox.apiserver.patch import clone
 from choreo_dp.sandbox.apiserver.podlogs import install_kwok_crds
+from choreo_dp.sandbox.apiserver.quota import QuotaController
 from choreo_dp.sandbox.apiserver.resources import Registry
 from choreo_dp.sandbox.apiserver.simulator import WorkloadSimulator
 from choreo_dp.sandbox.apiserver.store import Store, WriteOptions
@@ -59,6 +60,7 @@ class ApiServer:
         self.store = Store(self.registry, history_size=history_size, watch_queue_size=watch_queue_size)
         self.faults = Faults()
         self.gc = GarbageCollector(self.store)
+        self.quota = QuotaController(self.store)
         self.simulator = WorkloadSimulator(self.store, delay=simulator_delay, enabled=simulate_workloads)
         self.api = ApiApp(self.store, self.faults, bookmark_interval=bookmark_interval)
         self.kubeconfig_path: Path | None = None
@@ -91,10 +93,12 @@ class ApiServer:
         self._port = int(sockets[0].getsockname()[1])
         self.api.server_address = f"{self.host}:{self._port}"
         self.gc.start()
+        self.quota.start()
         self.simulator.start()
 
     async def stop(self) -> None:
         await self.simulator.stop()
+        await self.quota.stop()
         await self.gc.stop()
         for b in list(self.store.buckets.values()):
             for w in list(b.watchers):

@@ -12,6 +12,16 @@ unless a failure mode was set for the Deployment with ``set_pod_failure``:
 * ``"ImagePullBackOff"`` — phase Pending, container waiting with reason ImagePullBackOff,
   not ready.
 
+Pods are created through the API's admission, as the ReplicaSet controller's are: a
+namespace's LimitRange fills in their resources, and a ResourceQuota (or validation) can refuse
+them.  A refused create stops that round (upstream's slow start stops at the first failing
+batch), gives the ReplicaSet a ``ReplicaFailure`` condition (reason ``FailedCreate``, the
+refusal as message; removed once a round creates without error), which the Deployment copies,
+and posts a ``FailedCreate`` warning Event ("Error creating: ..."; after ten, one "(combined
+from similar events)" Event counts the rest, as the event recorder does).  The Deployment is
+retried with a growing delay, and at once when a quota or LimitRange of its namespace changes
+or a pod there goes away (upstream only backs off, up to 1000 s; faster is allowed).
+
 Deployment status follows (replicas, updatedReplicas, readyReplicas,
 availableReplicas, unavailableReplicas, observedGeneration, Available/Progressing
 conditions, ``terminatingReplicas``; the ``deployment.kubernetes.io/revision`` annotations).
@@ -32,15 +42,20 @@ import math
 import time
 from typing import Any
 
+from choreo_dp.sandbox.apiserver.errors import ApiFailure
 from choreo_dp.sandbox.apiserver.hpa import HpaEmulator
 from choreo_dp.sandbox.apiserver.patch import clone
 from choreo_dp.sandbox.apiserver.resources import ResourceType
-from choreo_dp.sandbox.apiserver.store import Store, now_iso, random_suffix
+from choreo_dp.sandbox.apiserver.store import Store, WriteOptions, now_iso
 
 JSON = dict[str, Any]
 log = logging.getLogger(__name__)
 FAILURE_MODES = ("CrashLoopBackOff", "ImagePullBackOff")
 MANAGER = "kube-controller-manager"
+RS_CONTROLLER = "replicaset-controller"
+MAX_RETRY_DELAY = 10.0
+# The event recorder's aggregator: ten similar events, then one combined event counts the rest.
+SIMILAR_EVENTS = 10
 
 
 def _rt(store: Store, group: str, plural: str) -> ResourceType:
@@ -128,6 +143,11 @@ class WorkloadSimulator:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.pod_created: dict[str, float] = {}  # pod uid -> monotonic creation time
+        # Deployments whose pods could not be created: the delay before the next try, its timer.
+        self.retry_delay: dict[tuple[str, str], float] = {}
+        self.retry_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        # (namespace, ReplicaSet) -> FailedCreate events posted, and the combined event's name.
+        self.failed_creates: dict[tuple[str, str], tuple[int, str | None]] = {}
         self._ip = 1
         self.deploy_rt = _rt(store, "apps", "deployments")
         self.rs_rt = _rt(store, "apps", "replicasets")
@@ -156,9 +176,10 @@ class WorkloadSimulator:
             self.wake.set()
 
     async def stop(self) -> None:
-        for t in self.timers.values():
+        for t in (*self.timers.values(), *self.retry_timers.values()):
             t.cancel()
         self.timers.clear()
+        self.retry_timers.clear()
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -179,7 +200,12 @@ class WorkloadSimulator:
             self.wake.set()
         if rt is self.deploy_rt or (rt.group == "apps" and rt.plural == "deployments"):
             if type_ == "DELETED":
-                self.failures.pop((meta["namespace"], meta["name"]), None)
+                key = (meta["namespace"], meta["name"])
+                self.failures.pop(key, None)
+                self.retry_delay.pop(key, None)
+                timer = self.retry_timers.pop(key, None)
+                if timer is not None:
+                    timer.cancel()
                 return
             if (
                 old is None
@@ -192,6 +218,16 @@ class WorkloadSimulator:
             owner = self._owner_deployment(obj)
             if owner:
                 self._mark((meta["namespace"], owner))
+            self._retry_blocked(meta["namespace"])
+        elif rt.group == "" and rt.plural in ("resourcequotas", "limitranges"):
+            # What refused a pod may admit it now (a quota raised, or its usage recounted lower).
+            self._retry_blocked(meta["namespace"])
+        elif rt.group == "apps" and rt.plural == "replicasets" and type_ == "DELETED":
+            self.failed_creates.pop((meta["namespace"], meta["name"]), None)
+
+    def _retry_blocked(self, namespace: str) -> None:
+        for key in [k for k in self.retry_delay if k[0] == namespace]:
+            self._mark(key)
 
     def _owner_deployment(self, pod: JSON) -> str | None:
         for ref in pod["metadata"].get("ownerReferences") or []:
@@ -256,6 +292,8 @@ class WorkloadSimulator:
             d = self.store.write_internal(self.deploy_rt, new_d, d, MANAGER)
         total = updated = ready = 0
         pending_soon = False
+        refused = False
+        failure: JSON | None = None
         for rs in (
             owned_rs if any(r["metadata"]["name"] == rs_name for r in owned_rs) else [*owned_rs, current]
         ):
@@ -264,23 +302,46 @@ class WorkloadSimulator:
                 new = clone(rs)
                 new["spec"]["replicas"] = 0
                 rs = self.store.write_internal(self.rs_rt, new, rs, MANAGER)
-            pods = self._sync_pods(d, rs, want)
+            pods, error = self._sync_pods(d, rs, want)
+            refused = refused or error is not None
             n_ready = 0
             for pod in pods:
                 pod, became_ready_later = self._advance_pod(d, pod)
                 pending_soon = pending_soon or became_ready_later
                 if _pod_ready(pod):
                     n_ready += 1
-            self._rs_status(rs["metadata"]["name"], namespace, len(pods), n_ready)
+            cond = self._rs_status(rs["metadata"]["name"], namespace, len(pods), n_ready, error, want)
+            # The new ReplicaSet's failure wins over an old one's.
+            if cond is not None and (failure is None or rs["metadata"]["name"] == rs_name):
+                failure = cond
             total += len(pods)
             ready += n_ready
             if rs["metadata"]["name"] == rs_name:
                 updated = len(pods)
-        self._deployment_status(d, desired, total, updated, ready)
+        self._deployment_status(d, desired, total, updated, ready, failure)
         key = (namespace, name)
         if pending_soon and key not in self.timers:
             loop = asyncio.get_running_loop()
             self.timers[key] = loop.call_later(self.delay, self._timer_fired, key)
+        if refused:
+            self._retry_later(key)
+        else:
+            self.retry_delay.pop(key, None)
+
+    def _retry_later(self, key: tuple[str, str]) -> None:
+        """The ReplicaSet controller requeues a failed sync with exponential backoff."""
+        delay = self.retry_delay.get(key)
+        delay = self.delay if delay is None else min(delay * 2, MAX_RETRY_DELAY)
+        self.retry_delay[key] = delay
+        old = self.retry_timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self.retry_timers[key] = loop.call_later(delay, self._retry_fired, key)
+
+    def _retry_fired(self, key: tuple[str, str]) -> None:
+        self.retry_timers.pop(key, None)
+        self._mark(key)
 
     def _timer_fired(self, key: tuple[str, str]) -> None:
         self.timers.pop(key, None)
@@ -322,7 +383,8 @@ class WorkloadSimulator:
         }
         return self.store.write_internal(self.rs_rt, rs, None, MANAGER)
 
-    def _sync_pods(self, d: JSON, rs: JSON, want: int) -> list[JSON]:
+    def _sync_pods(self, d: JSON, rs: JSON, want: int) -> tuple[list[JSON], str | None]:
+        """Scale the ReplicaSet's pods to ``want``; the first refused create's message, if any."""
         ns = rs["metadata"]["namespace"]
         pods = [
             p
@@ -333,20 +395,24 @@ class WorkloadSimulator:
             victim = pods.pop()
             self.store.delete(self.pod_rt, ns, victim["metadata"]["name"], "Background")
         while len(pods) < want:
-            pods.append(self._create_pod(rs))
-        return pods
+            try:
+                pods.append(self._create_pod(rs))
+            except ApiFailure as exc:
+                if self.store.namespace_phase(ns) != "Active":
+                    # Upstream ignores NamespaceTerminating refusals: nothing can be created.
+                    return pods, None
+                self._failed_create_event(rs, exc.message)
+                return pods, exc.message
+        return pods, None
 
     def _create_pod(self, rs: JSON) -> JSON:
+        """POST the pod as the ReplicaSet controller does: through admission, name generated."""
         tmpl = (rs.get("spec") or {}).get("template") or {}
         ns = rs["metadata"]["namespace"]
-        name = f"{rs['metadata']['name']}-{random_suffix()}"
-        while self.store.get(self.pod_rt, ns, name) is not None:
-            name = f"{rs['metadata']['name']}-{random_suffix()}"
         spec = clone(tmpl.get("spec") or {})
         spec["nodeName"] = "emulated-node"
         pod = {
             "metadata": {
-                "name": name,
                 "generateName": f"{rs['metadata']['name']}-",
                 "namespace": ns,
                 "labels": clone((tmpl.get("metadata") or {}).get("labels") or {}),
@@ -369,9 +435,52 @@ class WorkloadSimulator:
         }
         if not pod["metadata"]["annotations"]:
             del pod["metadata"]["annotations"]
-        stored = self.store.write_internal(self.pod_rt, pod, None, MANAGER)
+        stored = self.store.create(self.pod_rt, ns, pod, WriteOptions(manager=MANAGER))
         self.pod_created[stored["metadata"]["uid"]] = time.monotonic()
         return stored
+
+    def _failed_create_event(self, rs: JSON, message: str) -> None:
+        """``Warning FailedCreate "Error creating: <refusal>"`` on the ReplicaSet."""
+        rt = self.store.registry.get("", "v1", "events")
+        if rt is None:
+            return
+        meta = rs["metadata"]
+        key = (meta["namespace"], meta["name"])
+        posted, combined = self.failed_creates.get(key, (0, None))
+        text = f"Error creating: {message}"
+        now = now_iso()
+        if posted >= SIMILAR_EVENTS:
+            text = f"(combined from similar events): {text}"
+            old = self.store.get(rt, meta["namespace"], combined) if combined else None
+            if old is not None:
+                new = dict(old, message=text, lastTimestamp=now, count=int(old.get("count") or 1) + 1)
+                self.store.write_internal(rt, new, old, MANAGER)
+                self.failed_creates[key] = (posted + 1, combined)
+                return
+        name = f"{meta['name']}.{time.time_ns():x}"
+        event = {
+            "metadata": {"name": name, "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+                "resourceVersion": meta.get("resourceVersion", ""),
+            },
+            "reason": "FailedCreate",
+            "message": text,
+            "source": {"component": RS_CONTROLLER},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "type": "Warning",
+            "eventTime": None,
+            "reportingComponent": RS_CONTROLLER,
+            "reportingInstance": "",
+        }
+        self.store.write_internal(rt, event, None, MANAGER)
+        self.failed_creates[key] = (posted + 1, name if posted >= SIMILAR_EVENTS else None)
 
     def _advance_pod(self, d: JSON, pod: JSON) -> tuple[JSON, bool]:
         """Move a pod to the state it should have now; True if it will change later by itself."""
@@ -467,10 +576,13 @@ class WorkloadSimulator:
             "qosClass": old.get("qosClass", "BestEffort"),
         }
 
-    def _rs_status(self, name: str, namespace: str, replicas: int, ready: int) -> None:
+    def _rs_status(
+        self, name: str, namespace: str, replicas: int, ready: int, error: str | None, want: int
+    ) -> JSON | None:
+        """Write the ReplicaSet's status; return its ReplicaFailure condition, if it has one."""
         rs = self.store.get(self.rs_rt, namespace, name)
         if rs is None:
-            return
+            return None
         # ReplicaSetStatus.replicas has no omitempty (0 is sent); the other counters do.
         # terminatingReplicas is always set (feature DeploymentReplicaSetTerminatingReplicas,
         # on by default); simulated pods vanish when deleted, so none are ever terminating.
@@ -483,12 +595,33 @@ class WorkloadSimulator:
             if v:
                 status[k] = v
         status["terminatingReplicas"] = 0
+        # calculateStatus: the condition is set on the first failure (its message kept while
+        # failures go on) and removed after a sync without one.
+        conditions = [c for c in (rs.get("status") or {}).get("conditions") or [] if isinstance(c, dict)]
+        failure = next((c for c in conditions if c.get("type") == "ReplicaFailure"), None)
+        if error is not None and failure is None:
+            failure = {
+                "type": "ReplicaFailure",
+                "status": "True",
+                "lastTransitionTime": now_iso(),
+                "reason": "FailedCreate" if replicas < want else "FailedDelete",
+                "message": error,
+            }
+            conditions.append(failure)
+        elif error is None and failure is not None:
+            conditions = [c for c in conditions if c.get("type") != "ReplicaFailure"]
+            failure = None
+        if conditions:
+            status["conditions"] = conditions
         if status != rs.get("status"):
             new = dict(rs)
             new["status"] = status
             self.store.write_internal(self.rs_rt, new, rs, MANAGER)
+        return failure
 
-    def _deployment_status(self, d: JSON, desired: int, total: int, updated: int, ready: int) -> None:
+    def _deployment_status(
+        self, d: JSON, desired: int, total: int, updated: int, ready: int, failure: JSON | None = None
+    ) -> None:
         d = self.store.get(self.deploy_rt, d["metadata"]["namespace"], d["metadata"]["name"]) or d
         old = d.get("status") or {}
         now = now_iso()
@@ -547,6 +680,23 @@ class WorkloadSimulator:
             if v:
                 status[k] = v
         status["terminatingReplicas"] = 0
+        if failure is not None:
+            # ReplicaSetToDeploymentCondition; an unchanged status and reason keep the old one.
+            prev = old_conds.get("ReplicaFailure")
+            if prev and prev.get("status") == failure["status"] and prev.get("reason") == failure["reason"]:
+                copied = prev
+            else:
+                at = failure["lastTransitionTime"]
+                copied = {
+                    "type": "ReplicaFailure",
+                    "status": failure["status"],
+                    "lastUpdateTime": at,
+                    "lastTransitionTime": at,
+                    "reason": failure["reason"],
+                    "message": failure["message"],
+                }
+            # Progressing is re-set (so moved last) at every sync that sees progress.
+            conditions = [conditions[1], copied, conditions[0]]
         status["conditions"] = conditions
         if status != old:
             new = dict(d)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from choreo_dp.sandbox.apiserver import crd as crdmod
+from choreo_dp.sandbox.apiserver.admission import Admission
 from choreo_dp.sandbox.apiserver.apply import record_update, server_side_apply
 from choreo_dp.sandbox.apiserver.defaults import apply_builtin_defaults
 from choreo_dp.sandbox.apiserver.errors import (
@@ -31,6 +32,7 @@ from choreo_dp.sandbox.apiserver.errors import (
     not_found,
 )
 from choreo_dp.sandbox.apiserver.patch import clone, json_patch, merge_patch, strategic_merge
+from choreo_dp.sandbox.apiserver.resourcelists import canonicalize
 from choreo_dp.sandbox.apiserver.resources import Registry, ResourceType
 from choreo_dp.sandbox.apiserver.schema import apply_defaults, prune, validate
 from choreo_dp.sandbox.apiserver.timefields import normalize_times
@@ -81,6 +83,13 @@ class WriteOptions:
     force: bool = False
     field_validation: str = "Warn"  # Ignore | Warn | Strict, as the fieldValidation parameter
     warnings: list[str] = field(default_factory=list)
+    # What admission charges to ResourceQuotas once the object is stored (never on a dry run).
+    charges: list[Callable[[], None]] = field(default_factory=list)
+
+    def charge(self) -> None:
+        charges, self.charges = self.charges, []
+        for c in charges:
+            c()
 
 
 class Store:
@@ -95,6 +104,7 @@ class Store:
         self.listeners: list[Listener] = []
         self.overflowed_watchers = 0
         self.dropped_floors: dict[Key, int] = {}
+        self.admission = Admission(self)
 
     # ----- lookup -------------------------------------------------------------------------
     def bucket(self, rt: ResourceType) -> Bucket:
@@ -237,6 +247,7 @@ class Store:
                 raise invalid(rt.kind, rt.group, name, errors)
         else:
             normalize_times(rt, obj)
+            canonicalize(rt, obj)
             apply_builtin_defaults(rt, obj, creating=old is None)
             if rt.kind == "Service" and old is not None and isinstance(obj.get("spec"), dict):
                 old_spec = old.get("spec") or {}
@@ -351,9 +362,15 @@ class Store:
         if rt.plural == "customresourcedefinitions" and rt.group == "apiextensions.k8s.io":
             obj["status"] = crdmod.established_status(obj, now)
         meta.pop("managedFields", None)
+        # Field ownership is recorded before admission mutates the object, as upstream.
         record_update(None, obj, opts.manager, rt, "", now)
+        charge = self.admission.admit(rt, obj, None)
+        if charge is not None:
+            opts.charges.append(charge)
+        opts.warnings.extend(self.admission.warnings(rt, obj))
         if opts.dry_run:
             return obj
+        opts.charge()
         stored: JSON = self._put(rt, obj, None)
         if rt.plural == "customresourcedefinitions" and rt.group == "apiextensions.k8s.io":
             self._register_crd(stored)
@@ -463,11 +480,14 @@ class Store:
             if not meta["managedFields"]:
                 meta.pop("managedFields")
             record_update(old, obj, opts.manager, rt, opts.subresource, now)
+        charge = self.admission.admit(rt, obj, old, opts.subresource)
         if self._same(old, obj):
             return old
         if opts.dry_run:
             meta["resourceVersion"] = old_meta["resourceVersion"]
             return obj
+        if charge is not None:
+            charge()
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             return self._remove(rt, obj)
         stored = self._put(rt, obj, old)
@@ -570,12 +590,15 @@ class Store:
                 raise not_found(rt.plural, rt.group, name)
             body = clone(applied)
             body.setdefault("metadata", {})["name"] = name
-            created = self.create(rt, namespace, body, WriteOptions(manager=opts.manager, dry_run=True))
+            trial = WriteOptions(manager=opts.manager, dry_run=True)
+            created = self.create(rt, namespace, body, trial)
+            opts.warnings.extend(trial.warnings)
             created["metadata"].pop("managedFields", None)
             result = server_side_apply(created, applied, opts.manager, True, rt, "", now)
             result["metadata"].pop("resourceVersion", None)
             if opts.dry_run:
                 return result, True
+            trial.charge()
             stored = self._put(rt, result, None)
             if rt.plural == "customresourcedefinitions" and rt.group == "apiextensions.k8s.io":
                 self._register_crd(stored)
