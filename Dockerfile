@@ -12,7 +12,11 @@ WORKDIR /src
 # The files pyproject.toml needs to build the package: metadata, readme and the sources.
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip wheel --wheel-dir /wheels . \
+# The image is the data plane only (choreo_dp and the wire protocol it speaks, no extras): the reference
+# control plane, the emulated API and the sandbox are left out of the wheel, so their verbs answer
+# with the extra to install instead of shipping FastAPI, uvicorn or the emulator to customers.
+RUN rm -rf src/choreo_cp src/kube_emulator src/choreo_sandbox \
+ && pip wheel --wheel-dir /wheels . \
  && python -m venv /opt/choreo-dp \
  && /opt/choreo-dp/bin/pip install --no-index --find-links /wheels choreo-dp \
  && /opt/choreo-dp/bin/choreo-dp --version

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import clusters
-from choreo_dp.sandbox.cluster.binaries import BinariesMissing
+from choreo_sandbox.cluster.binaries import BinariesMissing
 
 HERE = Path(__file__).resolve().parent
 

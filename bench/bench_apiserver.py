@@ -25,8 +25,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from choreo_dp.sandbox.apiserver import ApiServer
-from choreo_dp.sandbox.apiserver.store import Store, WriteOptions
+from kube_emulator import ApiServer
+from kube_emulator.store import Store, WriteOptions
 
 CONCURRENCY = 32
 

@@ -32,7 +32,7 @@ import httpx
 import trustme
 import websockets
 
-from choreo_dp.tunnel import protocol as p
+from choreo_wire import protocol as p
 
 CLIENTS = 8
 HEARTBEAT_EVERY = 1.0

@@ -30,8 +30,8 @@ from choreo_dp.api import Environment
 from choreo_dp.api.crdgen import all_crds
 from choreo_dp.kube import KubeClient
 from choreo_dp.kube import resources as R
-from choreo_dp.sandbox.apiserver import ApiServer
 from choreo_dp.secrets import SecretSyncer, TransportSettings
+from kube_emulator import ApiServer
 from tests.fakes_azure import FakeEntra, FakeKeyVault, FakePki, loopback_localhost_names
 from tests.fakes_azure.keyvault import random_secret_value
 

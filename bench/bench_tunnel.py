@@ -38,12 +38,12 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from bench import clusters
-from choreo_dp.controlplane.context import TunnelSettings
-from choreo_dp.controlplane.server import ControlPlaneServer, ServerConfig
+from choreo_cp.context import TunnelSettings
+from choreo_cp.server import ControlPlaneServer, ServerConfig
+from choreo_dp.agent.agent import Agent, AgentConfig
 from choreo_dp.kube import KubeClient
 from choreo_dp.kube import resources as R
-from choreo_dp.tunnel import protocol as P
-from choreo_dp.tunnel.agent import Agent, AgentConfig
+from choreo_wire import protocol as P
 
 ADMIN = "bench-admin-token-0123456789abcdef"
 DP = "bench"
@@ -443,7 +443,7 @@ async def _measure(
             # --- agent RSS as its own process ----------------------------------------------------
             env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
             bare = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", "import choreo_dp.tunnel.agent, time; time.sleep(30)", env=env
+                sys.executable, "-c", "import choreo_dp.agent.agent, time; time.sleep(30)", env=env
             )
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "choreo_dp.cli.main", "agent",

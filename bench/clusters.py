@@ -31,7 +31,7 @@ from typing import Any
 from choreo_dp.api.crdgen import all_crds
 from choreo_dp.kube import ApiError, KubeClient
 from choreo_dp.kube import resources as R
-from choreo_dp.sandbox.cluster.binaries import BinariesMissing, binaries_available, find_binaries
+from choreo_sandbox.cluster.binaries import BinariesMissing, binaries_available, find_binaries
 
 KINDS = ("emulated", "real")
 KUBE_ENV = "CHOREO_BENCH_KUBE"

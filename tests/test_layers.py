@@ -1,47 +1,73 @@
-"""Dependencies point inward: the inner layers import nothing of the outer ones."""
+"""The import contracts of pyproject.toml ([tool.importlinter]) hold, and cover every package.
+
+The contracts themselves (layers of the data plane, the data plane never importing the control
+plane or the emulator, the wire module importing nothing of ours, ...) live in pyproject.toml so
+`lint-imports` and this test enforce the same thing.
+"""
 
 from __future__ import annotations
 
-import ast
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "choreo_dp"
-
-# layer -> module prefixes it must never import
-FORBIDDEN = {
-    "api": ("choreo_dp.", "kopf", "aiohttp", "kubernetes", "fastapi", "websockets", "azure"),
-    "render": ("choreo_dp.kube", "choreo_dp.operator", "choreo_dp.tunnel", "choreo_dp.secrets",
-               "choreo_dp.controlplane", "choreo_dp.sandbox", "choreo_dp.cli",
-               "kopf", "aiohttp", "kubernetes", "fastapi", "websockets", "azure"),
-    "kube": ("choreo_dp.operator", "choreo_dp.tunnel", "choreo_dp.secrets", "choreo_dp.controlplane",
-             "choreo_dp.sandbox", "choreo_dp.cli", "kopf"),
-    "secrets": ("choreo_dp.operator", "choreo_dp.tunnel", "choreo_dp.controlplane", "choreo_dp.cli", "kopf"),
-    "tunnel": ("choreo_dp.operator", "choreo_dp.secrets", "choreo_dp.controlplane", "choreo_dp.cli", "kopf"),
-    "controlplane": ("choreo_dp.operator", "choreo_dp.secrets", "choreo_dp.kube", "choreo_dp.cli", "kopf"),
-}  # fmt: skip
-ALLOWED_INSIDE_API = ("choreo_dp.api",)
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+CONFIG = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+LINT = [
+    sys.executable,
+    "-c",
+    "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())",
+]
+# choreo_dp subpackages outside the layer stack: used by several layers, import only inner ones.
+OUTSIDE_LAYERS = {"choreo_dp.observability"}
 
 
-def _imports(path: Path) -> set[str]:
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-    return found
+def _lint(cwd: Path, pythonpath: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    return subprocess.run(
+        [*LINT, "--no-cache", str(cwd / "pyproject.toml")],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
 
 
-@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
-def test_layer_imports_point_inward(layer: str) -> None:
-    offending = []
-    for path in sorted((SRC / layer).rglob("*.py")):
-        for module in _imports(path):
-            if module.startswith(ALLOWED_INSIDE_API) and layer == "api":
-                continue
-            if any(module == f.rstrip(".") or module.startswith(f if f.endswith(".") else f + ".") or module == f
-                   for f in FORBIDDEN[layer]):  # fmt: skip
-                offending.append(f"{path.relative_to(SRC)} imports {module}")
-    assert offending == []
+def test_import_contracts_are_kept() -> None:
+    result = _lint(REPO, SRC)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+def test_every_package_is_covered() -> None:
+    packages = sorted(p.name for p in SRC.iterdir() if (p / "__init__.py").is_file())
+    assert sorted(CONFIG["root_packages"]) == packages
+    (layers,) = [c for c in CONFIG["contracts"] if c["type"] == "layers"]
+    layered = {m.strip() for layer in layers["layers"] for m in layer.split("|")}
+    subpackages = {
+        f"choreo_dp.{p.name}" for p in (SRC / "choreo_dp").iterdir() if (p / "__init__.py").is_file()
+    }
+    assert subpackages - OUTSIDE_LAYERS == layered
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "contract"),
+    [
+        ("choreo_wire/protocol.py", "import choreo_dp.kube", "the wire protocol imports nothing of ours"),
+        ("choreo_dp/api/common.py", "import choreo_dp.render", "layers point inward"),
+        ("choreo_dp/operator/keys.py", "import choreo_cp.store", "never imports the control plane"),
+    ],
+)
+def test_a_forbidden_import_breaks_a_contract(tmp_path: Path, module: str, line: str, contract: str) -> None:
+    """The contracts bite: one added import in a copy of the tree is reported."""
+    shutil.copytree(SRC, tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    target = tmp_path / "src" / module
+    target.write_text(target.read_text() + f"\n{line}  # noqa\n")
+    result = _lint(tmp_path, tmp_path / "src")
+    assert result.returncode != 0
+    broken = result.stdout.split("Broken contracts", 1)[-1]
+    assert contract in " ".join(broken.split()), result.stdout

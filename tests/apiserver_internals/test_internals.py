@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from choreo_dp.sandbox.apiserver import cel
-from choreo_dp.sandbox.apiserver.fieldsets import (
+from kube_emulator import cel
+from kube_emulator.fieldsets import (
     MISSING,
     diff,
     field_set,
@@ -16,9 +16,9 @@ from choreo_dp.sandbox.apiserver.fieldsets import (
     get_at,
     to_fields_v1,
 )
-from choreo_dp.sandbox.apiserver.resources import BUILTINS
-from choreo_dp.sandbox.apiserver.selectors import parse_field_selector, parse_label_selector
-from choreo_dp.sandbox.apiserver.tables import human_duration, jsonpath
+from kube_emulator.resources import BUILTINS
+from kube_emulator.selectors import parse_field_selector, parse_label_selector
+from kube_emulator.tables import human_duration, jsonpath
 
 DEPLOY = next(rt for rt in BUILTINS if rt.plural == "deployments")
 

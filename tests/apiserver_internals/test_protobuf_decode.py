@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from choreo_dp.sandbox.apiserver import protobuf
-from choreo_dp.sandbox.apiserver.errors import ApiFailure
+from kube_emulator import protobuf
+from kube_emulator.errors import ApiFailure
 
 
 def _uvarint(n: int) -> bytes:

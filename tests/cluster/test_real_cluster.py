@@ -3,10 +3,10 @@ release built here, RBAC and admission on, real controllers, kwok nodes, kubelet
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -15,23 +15,16 @@ import pytest_asyncio
 from choreo_dp.kube import ApiError, KubeClient
 from choreo_dp.kube import resources as R
 from choreo_dp.kube.config import load as load_kubeconfig
-from choreo_dp.sandbox.cluster.control_plane import KWOK_NODE_ANNOTATION, NODES
-from choreo_dp.sandbox.cluster.workload_faults import pod_verdict, set_pod_failure
+from choreo_sandbox.cluster.control_plane import KWOK_NODE_ANNOTATION, NODES
+from choreo_sandbox.cluster.workload_faults import pod_verdict, set_pod_failure
 from tests.conformance.helpers import deployment, unique
 from tests.fixtures.kube import RealClusterProcess
+from tests.polling import eventually
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 
 
-async def _until(probe: Any, what: str, timeout: float = 60.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    last = None
-    while asyncio.get_running_loop().time() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+_until = partial(eventually, timeout=60.0, interval=0.2)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

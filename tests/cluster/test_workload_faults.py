@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from choreo_dp.sandbox.cluster.control_plane import kubelet_like
-from choreo_dp.sandbox.cluster.workload_faults import (
+from choreo_sandbox.cluster.control_plane import kubelet_like
+from choreo_sandbox.cluster.workload_faults import (
     FAILURE_MODES,
     HEALTHY,
     failure_stage,

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from kubernetes import client, config
 
 from choreo_dp.kube import KubeClient
-from choreo_dp.sandbox.cluster import workload_faults
+from choreo_sandbox.cluster import workload_faults
+from tests import polling
 from tests.fixtures.kube import KubeTarget
 
-T = TypeVar("T")
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 
 
@@ -27,18 +26,8 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def wait_for(
-    fn: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.05, what: str = "condition"
-) -> T:
-    """Poll until ``fn`` returns something truthy; fail with a clear message at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+# the suite's one polling helper; these tests use the kubernetes client's blocking calls
+wait_for = partial(polling.eventually_blocking, timeout=15.0)
 
 
 def raw(

@@ -12,6 +12,7 @@ from kubernetes import client
 
 from tests.conformance.helpers import choreo_app, install_crds, unique
 from tests.fixtures.kube import KubeTarget
+from tests.polling import eventually
 
 
 def _read(custom: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any] | None:
@@ -72,17 +73,14 @@ def test_kopf_round_trip(
                 choreo_app(name, ns),
             )
 
+            def operator_alive() -> None:
+                if operator.done():
+                    operator.result()  # its crash, not a timeout
+
             async def until(pred: Any, what: str, timeout: float = 30) -> Any:
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + timeout
-                while loop.time() < deadline:
-                    got = await asyncio.to_thread(pred)
-                    if got:
-                        return got
-                    if operator.done():
-                        operator.result()
-                    await asyncio.sleep(0.1)
-                raise AssertionError(f"timed out waiting for {what}")
+                return await eventually(
+                    lambda: asyncio.to_thread(pred), what, timeout=timeout, interval=0.1, guard=operator_alive
+                )
 
             obj = await until(
                 lambda: (

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, watch
 
-from choreo_dp.sandbox.apiserver import ApiServerThread
+from kube_emulator import ApiServerThread
 from tests.conformance.helpers import api_client, raw
 
 

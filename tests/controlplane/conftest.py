@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from choreo_dp.controlplane.context import TunnelSettings
-from choreo_dp.controlplane.server import ControlPlaneServer, ServerConfig
+from choreo_cp.context import TunnelSettings
+from choreo_cp.server import ControlPlaneServer, ServerConfig
 from tests.controlplane.helpers import ADMIN_TOKEN
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from choreo_dp.tunnel import protocol as p
+from choreo_wire import protocol as p
+from tests import polling
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 FRAME_TIMEOUT = 5.0
@@ -48,18 +49,8 @@ async def put_app(
     return int(r.json()["revision"])
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float = 5.0, what: str = "condition"
-) -> None:
-    """Poll ``check`` until it is true or the deadline passes (no sleep-and-hope)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        if await check():
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        await asyncio.sleep(0.02)
+# the suite's one polling helper; everything here runs in-process, so polls are short
+eventually = partial(polling.eventually, timeout=5.0, interval=0.02)
 
 
 class RawAgent:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import httpx
 
-from choreo_dp.controlplane.server import ControlPlaneServer
-from choreo_dp.tunnel import protocol as p
+from choreo_cp.server import ControlPlaneServer
+from choreo_wire import protocol as p
 from tests.controlplane.conftest import make_server
 from tests.controlplane.helpers import ADMIN_TOKEN, ENV_SPEC, app_spec, put_app, put_env, register
 

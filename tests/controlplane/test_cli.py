@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
+from choreo_cp.server import ControlPlaneServer
+from choreo_cp.store import SCHEMA_VERSION, Store
 from choreo_dp.cli.main import main
-from choreo_dp.controlplane.server import ControlPlaneServer
 from tests.controlplane.helpers import ADMIN_TOKEN, eventually
 
 MANIFESTS = """\
@@ -176,3 +179,18 @@ async def test_serve_bad_config_is_one_line_exit_2(
     assert proc.returncode == 2
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
+
+
+async def test_serve_refuses_a_database_from_a_newer_control_plane(tmp_path: Path, token_file: Path) -> None:
+    db = tmp_path / "cp.db"
+    async with Store(db) as store:
+        await store.register_dataplane("dp1")
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    proc = await _serve(
+        "--listen", f"127.0.0.1:{_free_port()}", "--db", str(db), "--admin-token-file", str(token_file)
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 2
+    last = err.decode().strip().splitlines()[-1]
+    assert last.startswith(f"choreo-dp: error: --db {db}: schema version {SCHEMA_VERSION + 1} is newer"), last

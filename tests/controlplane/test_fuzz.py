@@ -11,9 +11,9 @@ import httpx
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from choreo_dp.controlplane.api import create_app
-from choreo_dp.controlplane.context import ControlPlane
-from choreo_dp.controlplane.store import Store
+from choreo_cp.api import create_app
+from choreo_cp.context import ControlPlane
+from choreo_cp.store import Store
 from tests.controlplane.helpers import ADMIN_TOKEN, app_spec
 
 json_leaf = (

@@ -18,10 +18,10 @@ import httpx
 import pytest
 import websockets
 
-from choreo_dp.controlplane import reports
-from choreo_dp.controlplane.context import TunnelSettings
-from choreo_dp.controlplane.server import ControlPlaneServer
-from choreo_dp.tunnel import protocol as p
+from choreo_cp import reports
+from choreo_cp.context import TunnelSettings
+from choreo_cp.server import ControlPlaneServer
+from choreo_wire import protocol as p
 from tests.controlplane.conftest import make_server
 from tests.controlplane.helpers import ADMIN_TOKEN, RawAgent, app_spec, eventually, put_app, put_env, register
 

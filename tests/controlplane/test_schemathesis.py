@@ -31,11 +31,11 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from choreo_dp.controlplane.api import create_app
-from choreo_dp.controlplane.context import ControlPlane
-from choreo_dp.controlplane.server import ControlPlaneServer
-from choreo_dp.controlplane.store import Store
-from choreo_dp.tunnel import protocol as p
+from choreo_cp.api import create_app
+from choreo_cp.context import ControlPlane
+from choreo_cp.server import ControlPlaneServer
+from choreo_cp.store import Store
+from choreo_wire import protocol as p
 from tests.controlplane.conftest import make_server
 from tests.controlplane.helpers import ADMIN_TOKEN, app_spec
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from choreo_dp.controlplane.store import LogGap, Store, StoreError, hash_token
-from choreo_dp.tunnel import protocol as p
+from choreo_cp.store import LogGap, Store, StoreError, hash_token
+from choreo_wire import protocol as p
 
 ENV = {"production": False}
 

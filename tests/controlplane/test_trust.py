@@ -18,9 +18,9 @@ import httpx
 import pytest
 import websockets
 
+from choreo_cp.server import ControlPlaneServer
 from choreo_dp.api import ChoreoAppSpec
-from choreo_dp.controlplane.server import ControlPlaneServer
-from choreo_dp.tunnel import protocol as p
+from choreo_wire import protocol as p
 from tests.controlplane.helpers import (
     ADMIN_TOKEN,
     FRAME_TIMEOUT,
@@ -115,7 +115,7 @@ async def test_finding3_an_object_the_tunnel_cannot_carry_is_refused_with_the_li
 
 def test_the_size_the_api_checks_is_the_size_the_sender_sends() -> None:
     """put_frame_bytes measures the desired.put the session sends, with the longest numbers."""
-    from choreo_dp.controlplane.tunnel import put_frame_bytes
+    from choreo_cp.tunnel import put_frame_bytes
 
     worst = 2**63 - 1
     for target in (2_000, p.MAX_FRAME_BYTES - 20_000, MAX_BODY_BYTES - 1):

@@ -11,8 +11,8 @@ import pytest
 import trustme
 import websockets
 
-from choreo_dp.controlplane.server import ControlPlaneServer
-from choreo_dp.tunnel import protocol as p
+from choreo_cp.server import ControlPlaneServer
+from choreo_wire import protocol as p
 from tests.controlplane.conftest import make_server
 from tests.controlplane.helpers import (
     ADMIN_TOKEN,
@@ -388,7 +388,7 @@ async def test_server_shutdown_sends_goaway(server: ControlPlaneServer, http: ht
 
 
 async def test_silent_agents_are_dropped(tmp_path: Path) -> None:
-    from choreo_dp.controlplane.context import TunnelSettings
+    from choreo_cp.context import TunnelSettings
 
     server = make_server(
         tmp_path / "cp.db", tunnel=TunnelSettings(hello_timeout=0.3, idle_timeout=0.6, heartbeat_interval=0.2)

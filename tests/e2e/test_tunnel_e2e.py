@@ -20,11 +20,11 @@ import httpx
 import pytest
 import trustme
 
+from choreo_cp.server import ControlPlaneServer
+from choreo_dp.agent.agent import Agent, AgentConfig
+from choreo_dp.agent.cluster import ANN_REVISION
 from choreo_dp.api.environment import default_namespace
-from choreo_dp.controlplane.server import ControlPlaneServer
 from choreo_dp.kube import resources as R
-from choreo_dp.tunnel.agent import Agent, AgentConfig
-from choreo_dp.tunnel.cluster import ANN_REVISION
 from tests.controlplane.conftest import make_server
 from tests.controlplane.helpers import ADMIN_TOKEN, eventually
 from tests.fixtures.kube import RealClusterProcess

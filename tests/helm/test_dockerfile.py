@@ -93,6 +93,24 @@ def test_builder_builds_the_project_wheel_with_everything_it_needs() -> None:
     assert re.search(rf"pip install --no-index --find-links /wheels {re.escape(PROJECT['name'])}\b", run), run
 
 
+def test_image_holds_only_the_data_plane() -> None:
+    """The wheel the image installs holds choreo_dp and the wire protocol, without any extra: the
+    control plane, the emulated API and the sandbox (and FastAPI, uvicorn, jsonpatch) stay out."""
+    run = " ".join(BUILDER.all("RUN"))
+    removed = re.search(r"rm -rf ((?:src/\S+\s+)+)&& pip wheel ", run)
+    assert removed, run
+    packages = {p.name for p in (REPO / "src").iterdir() if (p / "__init__.py").is_file()}
+    assert {path.removeprefix("src/") for path in removed.group(1).split()} == packages - {
+        "choreo_dp",
+        "choreo_wire",
+    }
+    install = re.search(r"pip install --no-index --find-links /wheels (\S+)", run)
+    assert install and install.group(1) == PROJECT["name"], "the image installs no extra"
+    base = " ".join(PROJECT["dependencies"]).lower()
+    for library in ("fastapi", "uvicorn", "httpx", "jsonpatch", "jsonschema", "kubernetes"):
+        assert library not in base, library
+
+
 def test_final_stage_is_non_root_without_build_tools() -> None:
     users = FINAL.all("USER")
     assert users == ["65532:65532"]

@@ -23,7 +23,7 @@ from tests.helm.chart import FULLNAME, REPO, SCENARIOS, one
 from tests.helm.test_chart import grants
 
 SRC = REPO / "src" / "choreo_dp"
-AGENT_CODE = [SRC / "tunnel", SRC / "cli" / "agent_cmd.py"]
+AGENT_CODE = [SRC / "agent", SRC / "cli" / "agent_cmd.py"]
 OPERATOR_CODE = [SRC / "operator", SRC / "secrets", SRC / "render", SRC / "cli" / "operator_cmd.py"]
 
 KNOWN = {name: value for name, value in vars(R).items() if isinstance(value, R.Resource)}
@@ -244,7 +244,8 @@ def _needs(component: str) -> tuple[tuple[Key, frozenset[str]], ...]:
             needs.setdefault((group, plural), set()).update({"list", "watch"})
         for res in (R.ENVIRONMENTS, R.CHOREOAPPS):
             needs.setdefault(key_of(res), set()).update({"list", "watch"})
-        if OWNER_BLOCKS_DELETION in "".join(f.read_text() for f in python_files([SRC / "render"])):
+        owner_code = python_files([SRC / "render", SRC / "api" / "vocabulary.py"])
+        if OWNER_BLOCKS_DELETION in "".join(f.read_text() for f in owner_code):
             # Children name their Environment / ChoreoApp with blockOwnerDeletion: true. Where the
             # OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift), that needs
             # update on the owner's finalizers subresource. Not on by default, so not provable here.

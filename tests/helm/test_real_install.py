@@ -24,7 +24,6 @@ import os
 import re
 import ssl
 import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -36,19 +35,20 @@ import pytest
 import trustme
 import yaml
 
-from choreo_dp.controlplane.server import ControlPlaneServer
+from choreo_cp.server import ControlPlaneServer
+from choreo_dp.agent.agent import Agent, AgentConfig
 from choreo_dp.kube import ApiError, KubeClient
 from choreo_dp.kube import resources as R
 from choreo_dp.operator import OperatorConfig, run_operator
-from choreo_dp.sandbox.cluster import find_binaries
 from choreo_dp.secrets import SecretSyncer
-from choreo_dp.tunnel.agent import Agent, AgentConfig
+from choreo_sandbox.cluster import find_binaries
 from tests.controlplane.conftest import make_server
 from tests.controlplane.helpers import ADMIN_TOKEN
 from tests.fakes_azure import FakeEntra, FakeKeyVault, FakePki, loopback_localhost_names
 from tests.fixtures.kube import RealClusterProcess, kubectl_runner
 from tests.helm.chart import CHART, helm_binary, render
 from tests.helm.test_rbac_vs_code import Needs, code_needs
+from tests.polling import eventually, eventually_blocking
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -143,16 +143,15 @@ def wait_for_admission_policy(kubectl: Kubectl, timeout: float = 30) -> None:
     """The apiserver enforces a new ValidatingAdmissionPolicy once its policy cache has loaded it,
     shortly after the create (a real apiserver behaviour: for a moment after `helm install` the
     policy is not in effect). Probe with a server-side dry run as the operator until it refuses."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def refused() -> str | None:
         got = kubectl(
             "annotate", "namespace", "kube-public", "helmreal/probe=1", "--dry-run=server",
             f"--as=system:serviceaccount:{NAMESPACE}:{SA['operator']}", check=False,
         )  # fmt: skip
-        if POLICY_TELL in got.stderr:
-            return
-        assert time.monotonic() < deadline, f"admission policy not in effect after {timeout}s: {got}"
-        time.sleep(0.2)
+        return got.stderr if POLICY_TELL in got.stderr else None
+
+    eventually_blocking(refused, "the admission policy in effect", timeout=timeout, interval=0.2)
 
 
 def install_gateway_api(kubectl: Kubectl) -> None:
@@ -562,16 +561,8 @@ def no_guard() -> None:
 async def until(
     probe: Callable[[], Any], what: str, timeout: float = 60.0, guard: Callable[[], None] = no_guard
 ) -> Any:
-    """Poll ``probe``; ``guard`` raises as soon as waiting is pointless (a request was refused)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        guard()
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout}s; last: {last!r}")
+    """The suite's polling helper; ``guard`` raises as soon as waiting is pointless (a request was refused)."""
+    return await eventually(probe, what, timeout=timeout, interval=0.2, guard=guard)
 
 
 @contextlib.asynccontextmanager

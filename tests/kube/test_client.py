@@ -107,7 +107,7 @@ async def test_watch_streams_changes_and_reports_gone(kube_faulty: FaultyApi) ->
 # when it was filled: no fast test makes a version expire there deterministically.
 @pytest.mark.emulator_only
 async def test_watch_from_a_compacted_version_is_gone(tmp_path: Path) -> None:
-    from choreo_dp.sandbox.apiserver import ApiServer
+    from kube_emulator import ApiServer
 
     async with ApiServer(history_size=5) as srv:
         kube = await KubeClient.from_kubeconfig(srv.write_kubeconfig(tmp_path / "kc"))

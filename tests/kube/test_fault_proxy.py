@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from choreo_dp.kube.config import ConnectionConfig, from_kubeconfig
-from choreo_dp.sandbox.cluster.fault_proxy import FaultProxy, FaultProxyThread, RequestInfo, request_info
+from choreo_sandbox.cluster.fault_proxy import FaultProxy, FaultProxyThread, RequestInfo, request_info
 from tests.fixtures.kube import RealClusterProcess
 
 UPSTREAM_TOKEN = "upstream-token"

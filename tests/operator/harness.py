@@ -22,12 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
@@ -36,11 +36,12 @@ from choreo_dp.kube import resources as R
 from choreo_dp.kube.resources import Resource
 from choreo_dp.operator import OperatorConfig, run_operator
 from choreo_dp.operator.config import SecretsFactory
-from choreo_dp.sandbox.apiserver.faults import Faults
-from choreo_dp.sandbox.apiserver.server import ApiServer
-from choreo_dp.sandbox.cluster import find_binaries
-from choreo_dp.sandbox.cluster.fault_proxy import FaultProxy
-from choreo_dp.sandbox.cluster.workload_faults import set_pod_failure
+from choreo_sandbox.cluster import find_binaries
+from choreo_sandbox.cluster.fault_proxy import FaultProxy
+from choreo_sandbox.cluster.workload_faults import set_pod_failure
+from kube_emulator.faults import Faults
+from kube_emulator.server import ApiServer
+from tests import polling
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 TEST_MANAGER = "choreo-dp-tests"
@@ -49,7 +50,6 @@ GATEWAY_GROUP = "gateway.networking.k8s.io"
 # cluster runs through the namespace controller (discovery of every namespaced kind, a delete of
 # each, pods terminating through kwok): seconds, not the emulator's microseconds.
 CLEANUP_TIMEOUT = 180.0
-T = TypeVar("T")
 log = logging.getLogger("tests.operator")
 
 VALIDATING_ADMISSION_POLICIES = Resource(
@@ -69,19 +69,8 @@ _CLUSTER_RESOURCES = {
 }
 
 
-async def eventually(
-    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 20.0, interval: float = 0.1, what: str = ""
-) -> T:
-    """Poll ``probe`` until it returns something truthy; fail with the last value after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while True:
-        last = await probe()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}; last: {last!r}")
-        await asyncio.sleep(interval)
+# the suite's one polling helper, with the patience a real cluster needs
+eventually = partial(polling.eventually, timeout=20.0, interval=0.1)
 
 
 # --- installing things, idempotently (the real cluster is shared) -----------------------------

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from choreo_dp.kube import resources as R
-from choreo_dp.sandbox.cluster import RealCluster
+from choreo_sandbox.cluster import RealCluster
 from tests.operator.harness import (
     GATEWAY_GROUP,
     Cluster,

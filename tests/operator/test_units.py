@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from choreo_dp.api.choreoapp import ChoreoAppSpec
 from choreo_dp.operator.app_status import AppObservation, Refusal, compute_app_status
@@ -148,56 +147,3 @@ def test_running_image_prefers_digest() -> None:
     assert running_image("r/x:1", "docker-pullable://r/x@sha256:abc") == "r/x@sha256:abc"
     assert running_image("host:5000/x:1", "sha256:abc") == "host:5000/x@sha256:abc"
     assert running_image("r/x:1", None) == "r/x:1"
-
-
-def _deployment(
-    generation: int, replicas: int, ready: int, labels: dict[str, str] | None = None
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {
-            "name": "web",
-            "namespace": "ns",
-            "uid": "d1",
-            "generation": generation,
-            "labels": labels or {"choreo.dev/app": "web", "app.kubernetes.io/managed-by": "choreo-dp"},
-            "ownerReferences": [{"uid": "a1", "controller": True}],
-        },
-        "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "c", "image": "i:1"}]}}},
-        "status": {"observedGeneration": generation, "readyReplicas": ready},
-    }
-
-
-def test_deployment_events_enqueue_only_when_status_facts_or_sync_change() -> None:
-    import json
-
-    from choreo_dp.operator.config import OperatorConfig
-    from choreo_dp.operator.controller import Controller
-    from choreo_dp.operator.keys import AppKey, ChildKey
-    from choreo_dp.render import ClusterCapabilities
-
-    ctl = Controller(None, OperatorConfig(), ClusterCapabilities(gateway_api=False), None)  # type: ignore[arg-type]
-    owner = AppKey("ns", "web")
-    body = _deployment(1, 2, 0)
-    key = ChildKey.of(body)
-    ctl.state.desired[key] = json.dumps({"spec": {"replicas": 2}}, sort_keys=True)
-
-    ctl.on_child_event("ADDED", body)
-    assert len(ctl.queue) == 1 and ctl.state.in_sync(key, owner)
-    ctl.queue._queued.clear()  # reset between steps
-
-    ctl.on_child_event("MODIFIED", _deployment(1, 2, 0))  # nothing the status reads moved
-    assert len(ctl.queue) == 0
-    ctl.on_child_event("MODIFIED", _deployment(1, 2, 1))  # a replica became ready
-    assert len(ctl.queue) == 1
-    ctl.queue._queued.clear()
-
-    # Scaled by hand: the generation moves, the drift check runs again and finds it out of sync.
-    ctl.on_child_event("MODIFIED", _deployment(2, 5, 1))
-    assert not ctl.state.in_sync(key, owner)
-    assert len(ctl.queue) == 1
-    ctl.queue._queued.clear()
-    # Same facts again: still out of sync, so still worth a reconcile (the repair).
-    ctl.on_child_event("MODIFIED", _deployment(2, 5, 1))
-    assert len(ctl.queue) == 1

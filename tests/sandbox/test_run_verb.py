@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from choreo_dp.sandbox.demo import KUBE_MODES, Sandbox
+from choreo_sandbox.demo import KUBE_MODES, Sandbox
 
 
 class RunVerbSandbox(Sandbox):

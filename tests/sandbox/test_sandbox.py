@@ -105,7 +105,7 @@ def test_sandbox_once_runs_the_whole_loop_and_cleans_up(kube: str, binaries: boo
     _assert_clean(directory)
 
     # The control plane's store survives: restart it alone and ask it for the app's last reported status.
-    from choreo_dp.sandbox.children import free_port
+    from choreo_sandbox.children import free_port
 
     port = free_port()
     cp = subprocess.Popen(

@@ -18,7 +18,7 @@ import yaml
 
 from choreo_dp.kube import ApiError, KubeClient
 from choreo_dp.kube import resources as R
-from choreo_dp.sandbox.demo import Sandbox
+from choreo_sandbox.demo import Sandbox
 from tests.fixtures.kube import RealClusterProcess
 from tests.tunnel.conftest import eventually
 
@@ -31,7 +31,7 @@ async def sandbox(kube_faulty_target: RealClusterProcess | None, tmp_path: Path)
     sb = Sandbox(tmp_path / "sb")
     sb.directory.mkdir(parents=True)
     if kube_faulty_target is None:
-        from choreo_dp.sandbox.apiserver import ApiServer
+        from kube_emulator import ApiServer
 
         async with ApiServer(port=0) as srv:
             srv.write_kubeconfig(sb.kubeconfig)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from choreo_dp.api import Environment
 from choreo_dp.kube import resources as R
+from tests import polling
 
 
 class KubeLike(Protocol):
@@ -63,16 +61,7 @@ def decoded(secret: dict[str, Any]) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0, what: str = "") -> Any:
-    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.05)
+eventually = polling.eventually  # the suite's one polling helper
 
 
 async def ensure_namespace(kube: KubeLike, name: str) -> None:

@@ -113,7 +113,7 @@ async def kube(secrets_kube_target: RealClusterProcess | None, tmp_path: Path) -
     (which garbage-collects by owner at once), or the session's real cluster (whose garbage
     collector is kube-controller-manager's: asynchronous, and blind to a new kind until its
     next discovery sync, hence the wait on first use)."""
-    from choreo_dp.sandbox.apiserver import ApiServer
+    from kube_emulator import ApiServer
 
     real = secrets_kube_target
     if real is None:

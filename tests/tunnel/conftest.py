@@ -9,12 +9,12 @@ the fixture deletes everything carrying the test's token at teardown.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,10 @@ from choreo_dp.kube import ApiError, KubeClient
 from choreo_dp.kube import resources as R
 from choreo_dp.kube.backoff import Backoff
 from choreo_dp.kube.config import ConnectionConfig
-from choreo_dp.sandbox.apiserver.faults import Faults
-from choreo_dp.sandbox.cluster.fault_proxy import FaultProxy
-from choreo_dp.tunnel import protocol as P
+from choreo_sandbox.cluster.fault_proxy import FaultProxy
+from choreo_wire import protocol as P
+from kube_emulator.faults import Faults
+from tests import polling
 from tests.fixtures.kube import RealClusterProcess
 from tests.tunnel.fakecp import FakeControlPlane
 
@@ -37,21 +38,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD_MANAGER = "choreo-dp-tests"
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, what: str = ""
-) -> None:
-    """Poll until ``check`` is true; fail with ``what`` at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.02)
+# the suite's one polling helper (probes here are mostly sync reads of the fake control plane)
+eventually = partial(polling.eventually, timeout=10.0, interval=0.02)
 
 
 @dataclass(frozen=True)
@@ -141,7 +129,7 @@ async def apiserver(
     """The test's Kubernetes API with the CRDs and the namespace of ``names.env`` in place."""
     async with contextlib.AsyncExitStack() as stack:
         if kube_faulty_target is None:
-            from choreo_dp.sandbox.apiserver import ApiServer
+            from kube_emulator import ApiServer
 
             srv = await stack.enter_async_context(ApiServer(port=0))
             api = TunnelApi("emulator", srv.write_kubeconfig(tmp_path / "kubeconfig"), srv)

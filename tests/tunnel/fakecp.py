@@ -1,4 +1,4 @@
-"""A small control plane peer for agent tests, speaking choreo_dp.tunnel.protocol over websockets.serve.
+"""A small control plane peer for agent tests, speaking choreo_wire.protocol over websockets.serve.
 
 It keeps desired state and a change log in memory (epoch, revision, log floor), chooses the mode
 like the real one must, streams incremental changes with the prev chain, and runs the bucketed
@@ -21,7 +21,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from choreo_dp.tunnel import protocol as P
+from choreo_wire import protocol as P
 
 
 @dataclass

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
+from choreo_dp.agent.agent import Agent, AgentConfig, ConfigError, tunnel_url
+from choreo_dp.agent.cluster import ANN_ORPHANED, ANN_REVISION, ANN_SPEC_HASH, LABEL_DATAPLANE
 from choreo_dp.kube import KubeClient
 from choreo_dp.kube import resources as R
-from choreo_dp.tunnel import protocol as P
-from choreo_dp.tunnel.agent import Agent, AgentConfig, ConfigError, tunnel_url
-from choreo_dp.tunnel.cluster import ANN_ORPHANED, ANN_REVISION, ANN_SPEC_HASH, LABEL_DATAPLANE
+from choreo_wire import protocol as P
 from tests.tunnel.conftest import Faulty, Names, eventually
 from tests.tunnel.fakecp import FakeControlPlane, frame_text
 
@@ -537,7 +537,7 @@ async def test_dead_link_is_detected_by_ping_timeout(
 async def test_slow_kubernetes_api_with_429s_converges_with_bounded_queues(
     faulty: Faulty, fake_cp: FakeControlPlane, token_file: Path, tls: dict[str, Any], names: Names
 ) -> None:
-    from choreo_dp.tunnel.session import OUTQ_FRAMES
+    from choreo_dp.agent.session import OUTQ_FRAMES
 
     await seed(fake_cp, 1, names)
     window = 4
@@ -611,7 +611,7 @@ async def test_invalid_spec_and_unknown_environment_are_nacked_for_good(
 
 
 async def test_inventory_is_listed_in_pages(kube: KubeClient, names: Names) -> None:
-    from choreo_dp.tunnel.cluster import list_pages
+    from choreo_dp.agent.cluster import list_pages
 
     for i in range(5):
         await kube.create(

@@ -14,12 +14,12 @@ import httpx
 import pytest
 import trustme
 
-from choreo_dp.controlplane.context import TunnelSettings
-from choreo_dp.controlplane.server import ControlPlaneServer, ServerConfig
+from choreo_cp.context import TunnelSettings
+from choreo_cp.server import ControlPlaneServer, ServerConfig
+from choreo_dp.agent.agent import Agent, AgentConfig
+from choreo_dp.agent.cluster import ANN_ORPHANED
 from choreo_dp.kube import KubeClient
 from choreo_dp.kube import resources as R
-from choreo_dp.tunnel.agent import Agent, AgentConfig
-from choreo_dp.tunnel.cluster import ANN_ORPHANED
 from tests.tunnel.conftest import Names, eventually
 
 pytestmark = pytest.mark.timeout(90)

@@ -1,4 +1,4 @@
-"""The agent's pure refusal rules (choreo_dp.tunnel.guards)."""
+"""The agent's pure refusal rules (choreo_dp.agent.guards)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from choreo_dp.tunnel import guards as G
+from choreo_dp.agent import guards as G
 
 
 @pytest.fixture(autouse=True)

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from choreo_dp.agent import metrics as M
+from choreo_dp.agent.cluster import ANN_ORPHANED, LABEL_DATAPLANE, LABEL_ENVIRONMENT
 from choreo_dp.kube import KubeClient
 from choreo_dp.kube import resources as R
-from choreo_dp.tunnel import metrics as M
-from choreo_dp.tunnel import protocol as P
-from choreo_dp.tunnel.cluster import ANN_ORPHANED, LABEL_DATAPLANE, LABEL_ENVIRONMENT
+from choreo_wire import protocol as P
 from tests.tunnel.conftest import Names, eventually
 from tests.tunnel.fakecp import FakeControlPlane, Store
 from tests.tunnel.test_agent import app_spec, apps, config, converged, env_spec, running, seed
@@ -72,8 +72,13 @@ async def create_namespace(kube: KubeClient, name: str) -> None:
 
 
 def frames_in(msg_type: str) -> float:
-    value: float = M.FRAMES_IN.labels(msg_type)._value.get()
-    return value
+    """The counter read through its public ``collect()`` (a type never received counts 0)."""
+    return sum(
+        sample.value
+        for metric in M.FRAMES_IN.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels == {"type": msg_type}
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,7 +484,7 @@ async def test_a_flood_of_puts_behind_a_stuck_change_keeps_memory_bounded(
         await eventually(done, timeout=60, what="the flood processed once the head is written")
     assert peak["open"] <= limit
     assert peak["tasks"] <= window and peak["early"] == 0
-    from choreo_dp.tunnel.session import OUTQ_FRAMES
+    from choreo_dp.agent.session import OUTQ_FRAMES
 
     assert peak["outq"] <= OUTQ_FRAMES
     assert len(await apps(kube, names.ns)) == flood

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from choreo_dp.tunnel import protocol as P
+from choreo_dp.agent import resync as R
+from choreo_wire import protocol as P
 
 SPEC = {"environment": "dev", "project": "p", "type": "service", "image": "r.io/a:1"}
 
@@ -199,13 +200,13 @@ def test_choose_mode() -> None:
     )
 
 
-def _local(apps: int, envs: int = 1) -> dict[str, P.LocalItem]:
-    out = {P.app_key("dev", f"a{i}"): P.LocalItem("ChoreoApp", "h") for i in range(apps)}
-    out.update({P.environment_key(f"e{i}"): P.LocalItem("Environment", "h") for i in range(envs)})
+def _local(apps: int, envs: int = 1) -> dict[str, R.LocalItem]:
+    out = {P.app_key("dev", f"a{i}"): R.LocalItem("ChoreoApp", "h") for i in range(apps)}
+    out.update({P.environment_key(f"e{i}"): R.LocalItem("Environment", "h") for i in range(envs)})
     return out
 
 
-def _plan(local: dict[str, P.LocalItem], remote: set[str], **kw: object) -> P.ResyncPlan:
+def _plan(local: dict[str, R.LocalItem], remote: set[str], **kw: object) -> R.ResyncPlan:
     args: dict[str, object] = {
         "compared_buckets": None,
         "buckets": 16,
@@ -216,7 +217,7 @@ def _plan(local: dict[str, P.LocalItem], remote: set[str], **kw: object) -> P.Re
         "cp_total": max(len(remote), 1),
     }
     args.update(kw)
-    return P.plan_resync(local, remote, **args)  # type: ignore[arg-type]
+    return R.plan_resync(local, remote, **args)  # type: ignore[arg-type]
 
 
 def test_planner_deletes_small_consistent_differences() -> None:
@@ -253,7 +254,7 @@ def test_planner_mass_deletion_threshold() -> None:
 
 def test_planner_keeps_orphans_held_and_respects_buckets() -> None:
     local = _local(10)
-    local[P.app_key("dev", "a0")] = P.LocalItem("ChoreoApp", "h", orphaned=True)
+    local[P.app_key("dev", "a0")] = R.LocalItem("ChoreoApp", "h", orphaned=True)
     remote = set(local) - {P.app_key("dev", "a0"), P.app_key("dev", "a1")}
     plan = _plan(local, remote)
     assert plan.deletes == [P.app_key("dev", "a1")]  # a0 stays an orphan, not deleted

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from choreo_dp.tunnel import protocol as P
-from choreo_dp.tunnel.stream import ChainBroken, ChangeStream
+from choreo_dp.agent.stream import ChainBroken, ChangeStream
+from choreo_wire import protocol as P
 
 
 def put(rev: int, prev: int | None, key: str = "Environment/dev") -> P.DesiredPut:

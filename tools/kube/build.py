@@ -8,7 +8,7 @@ Each subdirectory of tools/kube is a Go module that pins one upstream project (K
 named after the Kubernetes release and a hash of every go.mod/go.sum here plus this script's
 build recipe, so changing a pin rebuilds and an unchanged tree reuses the binaries forever.
 
-On success ``<cache>/current`` names the bin directory; ``choreo_dp.sandbox.cluster`` reads it
+On success ``<cache>/current`` names the bin directory; ``choreo_sandbox.cluster`` reads it
 (or ``CHOREO_DP_KUBE_BIN``) so nothing else needs to know the hash.  Nothing here is committed.
 
 Assets that are not binaries live beside ``bin``: kwok's CRDs and stages (``kwok/``), and the

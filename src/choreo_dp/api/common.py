@@ -13,9 +13,10 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-GROUP = "choreo.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+# re-exported for the models here; the vocabulary module defines them
+from choreo_dp.api.vocabulary import API_VERSION as API_VERSION
+from choreo_dp.api.vocabulary import GROUP as GROUP
+from choreo_dp.api.vocabulary import VERSION as VERSION
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_LABEL_RE = re.compile(DNS1123_LABEL)

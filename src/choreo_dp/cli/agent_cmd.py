@@ -38,8 +38,8 @@ def agent_config(args: argparse.Namespace) -> Any:
     """Validate the flags into an AgentConfig; UsageError (exit 2) on anything wrong."""
     import os
 
-    from choreo_dp.tunnel.agent import AgentConfig, ConfigError, tunnel_url
-    from choreo_dp.tunnel.guards import default_protected_namespaces
+    from choreo_dp.agent.agent import AgentConfig, ConfigError, tunnel_url
+    from choreo_dp.agent.guards import default_protected_namespaces
 
     try:
         tunnel_url(args.control_plane, args.insecure)
@@ -79,10 +79,10 @@ def health_host() -> str:
 
 
 async def run_agent(args: argparse.Namespace, stop: asyncio.Event | None = None) -> int:
+    from choreo_dp.agent.agent import Agent
     from choreo_dp.kube import KubeClient
     from choreo_dp.observability import health
     from choreo_dp.observability.health import Liveness
-    from choreo_dp.tunnel.agent import Agent
 
     cfg = agent_config(args)
     stop = stop or asyncio.Event()

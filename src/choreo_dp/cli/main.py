@@ -1,24 +1,95 @@
-"""Entry point: builds the parser from one module per verb and dispatches."""
+"""Entry point: builds the parser from one module per verb and dispatches.
+
+The data plane's own verbs are imported here; the verbs of the other products (the reference control
+plane, the sandbox) are found through the ``choreo_dp.verbs`` entry points, so the data plane never
+imports them and an image holding only the data plane still knows their names: such a verb, or one
+whose extra's dependencies are not installed, fails with one line naming the extra to install.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, distribution, entry_points
+from typing import Any
 
 from choreo_dp import __version__
-from choreo_dp.cli import (
-    agent_cmd,
-    controlplane_cmd,
-    cp_cmd,
-    crds_cmd,
-    operator_cmd,
-    run_cmd,
-    sandbox_cmd,
-)
+from choreo_dp.cli import agent_cmd, crds_cmd, operator_cmd, run_cmd
 from choreo_dp.cli.common import EXIT_USAGE, OneLineParser, UsageError
 
-VERB_MODULES = (operator_cmd, agent_cmd, run_cmd, controlplane_cmd, cp_cmd, sandbox_cmd, crds_cmd)
+VERB_MODULES = (operator_cmd, agent_cmd, run_cmd, crds_cmd)
+DISTRIBUTION = "choreo-dp"
+ENTRY_POINT_GROUP = "choreo_dp.verbs"
+
+# verb -> the extra that installs it; also the verbs that must exist even when their package is absent.
+PLUGIN_EXTRAS = {"control-plane": "controlplane", "cp": "controlplane", "sandbox": "sandbox"}
+# the order of `choreo-dp --help`, as before the split.
+_ORDER = ("operator", "agent", "run", "control-plane", "cp", "sandbox", "crds")
+
+
+class MissingExtra(Exception):
+    def __init__(self, verb: str, missing: str | None) -> None:
+        extra = PLUGIN_EXTRAS.get(verb, verb)
+        what = f" ({missing!r} is not installed)" if missing else ""
+        super().__init__(f"{verb!r} needs the {extra!r} extra{what}: pip install 'choreo-dp[{extra}]'")
+
+
+def _missing_verb(sub: Any, verb: str, missing: str | None) -> None:
+    p = sub.add_parser(verb, help=f"(not installed: needs the {PLUGIN_EXTRAS.get(verb, verb)!r} extra)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    def handler(_: argparse.Namespace) -> int:
+        raise MissingExtra(verb, missing)
+
+    p.set_defaults(handler=handler)
+
+
+def _requirement_name(requirement: str) -> str:
+    match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement)
+    return re.sub(r"[-_.]+", "-", match.group(0)).lower() if match else requirement
+
+
+def missing_requirement(extra: str) -> str | None:
+    """The first distribution ``extra`` requires that is not installed (None: all are, or unknown).
+
+    Checked before a plug-in verb runs, so e.g. ``sandbox`` without its extra fails at once with the
+    extra's name instead of half-starting and failing in a child process."""
+    try:
+        requires = distribution(DISTRIBUTION).requires or []
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return None
+    todo, seen = [extra], set()
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        for req in requires:
+            spec, _, marker = req.partition(";")
+            if not re.search(rf"extra\s*==\s*['\"]{re.escape(current)}['\"]", marker):
+                continue
+            name = _requirement_name(spec)
+            if name == DISTRIBUTION:
+                nested = re.search(r"\[([^\]]*)\]", spec)
+                todo.extend(e.strip() for e in (nested.group(1) if nested else "").split(",") if e.strip())
+                continue
+            try:
+                distribution(name)
+            except PackageNotFoundError:
+                return name
+    return None
+
+
+def _plugin_registrars() -> dict[str, Callable[[Any], None] | ModuleNotFoundError]:
+    found: dict[str, Callable[[Any], None] | ModuleNotFoundError] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            found[ep.name] = ep.load()
+        except ModuleNotFoundError as exc:
+            found[ep.name] = exc
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,8 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"choreo-dp {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=OneLineParser)
     sub.required = True
-    for module in VERB_MODULES:
-        module.register(sub)
+    registrars: dict[str, Callable[[Any], None] | ModuleNotFoundError] = {
+        module.register.__module__.rsplit(".", 1)[-1].removesuffix("_cmd"): module.register
+        for module in VERB_MODULES
+    }
+    registrars.update(_plugin_registrars())
+    for verb in PLUGIN_EXTRAS:
+        registrars.setdefault(verb, ModuleNotFoundError(name=None))
+    for verb in sorted(registrars, key=lambda v: (_ORDER.index(v) if v in _ORDER else len(_ORDER), v)):
+        register = registrars[verb]
+        if isinstance(register, ModuleNotFoundError):
+            _missing_verb(sub, verb, register.name)
+        else:
+            register(sub)
     return parser
 
 
@@ -35,8 +117,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        code: int = args.handler(args)
-    except UsageError as exc:
+        extra = PLUGIN_EXTRAS.get(args.verb)
+        if extra is not None and (missing := missing_requirement(extra)) is not None:
+            raise MissingExtra(args.verb, missing)
+        try:
+            code: int = args.handler(args)
+        except ModuleNotFoundError as exc:
+            # a plug-in verb whose package is installed but not its extra's dependencies
+            if args.verb not in PLUGIN_EXTRAS:
+                raise
+            raise MissingExtra(args.verb, exc.name) from None
+    except (UsageError, MissingExtra) as exc:
         sys.stderr.write(f"choreo-dp: error: {exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:

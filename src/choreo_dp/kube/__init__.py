@@ -5,5 +5,17 @@ from choreo_dp.kube.backoff import Backoff
 from choreo_dp.kube.client import KubeClient
 from choreo_dp.kube.errors import ApiError, ConfigError
 from choreo_dp.kube.resources import Resource
+from choreo_dp.kube.watch import Changed, Listed, WatchEvent, WatchStream
 
-__all__ = ["ApiError", "Backoff", "ConfigError", "KubeClient", "Resource", "resources"]
+__all__ = [
+    "ApiError",
+    "Backoff",
+    "Changed",
+    "ConfigError",
+    "KubeClient",
+    "Listed",
+    "Resource",
+    "WatchEvent",
+    "WatchStream",
+    "resources",
+]

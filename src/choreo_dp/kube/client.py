@@ -12,7 +12,8 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+import ssl
+from collections.abc import AsyncGenerator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -21,7 +22,9 @@ import aiohttp
 from choreo_dp.kube import config as kubeconfig
 from choreo_dp.kube import resources as R
 from choreo_dp.kube.backoff import Backoff
-from choreo_dp.kube.errors import ApiError
+from choreo_dp.kube.errors import ApiError, CredentialError
+from choreo_dp.kube.execauth import ExecCredential
+from choreo_dp.kube.lines import MAX_LINE, split_lines
 from choreo_dp.kube.resources import Resource
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,8 @@ _CONTENT_TYPES: dict[str, str] = {
     "strategic": "application/strategic-merge-patch+json",
     "apply": "application/apply-patch+yaml",
 }
+# client-go's pager default.
+LIST_PAGE_SIZE = 500
 _IDEMPOTENT = frozenset({"GET", "PUT", "PATCH", "DELETE", "HEAD"})
 
 
@@ -61,6 +66,7 @@ class KubeClient:
         backoff: Backoff = Backoff(),
         request_timeout: float = 30.0,
         max_connections: int = 64,
+        max_watch_event: int = MAX_LINE,
         user_agent: str = "choreo-dp",
     ) -> None:
         self.config = cfg
@@ -68,9 +74,11 @@ class KubeClient:
         self.backoff = backoff
         self.request_timeout = request_timeout
         self._max_connections = max_connections
+        self.max_watch_event = max_watch_event
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
         self._served_cache: dict[str, bool] = {}
+        self._exec_ssl: tuple[ExecCredential, ssl.SSLContext | bool] | None = None
 
     @classmethod
     async def from_kubeconfig(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> KubeClient:
@@ -89,6 +97,7 @@ class KubeClient:
             self._session = aiohttp.ClientSession(
                 base_url=self.config.server,
                 connector=connector,
+                proxy=self.config.proxy_url,
                 headers={"User-Agent": self._user_agent, "Accept": "application/json"},
             )
         return self._session
@@ -102,9 +111,34 @@ class KubeClient:
                 os.unlink(name)
         self.config._tempfiles.clear()
 
-    def _auth_headers(self) -> dict[str, str]:
-        token = self.config.current_token()
-        return {"Authorization": f"Bearer {token}"} if token else {}
+    async def _auth(self) -> tuple[dict[str, str], dict[str, Any], ExecCredential | None]:
+        """Headers and per-request connection options for the next call, and the exec credential
+        they came from (to drop it if the API refuses it)."""
+        options: dict[str, Any] = {}
+        if self.config.tls_server_name and self.config.server.startswith("https://"):
+            options["server_hostname"] = self.config.tls_server_name
+        plugin = self.config.exec_auth
+        if plugin is None:
+            token = self.config.current_token()
+            return ({"Authorization": f"Bearer {token}"} if token else {}), options, None
+        cred = await plugin.credential()
+        if cred.client_certificate_data:
+            # aiohttp keys pooled connections by their SSL context: a new certificate gets new ones.
+            if self._exec_ssl is None or self._exec_ssl[0] is not cred:
+                try:
+                    self._exec_ssl = (cred, self.config.ssl_context(cred))
+                except (ssl.SSLError, OSError) as exc:
+                    plugin.invalidate(cred)
+                    raise CredentialError(f"exec plugin's client certificate is unusable: {exc}") from None
+            options["ssl"] = self._exec_ssl[1]
+        return ({"Authorization": f"Bearer {cred.token}"} if cred.token else {}), options, cred
+
+    def _refused(self, status: int, cred: ExecCredential | None) -> bool:
+        """A 401 for an exec credential: forget it so the plugin runs again (client-go does too)."""
+        if status != 401 or cred is None or self.config.exec_auth is None:
+            return False
+        self.config.exec_auth.invalidate(cred)
+        return True
 
     async def request(
         self,
@@ -122,8 +156,9 @@ class KubeClient:
         data = None if body is None else json.dumps(body, separators=(",", ":"))
         may_retry_5xx = method in _IDEMPOTENT if retry is None else retry
         attempt = 0
+        reauthenticated = False
         while True:
-            headers = self._auth_headers()
+            headers, options, cred = await self._auth()
             if data is not None:
                 headers["Content-Type"] = content_type
             try:
@@ -134,6 +169,7 @@ class KubeClient:
                     data=data,
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(total=self.request_timeout),
+                    **options,
                 ) as resp:
                     payload = await resp.read()
                     if resp.status < 400:
@@ -141,6 +177,9 @@ class KubeClient:
                     error = self._error(resp.status, payload, resp.headers)
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 error = ApiError(503, "ConnectionError", f"{type(exc).__name__}: {exc}")
+            if self._refused(error.status, cred) and not reauthenticated:
+                reauthenticated = True
+                continue
             retryable = error.status == 429 or (error.status >= 500 and may_retry_5xx)
             if not retryable or attempt >= self.max_retries:
                 raise error
@@ -184,17 +223,45 @@ class KubeClient:
         namespace: str | None = None,
         label_selector: str | Mapping[str, str] | None = None,
         field_selector: str | None = None,
+        *,
+        page_size: int | None = LIST_PAGE_SIZE,
     ) -> tuple[list[dict[str, Any]], str]:
-        body = await self.request(
-            "GET",
-            res.path(namespace),
-            params={"labelSelector": _label_selector(label_selector), "fieldSelector": field_selector},
-        )
-        items: list[dict[str, Any]] = body.get("items") or []
+        """Every matching object and the list's resourceVersion, read in pages of ``page_size``.
+
+        Pages keep each response (and the API server's work per request) bounded, as client-go's
+        pager does. A continue token pins the first page's snapshot; once etcd has compacted it
+        the API answers 410, and then, like client-go, one unpaginated list at the latest version
+        is the only consistent answer left. ``page_size=None`` lists in one request.
+        """
+        base = {"labelSelector": _label_selector(label_selector), "fieldSelector": field_selector}
+        path = res.path(namespace)
+        items: list[dict[str, Any]] = []
+        rv: str | None = None
+        token: str | None = None
+        while True:
+            try:
+                body = await self.request(
+                    "GET", path, params={**base, "limit": page_size or None, "continue": token}
+                )
+            except ApiError as exc:
+                if not (exc.gone and token is not None):
+                    raise
+                log.info("listing %s: the continue token expired (%s), listing at once", res.plural, exc)
+                body = await self.request("GET", path, params=base)
+                items, rv, token = [], None, None
+            items.extend(body.get("items") or [])
+            meta = body.get("metadata") or {}
+            # Every page reports the snapshot's version on a real server; an emulated one may not
+            # pin it, and the first page's is then the one a watch can safely start from.
+            if rv is None:
+                rv = str(meta.get("resourceVersion", ""))
+            token = meta.get("continue") or None
+            if not token:
+                break
         for item in items:
             item.setdefault("apiVersion", res.api_version)
             item.setdefault("kind", res.kind)
-        return items, str(body.get("metadata", {}).get("resourceVersion", ""))
+        return items, rv
 
     async def create(
         self, res: Resource, body: dict[str, Any], namespace: str | None = None
@@ -279,7 +346,7 @@ class KubeClient:
         resource_version: str | None = None,
         timeout_seconds: int = 300,
         allow_bookmarks: bool = True,
-    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    ) -> AsyncGenerator[tuple[str, dict[str, Any]]]:
         """Yield (type, object) until the server ends the watch; ApiError(410) when too old."""
         session = self._ensure_session()
         params = {
@@ -291,12 +358,14 @@ class KubeClient:
         }
         clean = {k: v for k, v in params.items() if v}
         timeout = aiohttp.ClientTimeout(total=timeout_seconds + 30, sock_connect=self.request_timeout)
+        headers, options, cred = await self._auth()
         async with session.get(
-            res.path(namespace), params=clean, headers=self._auth_headers(), timeout=timeout
+            res.path(namespace), params=clean, headers=headers, timeout=timeout, **options
         ) as resp:
             if resp.status >= 400:
+                self._refused(resp.status, cred)
                 raise self._error(resp.status, await resp.read(), resp.headers)
-            async for line in resp.content:
+            async for line in split_lines(resp.content.iter_any(), self.max_watch_event):
                 if not line.strip():
                     continue
                 event = json.loads(line)

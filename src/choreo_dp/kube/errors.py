@@ -40,3 +40,18 @@ class ApiError(Exception):
 
 class ConfigError(Exception):
     """The kubeconfig (or in-cluster environment) cannot be used."""
+
+
+class WatchEventTooLarge(ApiError):
+    """A watch event longer than the client reads; resuming would meet it again, so relist."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(500, "WatchEventTooLarge", f"a watch event is longer than {limit} bytes")
+        self.limit = limit
+
+
+class CredentialError(ApiError):
+    """No credential to send: the kubeconfig's exec plugin failed (a 401 we give ourselves)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(401, "CredentialError", message)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -13,13 +13,11 @@ from choreo_dp.operator.app_status import AppObservation, Refusal, compute_app_s
 from choreo_dp.operator.children import apply_children, prune_children
 from choreo_dp.operator.env_reconciler import check_app_namespace, with_namespace
 from choreo_dp.operator.keys import AppKey, ChildKey
+from choreo_dp.operator.reconcile import DONE, ReconcileContext, Result
 from choreo_dp.operator.summaries import CronJobSummary, DeploymentSummary
 from choreo_dp.render import PolicyViolation, RenderError, check_app_policy, render_app
 from choreo_dp.render.endpoints import EndpointExposure
 from choreo_dp.render.labels import REVISION_ANNOTATION
-
-if TYPE_CHECKING:
-    from choreo_dp.operator.controller import Controller
 
 log = logging.getLogger("choreo_dp.operator.app")
 
@@ -52,19 +50,16 @@ def _revision(body: dict[str, Any]) -> int | None:
         return None
 
 
-async def reconcile(ctl: Controller, key: AppKey) -> float | None:
-    body = ctl.state.apps.get(key)
+async def reconcile(ctx: ReconcileContext, key: AppKey) -> Result:
+    body = ctx.cache.app(key)
     if body is None:
-        # Gone: its children go with it through ownerReferences; only our memory needs cleaning.
-        ctl.state.forget_owner(key)
-        ctl.clear_warning(key)
-        ctl.queue.discard(key)
-        if ctl.secrets is not None:
-            await ctl.secrets.forget_app(key.namespace, key.name)
-        return None
+        # Gone: its children go with it through ownerReferences (the controller forgets the rest).
+        if ctx.secrets is not None:
+            await ctx.secrets.forget_app(key.namespace, key.name)
+        return DONE
     meta = body["metadata"]
     if meta.get("deletionTimestamp"):
-        return None
+        return DONE
     obs = AppObservation(
         name=key.name,
         generation=int(meta.get("generation") or 0),
@@ -72,55 +67,55 @@ async def reconcile(ctl: Controller, key: AppKey) -> float | None:
         spec=None,
         previous_conditions=_previous_conditions(body),
     )
-    requeue = await _reconcile_workload(ctl, key, body, obs)
+    await _reconcile_workload(ctx, key, body, obs)
     status = compute_app_status(obs)
-    await _write_status(ctl, key, body, status)
+    await _write_status(ctx, key, body, status)
     if obs.refusal is not None and obs.refusal.phase in ("Failed", "Degraded"):
         if not obs.refusal.already_reported:
-            await ctl.warn_once(key, body, obs.refusal.reason, obs.refusal.message)
+            await ctx.recorder.warn(key, body, obs.refusal.reason, obs.refusal.message)
     elif status["phase"] == "Degraded":
-        await ctl.warn_once(key, body, "Degraded", str(status["message"]))
+        await ctx.recorder.warn(key, body, "Degraded", str(status["message"]))
     else:
-        ctl.clear_warning(key)
-    if requeue is None and status["phase"] in ("Progressing", "Degraded", "Pending"):
-        requeue = ctl.config.progressing_requeue_seconds
-    return requeue
+        ctx.recorder.clear(key)
+    if status["phase"] in ("Progressing", "Degraded", "Pending"):
+        return Result(requeue_after=ctx.config.progressing_requeue_seconds)
+    return DONE
 
 
 async def _reconcile_workload(
-    ctl: Controller, key: AppKey, body: dict[str, Any], obs: AppObservation
-) -> float | None:
+    ctx: ReconcileContext, key: AppKey, body: dict[str, Any], obs: AppObservation
+) -> None:
     try:
         app = ChoreoApp.model_validate(body)
     except ValidationError as exc:
         obs.refusal = Refusal("Failed", "InvalidSpec", _validation_message(exc))
-        return None
+        return
     obs.spec = app.spec
-    obs.deployment = ctl.state.deployments.get(key)
-    obs.cronjob = ctl.state.cronjobs.get(key)
-    obs.pods = list(ctl.state.pods.get(key, {}).values())
-    env_body = ctl.state.envs.get(app.spec.environment)
+    obs.deployment = ctx.cache.deployment(key)
+    obs.cronjob = ctx.cache.cronjob(key)
+    obs.pods = ctx.cache.pods(key)
+    env_body = ctx.cache.env(app.spec.environment)
     if env_body is None:
         obs.refusal = Refusal(
             "Pending", "EnvironmentNotFound", f"environment {app.spec.environment!r} not found"
         )
-        return None
+        return
     try:
         env = Environment.model_validate(env_body)
     except ValidationError:
         obs.refusal = Refusal(
             "Pending", "EnvironmentInvalid", f"environment {app.spec.environment!r} is invalid"
         )
-        return None
+        return
     if env_body["metadata"].get("deletionTimestamp"):
         obs.refusal = Refusal(
             "Pending", "EnvironmentTerminating", f"environment {env.metadata.name!r} is being deleted"
         )
-        return None
+        return
     # Before anything is written (the Key Vault sync writes a Secret): the app's namespace must be
     # one its Environment owns, as the namespace's mark says, not merely the one it names.
     uid = str(env_body["metadata"].get("uid") or "")
-    ns_problem = await check_app_namespace(ctl, env.metadata.name, uid, key.namespace)
+    ns_problem = await check_app_namespace(ctx, env.metadata.name, uid, key.namespace)
     violation: PolicyViolation | None
     if ns_problem is not None and key.namespace == env.target_namespace:
         violation = ns_problem
@@ -133,17 +128,17 @@ async def _reconcile_workload(
         )
     if violation is not None:
         obs.refusal = Refusal("Failed", violation.reason, violation.message)
-        return None
+        return
 
     secrets_hash: str | None = None
     # Also with no secrets: the sync then drops a Secret left from refs that were all removed.
-    if app.spec.secrets or ctl.secrets is not None:
-        if ctl.secrets is None:
+    if app.spec.secrets or ctx.secrets is not None:
+        if ctx.secrets is None:
             obs.refusal = Refusal(
                 "Degraded", "SecretsUnavailable", "Key Vault secret sync is not enabled in this operator"
             )
-            return None
-        result = await ctl.secrets.sync_app(body, env)
+            return
+        result = await ctx.secrets.sync_app(body, env)
         obs.secrets = result.condition
         if not result.ready:
             cond = result.condition
@@ -152,44 +147,42 @@ async def _reconcile_workload(
             obs.refusal = Refusal(
                 phase, cond.reason, f"secrets not synced: {cond.message}", already_reported=True
             )
-            return None
+            return
         secrets_hash = result.values_hash
 
     try:
-        rendered = render_app(app, env, ctl.caps, secrets_hash=secrets_hash)
+        rendered = render_app(app, env, ctx.caps, secrets_hash=secrets_hash)
     except RenderError as exc:
         obs.refusal = Refusal("Failed", exc.reason, exc.message)
-        return None
+        return
     obs.exposures = rendered.exposures
-    applied = await apply_children(ctl, key, rendered.manifests)
+    applied = await apply_children(ctx, key, rendered.manifests)
     for child_key, live in applied.items():
-        _note_applied(ctl, key, child_key, live)
+        _note_applied(ctx, key, child_key, live)
     keep = {ChildKey.of(m) for m in rendered.manifests}
     uid = str(body["metadata"].get("uid", ""))
-    await prune_children(ctl, key, uid, keep, APP_CHILD_KINDS)
+    await prune_children(ctx, key, uid, keep, APP_CHILD_KINDS)
     # Summaries may have been refreshed by the applies.
-    obs.deployment = (
-        ctl.state.deployments.get(key) if app.spec.type in ("service", "webhook", "worker") else None
-    )
-    obs.cronjob = ctl.state.cronjobs.get(key) if obs.deployment is None else None
-    obs.applied_generation = ctl.state.applied_generation.get(key, 0)
-    return None
+    obs.deployment = ctx.cache.deployment(key) if app.spec.type in ("service", "webhook", "worker") else None
+    obs.cronjob = ctx.cache.cronjob(key) if obs.deployment is None else None
+    obs.applied_generation = ctx.record.applied_generation.get(key, 0)
 
 
-def _note_applied(ctl: Controller, key: AppKey, child: ChildKey, live: dict[str, Any]) -> None:
+def _note_applied(ctx: ReconcileContext, key: AppKey, child: ChildKey, live: dict[str, Any]) -> None:
     # The watch event for this write may already have been handled (it races the HTTP answer), so
     # an answer never replaces a summary of the same object: it only records the generation our
     # write produced, which "Ready" must see observed.
     uid = str((live.get("metadata") or {}).get("uid", ""))
+    record = ctx.record
     if child.kind == "Deployment":
-        ctl.state.applied_generation[key] = int((live.get("metadata") or {}).get("generation") or 0)
-        current = ctl.state.deployments.get(key)
+        record.applied_generation[key] = int((live.get("metadata") or {}).get("generation") or 0)
+        current = ctx.cache.deployment(key)
         if current is None or current.uid != uid:
-            ctl.state.deployments[key] = DeploymentSummary.from_body(live)
+            record.deployment_answers[key] = DeploymentSummary.from_body(live)
     elif child.kind == "CronJob":
-        cron = ctl.state.cronjobs.get(key)
+        cron = ctx.cache.cronjob(key)
         if cron is None or cron.uid != uid:
-            ctl.state.cronjobs[key] = CronJobSummary.from_body(live)
+            record.cronjob_answers[key] = CronJobSummary.from_body(live)
 
 
 def _previous_conditions(body: dict[str, Any]) -> list[Condition]:
@@ -206,16 +199,17 @@ def _comparable(status: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in status.items() if v is not None and v != []}
 
 
-async def _write_status(ctl: Controller, key: AppKey, body: dict[str, Any], status: dict[str, Any]) -> None:
+async def _write_status(
+    ctx: ReconcileContext, key: AppKey, body: dict[str, Any], status: dict[str, Any]
+) -> None:
     current = body.get("status") or {}
     if _comparable(current) == _comparable(status):
         return
-    live = await ctl.kube.patch(
+    live = await ctx.kube.patch(
         R.CHOREOAPPS, key.name, {"status": status}, key.namespace, "merge", subresource="status"
     )
-    cached = ctl.state.apps.get(key)
-    if cached is not None and live:
-        cached["status"] = live.get("status") or status
+    if live:
+        ctx.record.status_answers[key] = live.get("status") or status
 
 
 __all__ = ["APP_CHILD_KINDS", "EndpointExposure", "reconcile"]

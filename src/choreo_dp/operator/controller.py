@@ -1,8 +1,10 @@
 """The level-triggered core: watch events feed a work queue; workers reconcile one key at a time.
 
-kopf delivers the events (see :mod:`choreo_dp.operator.handlers`); this class keeps the cache,
-decides what to enqueue, and runs the workers. Reconcilers live in ``app_reconciler`` and
-``env_reconciler``.
+kopf delivers the events (see :mod:`choreo_dp.operator.handlers`); this class keeps the cache (only
+watch events write it), decides with the named :mod:`~choreo_dp.operator.predicates` what to
+enqueue, and runs the workers. The reconcilers are registered by whoever builds the controller
+(:func:`choreo_dp.operator.manager.new_controller`); each gets a :class:`ReconcileContext`, never
+this object, and answers with a :class:`Result`.
 """
 
 from __future__ import annotations
@@ -12,22 +14,39 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from choreo_dp.kube import ApiError, KubeClient
+from choreo_dp.api.vocabulary import APP_LABEL
+from choreo_dp.kube import ApiError
 from choreo_dp.observability.health import Liveness
-from choreo_dp.operator import app_reconciler, env_reconciler
 from choreo_dp.operator.config import OperatorConfig, SecretsPort
 from choreo_dp.operator.drift import contains
 from choreo_dp.operator.keys import AppKey, ChildKey, EnvKey, ObjKey
 from choreo_dp.operator.metrics import RECONCILE_ERRORS, RECONCILE_TIME, RECONCILE_TOTAL
+from choreo_dp.operator.predicates import (
+    child_needs_repair,
+    deployment_status_changed,
+    generation_or_metadata_changed,
+    pod_changed,
+)
+from choreo_dp.operator.reconcile import (
+    EventRecorder,
+    K,
+    KubeApi,
+    ReconcileContext,
+    Reconciler,
+    Result,
+    TerminalError,
+)
 from choreo_dp.operator.state import (
-    State,
+    Cache,
+    CacheView,
+    Record,
     TrackedChild,
     controller_owner_uid,
     owner_key_of_child,
     sync_basis,
-    trigger_fingerprint,
     trim,
 )
 from choreo_dp.operator.summaries import CronJobSummary, DeploymentSummary, PodSummary
@@ -36,43 +55,53 @@ from choreo_dp.render import ClusterCapabilities
 
 log = logging.getLogger("choreo_dp.operator")
 
-COMPONENT = "choreo-dp-operator"
-
 
 class Controller:
     def __init__(
         self,
-        kube: KubeClient,
+        kube: KubeApi,
         config: OperatorConfig,
         caps: ClusterCapabilities,
         secrets: SecretsPort | None,
     ) -> None:
-        self.kube = kube
         self.config = config
         self.caps = caps
-        self.secrets = secrets
-        self.state = State()
+        self.cache = Cache()
+        self.record = Record()
         self.queue: WorkQueue[ObjKey] = WorkQueue("choreo")
         self.liveness = Liveness("operator", max_silence=config.liveness_max_silence)
+        self.recorder = EventRecorder(kube)
+        self.context = ReconcileContext(
+            kube=kube,
+            cache=CacheView(self.cache, self.record),
+            record=self.record,
+            config=config,
+            caps=caps,
+            secrets=secrets,
+            recorder=self.recorder,
+        )
+        self._reconcilers: dict[type, Callable[[ReconcileContext, Any], Awaitable[Result]]] = {}
         self._workers: list[asyncio.Task[None]] = []
-        self._env_full_apply: dict[str, float] = {}
-        self._warned: dict[ObjKey, str] = {}
+
+    def register(self, kind: type[K], reconciler: Reconciler[K]) -> None:
+        """Reconcile keys of type ``kind`` (AppKey, EnvKey) with ``reconciler``."""
+        self._reconcilers[kind] = reconciler
 
     # --- events (called from kopf handlers; must be quick and never raise) -------------------------
 
     def on_app_event(self, etype: str | None, body: dict[str, Any]) -> None:
         meta = body.get("metadata") or {}
         key = AppKey(meta.get("namespace", ""), meta.get("name", ""))
-        old = self.state.apps.get(key)
+        old = self.cache.apps.get(key)
+        self.record.observed_primary(key)
         if etype == "DELETED":
-            self.state.apps.pop(key, None)
+            self.cache.apps.pop(key, None)
+            self.cache.forget_owner(key)
             self.queue.add(key)
             self._touch_env((old or body).get("spec", {}).get("environment"))
             return
-        self.state.apps[key] = trim(body)
-        fp = trigger_fingerprint(body)
-        if self.state.fingerprints.get(key) != fp:
-            self.state.fingerprints[key] = fp
+        self.cache.apps[key] = trim(body)
+        if generation_or_metadata_changed(old, body):
             self.queue.add(key)
         old_spec = (old or {}).get("spec") or {}
         new_spec = body.get("spec") or {}
@@ -93,19 +122,20 @@ class Controller:
     def on_env_event(self, etype: str | None, body: dict[str, Any]) -> None:
         name = (body.get("metadata") or {}).get("name", "")
         key = EnvKey(name)
+        old = self.cache.envs.get(name)
+        self.record.observed_primary(key)
         if etype == "DELETED":
-            self.state.envs.pop(name, None)
+            self.cache.envs.pop(name, None)
+            self.cache.forget_owner(key)
             self.queue.add(key)
-            for app in self.state.apps_of_env(name):
+            for app in self.cache.apps_of_env(name):
                 self.queue.add(app)
             return
-        self.state.envs[name] = trim(body)
-        fp = trigger_fingerprint(body)
-        if self.state.fingerprints.get(key) != fp:
-            self.state.fingerprints[key] = fp
+        self.cache.envs[name] = trim(body)
+        if generation_or_metadata_changed(old, body):
             self.queue.add(key)
             # Apps render from their environment (gateways, registry rules, namespace).
-            for app in self.state.apps_of_env(name):
+            for app in self.cache.apps_of_env(name):
                 self.queue.add(app)
 
     def on_child_event(self, etype: str | None, body: dict[str, Any]) -> None:
@@ -114,62 +144,59 @@ class Controller:
             return
         key = ChildKey.of(body)
         kind = key.kind
+        self.record.observed_child(key)
         if etype == "DELETED":
-            self.state.live.get(owner, {}).pop(key, None)
+            self.cache.live.get(owner, {}).pop(key, None)
         else:
-            self.state.live[owner][key] = self._track(owner, key, body)
-        tracked = self.state.live.get(owner, {}).get(key)
+            self.cache.live[owner][key] = self._track(owner, key, body)
+        tracked = self.cache.live.get(owner, {}).get(key)
         if isinstance(owner, AppKey):
             if kind == "Deployment":
-                if etype == "DELETED":
-                    changed = self.state.deployments.pop(owner, None) is not None
+                # Against what the reconciler last saw: its apply's answer, until this event.
+                before = self.record.deployment_answers.pop(owner, None) or self.cache.deployments.get(owner)
+                summary = None if etype == "DELETED" else DeploymentSummary.from_body(body)
+                if summary is None:
+                    self.cache.deployments.pop(owner, None)
                 else:
-                    summary = DeploymentSummary.from_body(body)
-                    changed = self.state.deployments.get(owner) != summary
-                    self.state.deployments[owner] = summary
-                # Status follows the rollout; an event that moved nothing the status reads (and
-                # left the Deployment in sync) is not worth a reconcile.
-                if changed or tracked is None or not tracked.in_sync:
+                    self.cache.deployments[owner] = summary
+                if deployment_status_changed(before, summary, tracked):
                     self.queue.add(owner, urgent=True)
                 return
             if kind == "CronJob":
+                self.record.cronjob_answers.pop(owner, None)
                 if etype == "DELETED":
-                    self.state.cronjobs.pop(owner, None)
+                    self.cache.cronjobs.pop(owner, None)
                 else:
-                    self.state.cronjobs[owner] = CronJobSummary.from_body(body)
+                    self.cache.cronjobs[owner] = CronJobSummary.from_body(body)
                 self.queue.add(owner, urgent=True)
                 return
-        if tracked is None or not tracked.in_sync:
-            # Deleted, edited by hand, or not (or no longer) desired: repair or prune.
+        if child_needs_repair(tracked):
             self.queue.add(owner)
 
     def _track(self, owner: ObjKey, key: ChildKey, body: dict[str, Any]) -> TrackedChild:
-        desired = self.state.desired.get(key)
+        desired = self.record.desired.get(key)
         if desired is None:
             return TrackedChild(controller_owner_uid(body), False)
         basis = sync_basis(key.kind, desired, body)
-        previous = self.state.live.get(owner, {}).get(key)
+        previous = self.cache.live.get(owner, {}).get(key)
         if basis is not None and previous is not None and previous.basis == basis:
             return previous
         return TrackedChild(controller_owner_uid(body), contains(body, json.loads(desired)), basis)
 
     def on_pod_event(self, etype: str | None, body: dict[str, Any]) -> None:
         meta = body.get("metadata") or {}
-        app = (meta.get("labels") or {}).get("choreo.dev/app")
+        app = (meta.get("labels") or {}).get(APP_LABEL)
         if not app or not meta.get("namespace"):
             return
         key = AppKey(meta["namespace"], app)
-        pods = self.state.pods[key]
+        pods = self.cache.pods[key]
         name = meta.get("name", "")
         if etype == "DELETED":
-            old = pods.pop(name, None)
-            changed = old is not None
+            old, summary = pods.pop(name, None), None
         else:
-            summary = PodSummary.from_body(body)
-            old = pods.get(name)
+            old, summary = pods.get(name), PodSummary.from_body(body)
             pods[name] = summary
-            changed = old != summary
-        if changed and key in self.state.apps:
+        if pod_changed(old, summary) and key in self.cache.apps:
             self.queue.add(key, urgent=True)
 
     # --- workers --------------------------------------------------------------------------------
@@ -194,12 +221,15 @@ class Controller:
             # Beat on idle too: liveness fails only when this loop (or the event loop) is stuck.
             self.liveness.beat()
             await asyncio.sleep(min(5.0, self.config.env_resync_seconds))
-            for name in list(self.state.envs):
-                if time.monotonic() - self._env_full_apply.get(name, 0.0) >= self.config.env_resync_seconds:
+            for name in list(self.cache.envs):
+                if (
+                    time.monotonic() - self.record.env_full_apply.get(name, 0.0)
+                    >= self.config.env_resync_seconds
+                ):
                     self.queue.add(EnvKey(name))
             if time.monotonic() - last_app_resync >= self.config.app_resync_seconds:
                 last_app_resync = time.monotonic()
-                for key in list(self.state.apps):
+                for key in list(self.cache.apps):
                     self.queue.add(key)
 
     async def _worker(self) -> None:
@@ -213,12 +243,19 @@ class Controller:
 
     async def _process(self, key: ObjKey) -> None:
         controller = "choreoapp" if isinstance(key, AppKey) else "environment"
+        reconcile = self._reconcilers.get(type(key))
+        if reconcile is None:
+            log.error("no reconciler registered for %s keys; dropping %s", type(key).__name__, "/".join(key))
+            return
         started = time.perf_counter()
         try:
-            if isinstance(key, AppKey):
-                requeue = await app_reconciler.reconcile(self, key)
-            else:
-                requeue = await env_reconciler.reconcile(self, key)
+            result = await reconcile(self.context, key)
+        except TerminalError as exc:
+            RECONCILE_ERRORS.labels(controller).inc()
+            RECONCILE_TOTAL.labels(controller, "error").inc()
+            self.queue.forget(key)
+            log.error("reconcile %s %s failed for good: %s", controller, "/".join(key), exc)
+            return
         except ApiError as exc:
             RECONCILE_ERRORS.labels(controller).inc()
             RECONCILE_TOTAL.labels(controller, "error").inc()
@@ -236,26 +273,20 @@ class Controller:
         finally:
             RECONCILE_TIME.labels(controller).observe(time.perf_counter() - started)
         self.queue.forget(key)
-        if requeue is not None:
+        if not self._exists(key):
+            # Gone: its children go with it through ownerReferences; only our memory needs cleaning.
+            self.record.forget_owner(key)
+            self.recorder.clear(key)
+            self.queue.discard(key)
+            RECONCILE_TOTAL.labels(controller, "success").inc()
+            return
+        for other in result.enqueue:
+            self.queue.add(other)
+        if result.requeue_after is not None:
             RECONCILE_TOTAL.labels(controller, "requeue_after").inc()
-            self.queue.add_after(key, requeue)
+            self.queue.add_after(key, result.requeue_after)
         else:
             RECONCILE_TOTAL.labels(controller, "success").inc()
 
-    # --- helpers for reconcilers ------------------------------------------------------------------
-
-    def mark_env_full_apply(self, name: str) -> None:
-        self._env_full_apply[name] = time.monotonic()
-
-    def env_full_apply_due(self, name: str) -> bool:
-        return time.monotonic() - self._env_full_apply.get(name, 0.0) >= self.config.env_resync_seconds
-
-    async def warn_once(self, key: ObjKey, involved: dict[str, Any], reason: str, message: str) -> None:
-        """A Warning Event when the problem is new for this object (not on every reconcile)."""
-        if self._warned.get(key) == f"{reason}:{message}":
-            return
-        self._warned[key] = f"{reason}:{message}"
-        await self.kube.post_event(involved, "Warning", reason, message, COMPONENT)
-
-    def clear_warning(self, key: ObjKey) -> None:
-        self._warned.pop(key, None)
+    def _exists(self, key: ObjKey) -> bool:
+        return (key.name in self.cache.envs) if isinstance(key, EnvKey) else (key in self.cache.apps)

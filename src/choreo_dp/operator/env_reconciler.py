@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
-from choreo_dp.api import Condition, Environment, set_condition
+from choreo_dp.api import Condition, Environment, set_condition, vocabulary
 from choreo_dp.kube import ApiError
 from choreo_dp.kube import resources as R
 from choreo_dp.operator.children import apply_children, prune_children
 from choreo_dp.operator.drift import contains
-from choreo_dp.operator.keys import ChildKey, EnvKey
+from choreo_dp.operator.keys import AppKey, ChildKey, EnvKey
 from choreo_dp.operator.metrics import APPLIES
+from choreo_dp.operator.reconcile import DONE, ReconcileContext, Result
 from choreo_dp.operator.state import TrackedChild, canonical, controller_owner_uid
 from choreo_dp.render import PolicyViolation, RenderError, render_environment
 from choreo_dp.render.environment import (
@@ -34,15 +36,12 @@ from choreo_dp.render.environment import (
 )
 from choreo_dp.render.labels import ENVIRONMENT_LABEL, ENVIRONMENT_UID_KEY, MANAGED_BY
 
-if TYPE_CHECKING:
-    from choreo_dp.operator.controller import Controller
-
 log = logging.getLogger("choreo_dp.operator.environment")
 
 # Only Retain needs work at deletion (Delete is done by the garbage collector through the
 # Namespace's ownerReference), so only Retain environments carry this finalizer. It is not
 # kopf's finalizer: kopf removes its own when it has no deletion handlers.
-RETAIN_FINALIZER = "choreo.dev/retain-namespace"
+RETAIN_FINALIZER = vocabulary.RETAIN_FINALIZER
 ENV_CHILD_KINDS = frozenset({"ResourceQuota", "NetworkPolicy", "Secret", "LimitRange", "ServiceAccount"})
 
 
@@ -75,33 +74,33 @@ def _terminating(namespace: dict[str, Any]) -> bool:
     return bool((namespace.get("metadata") or {}).get("deletionTimestamp"))
 
 
-async def owned_namespaces(ctl: Controller, uid: str) -> list[dict[str, Any]]:
+async def owned_namespaces(ctx: ReconcileContext, uid: str) -> list[dict[str, Any]]:
     """The live namespaces carrying the mark of Environment ``uid`` (not being deleted), oldest first."""
-    items, _ = await ctl.kube.list(R.NAMESPACES, label_selector={ENVIRONMENT_UID_KEY: uid})
+    items, _ = await ctx.kube.list(R.NAMESPACES, label_selector={ENVIRONMENT_UID_KEY: uid})
     mine = [n for n in items if namespace_owner(n) == uid and not _terminating(n)]
     return sorted(
         mine, key=lambda n: (str(n["metadata"].get("creationTimestamp") or ""), n["metadata"]["name"])
     )
 
 
-def _env_with_uid(ctl: Controller, uid: str) -> str | None:
-    for name, body in ctl.state.envs.items():
+def _env_with_uid(ctx: ReconcileContext, uid: str) -> str | None:
+    for name, body in ctx.cache.envs():
         if str(body["metadata"].get("uid") or "") == uid:
             return name
     return None
 
 
-def _usable(ctl: Controller, live: dict[str, Any]) -> Binding:
+def _usable(ctx: ReconcileContext, live: dict[str, Any]) -> Binding:
     name = str(live["metadata"]["name"])
-    protected = protected_reason(name, live, ctl.config.protected_patterns)
+    protected = protected_reason(name, live, ctx.config.protected_patterns)
     if protected is not None:
         return Binding(reason="NamespaceProtected", message=protected)
     return Binding(name, live)
 
 
-def _not_owned(ctl: Controller, name: str, live: dict[str, Any]) -> Binding:
+def _not_owned(ctx: ReconcileContext, name: str, live: dict[str, Any]) -> Binding:
     owner = namespace_owner(live)
-    claimant = _env_with_uid(ctl, owner) if owner else None
+    claimant = _env_with_uid(ctx, owner) if owner else None
     if claimant is not None:
         return Binding(
             reason="NamespaceConflict",
@@ -116,15 +115,15 @@ def _not_owned(ctl: Controller, name: str, live: dict[str, Any]) -> Binding:
     )
 
 
-async def _bind(ctl: Controller, env: Environment, uid: str) -> Binding:
+async def _bind(ctx: ReconcileContext, env: Environment, uid: str) -> Binding:
     """Find (or create) the namespace ``env`` owns. Creates at most; never writes to one that exists."""
     target = env.target_namespace
-    live = await ctl.kube.get(R.NAMESPACES, target)
+    live = await ctx.kube.get(R.NAMESPACES, target)
     if live is not None and namespace_owner(live) == uid and not _terminating(live):
-        return _usable(ctl, live)
-    others = [n for n in await owned_namespaces(ctl, uid) if n["metadata"]["name"] != target]
+        return _usable(ctx, live)
+    others = [n for n in await owned_namespaces(ctx, uid) if n["metadata"]["name"] != target]
     if others:
-        binding = _usable(ctl, others[0])
+        binding = _usable(ctx, others[0])
         if binding.namespace is not None:
             binding.reason = "NamespaceImmutable"
             binding.message = (
@@ -134,21 +133,21 @@ async def _bind(ctl: Controller, env: Environment, uid: str) -> Binding:
                 f"{binding.namespace!r} is still reconciled."
             )
         return binding
-    protected = protected_reason(target, live, ctl.config.protected_patterns)
+    protected = protected_reason(target, live, ctx.config.protected_patterns)
     if protected is not None:
         return Binding(reason="NamespaceProtected", message=protected)
     if live is None:
         try:
             # Create, never apply: an apply would take over a namespace someone made meanwhile.
-            return Binding(target, await ctl.kube.create(R.NAMESPACES, render_namespace(env)))
+            return Binding(target, await ctx.kube.create(R.NAMESPACES, render_namespace(env)))
         except ApiError as exc:
             if not exc.conflict:
                 raise
-        live = await ctl.kube.get(R.NAMESPACES, target)
+        live = await ctx.kube.get(R.NAMESPACES, target)
         if live is None:
             raise ApiError(409, "Conflict", f"namespace {target} was created and deleted meanwhile")
         if namespace_owner(live) == uid and not _terminating(live):
-            return _usable(ctl, live)
+            return _usable(ctx, live)
     if _terminating(live):
         # Deleting a namespace takes the namespace controller seconds (longer with many objects),
         # and nothing can be created in it meanwhile: an Environment deleted and put back at once
@@ -158,9 +157,9 @@ async def _bind(ctl: Controller, env: Environment, uid: str) -> Binding:
             phase="Pending",
             reason="NamespaceTerminating",
             message=f"namespace {target} is still being deleted; it is created again once it is gone",
-            requeue=ctl.config.env_resync_seconds,
+            requeue=ctx.config.env_resync_seconds,
         )
-    return _not_owned(ctl, target, live)
+    return _not_owned(ctx, target, live)
 
 
 def _drifted(live: dict[str, Any], manifest: dict[str, Any], uid: str) -> bool:
@@ -173,7 +172,7 @@ def _drifted(live: dict[str, Any], manifest: dict[str, Any], uid: str) -> bool:
 
 
 async def _mark_namespace(
-    ctl: Controller, key: EnvKey, manifest: dict[str, Any], live: dict[str, Any], uid: str
+    ctx: ReconcileContext, key: EnvKey, manifest: dict[str, Any], live: dict[str, Any], uid: str
 ) -> None:
     """Keep our labels, mark and ownerReference on the namespace we own, and record it as checked."""
     ns_key = ChildKey.of(manifest)
@@ -190,34 +189,34 @@ async def _mark_namespace(
                 "ownerReferences": meta.get("ownerReferences"),
             }
         }
-        live = await ctl.kube.patch(R.NAMESPACES, ns_key.name, patch)
+        live = await ctx.kube.patch(R.NAMESPACES, ns_key.name, patch)
         APPLIES.labels("Namespace").inc()
-    ctl.state.desired[ns_key] = canonical(manifest)
-    ctl.state.desired_by_owner.setdefault(key, set()).add(ns_key)
-    ctl.state.live[key][ns_key] = TrackedChild(controller_owner_uid(live), contains(live, manifest))
+    ctx.record.desired_by_owner.setdefault(key, set()).add(ns_key)
+    ctx.record.applied(
+        key, ns_key, canonical(manifest), TrackedChild(controller_owner_uid(live), contains(live, manifest))
+    )
 
 
-def _unbind(ctl: Controller, key: EnvKey) -> None:
-    """Forget that this Environment owns a namespace, so its apps check again (and are refused)."""
-    keys = ctl.state.desired_by_owner.get(key, set())
+def _unbind(ctx: ReconcileContext, key: EnvKey) -> tuple[AppKey, ...]:
+    """Forget that this Environment owns a namespace; returns its apps, which must check again
+    (and be refused)."""
+    keys = ctx.record.desired_by_owner.get(key, set())
     dropped = {k for k in keys if k.kind == "Namespace"}
     for ns_key in dropped:
         keys.discard(ns_key)
-        ctl.state.desired.pop(ns_key, None)
-    if dropped:
-        for app in ctl.state.apps_of_env(key.name):
-            ctl.queue.add(app)
+        ctx.record.desired.pop(ns_key, None)
+    return tuple(ctx.cache.apps_of_env(key.name)) if dropped else ()
 
 
-def namespace_verified(ctl: Controller, env_name: str, namespace: str, uid: str) -> bool:
+def namespace_verified(ctx: ReconcileContext, env_name: str, namespace: str, uid: str) -> bool:
     """Whether the last reconcile of ``env_name`` found ``namespace`` carrying its mark (uid
     ``uid``) and the namespace watch has shown nothing since that says otherwise. No API call:
     apps ask this on every reconcile."""
     ns_key = ChildKey("v1", "Namespace", "", namespace)
     env_key = EnvKey(env_name)
-    if ns_key not in ctl.state.desired_by_owner.get(env_key, ()) or not ctl.state.in_sync(ns_key, env_key):
+    if ns_key not in ctx.record.desired_by_owner.get(env_key, ()) or not ctx.cache.in_sync(ns_key, env_key):
         return False
-    text = ctl.state.desired.get(ns_key)
+    text = ctx.record.desired.get(ns_key)
     if text is None:
         return False
     annotations = (json.loads(text).get("metadata") or {}).get("annotations") or {}
@@ -225,23 +224,23 @@ def namespace_verified(ctl: Controller, env_name: str, namespace: str, uid: str)
 
 
 async def check_app_namespace(
-    ctl: Controller, env_name: str, uid: str, namespace: str
+    ctx: ReconcileContext, env_name: str, uid: str, namespace: str
 ) -> PolicyViolation | None:
     """Why nothing of Environment ``env_name`` (uid ``uid``) may be written into ``namespace``, or None
     when the Environment owns it."""
-    protected = protected_reason(namespace, None, ctl.config.protected_patterns)
+    protected = protected_reason(namespace, None, ctx.config.protected_patterns)
     if protected is not None:
         return PolicyViolation("NamespaceProtected", protected)
-    if namespace_verified(ctl, env_name, namespace, uid):
+    if namespace_verified(ctx, env_name, namespace, uid):
         return None
-    live = await ctl.kube.get(R.NAMESPACES, namespace)
-    protected = protected_reason(namespace, live, ctl.config.protected_patterns)
+    live = await ctx.kube.get(R.NAMESPACES, namespace)
+    protected = protected_reason(namespace, live, ctx.config.protected_patterns)
     if protected is not None:
         return PolicyViolation("NamespaceProtected", protected)
     owner = namespace_owner(live)
     if owner == uid:
         return None
-    claimant = _env_with_uid(ctl, owner) if owner else None
+    claimant = _env_with_uid(ctx, owner) if owner else None
     whose = f"belongs to environment {claimant!r}" if claimant else "was not created by choreo-dp for it"
     return PolicyViolation(
         "NamespaceNotOwned",
@@ -250,13 +249,11 @@ async def check_app_namespace(
     )
 
 
-async def reconcile(ctl: Controller, key: EnvKey) -> float | None:
-    body = ctl.state.envs.get(key.name)
+async def reconcile(ctx: ReconcileContext, key: EnvKey) -> Result:
+    body = ctx.cache.env(key.name)
     if body is None:
-        ctl.state.forget_owner(key)
-        ctl.queue.discard(key)
-        ctl.clear_warning(key)
-        return None
+        # Gone (the controller forgets what we recorded for it).
+        return DONE
     meta = body["metadata"]
     generation = int(meta.get("generation") or 0)
     try:
@@ -264,66 +261,67 @@ async def reconcile(ctl: Controller, key: EnvKey) -> float | None:
     except ValidationError as exc:
         first = exc.errors()[0]
         msg = f"invalid spec: {'.'.join(str(p) for p in first.get('loc', ()))}: {first.get('msg')}"
-        await _status(ctl, key, body, "Failed", None, "InvalidSpec", msg, generation)
-        await ctl.warn_once(key, body, "InvalidSpec", msg)
-        return None
+        await _status(ctx, key, body, "Failed", None, "InvalidSpec", msg, generation)
+        await ctx.recorder.warn(key, body, "InvalidSpec", msg)
+        return DONE
 
     if meta.get("deletionTimestamp"):
-        await _finalize(ctl, key, body, env)
-        return None
-    await _ensure_finalizer(ctl, key, body, want=env.spec.deletion_policy == "Retain")
+        await _finalize(ctx, key, body, env)
+        return DONE
+    body = await _ensure_finalizer(ctx, key, body, want=env.spec.deletion_policy == "Retain")
 
     uid = str(meta.get("uid") or "")
-    binding = await _bind(ctl, env, uid)
+    binding = await _bind(ctx, env, uid)
     if binding.namespace is None or binding.live is None:
-        _unbind(ctl, key)
+        recheck = _unbind(ctx, key)
         await _status(
-            ctl, key, body, binding.phase, env.target_namespace, binding.reason, binding.message, generation
+            ctx, key, body, binding.phase, env.target_namespace, binding.reason, binding.message, generation
         )
         if binding.phase == "Failed":
-            await ctl.warn_once(key, body, binding.reason, binding.message)
-        return binding.requeue
+            await ctx.recorder.warn(key, body, binding.reason, binding.message)
+        return Result(requeue_after=binding.requeue, enqueue=recheck)
 
     namespace = binding.namespace
     bound = with_namespace(env, namespace)
-    app_keys = [k for k in ctl.state.apps_of_env(key.name) if k.namespace == namespace]
+    app_keys = [k for k in ctx.cache.apps_of_env(key.name) if k.namespace == namespace]
     pull_secret: dict[str, Any] | None = None
     pull_problem: PolicyViolation | None = None
     pull_name = env.spec.registry.pull_secret_name if env.spec.registry else None
     if pull_name:
-        source = ctl.config.operator_namespace
-        pull_secret = await ctl.kube.get(R.SECRETS, pull_name, source)
+        source = ctx.config.operator_namespace
+        pull_secret = await ctx.kube.get(R.SECRETS, pull_name, source)
         pull_problem = check_pull_secret(pull_secret, pull_name, source)
         if pull_problem is not None:
             pull_secret = None  # nothing is copied (and an earlier copy is pruned)
 
-    projects = {str((ctl.state.apps[k].get("spec") or {}).get("project", "")) for k in app_keys}
+    projects = {str(((ctx.cache.app(k) or {}).get("spec") or {}).get("project", "")) for k in app_keys}
     try:
         manifests = render_environment(
             bound, projects=sorted(p for p in projects if p), pull_secret=pull_secret
         )
     except RenderError as exc:
-        await _status(ctl, key, body, "Failed", namespace, exc.reason, exc.message, generation)
-        return None
+        await _status(ctx, key, body, "Failed", namespace, exc.reason, exc.message, generation)
+        return DONE
     ns_manifest, children = manifests[0], manifests[1:]
-    force = ctl.env_full_apply_due(key.name)
-    await apply_children(ctl, key, children, force=force)
+    last_full_apply = ctx.record.env_full_apply.get(key.name, 0.0)
+    force = time.monotonic() - last_full_apply >= ctx.config.env_resync_seconds
+    await apply_children(ctx, key, children, force=force)
     # After apply_children, which records the Environment's desired children anew.
-    await _mark_namespace(ctl, key, ns_manifest, binding.live, uid)
+    await _mark_namespace(ctx, key, ns_manifest, binding.live, uid)
     if force:
-        ctl.mark_env_full_apply(key.name)
+        ctx.record.env_full_apply[key.name] = time.monotonic()
     keep = {ChildKey.of(m) for m in manifests}
-    await prune_children(ctl, key, uid, keep, ENV_CHILD_KINDS)
+    await prune_children(ctx, key, uid, keep, ENV_CHILD_KINDS)
 
     if binding.reason:
         await _status(
-            ctl, key, body, "Failed", namespace, binding.reason, binding.message, generation, len(app_keys)
+            ctx, key, body, "Failed", namespace, binding.reason, binding.message, generation, len(app_keys)
         )
-        await ctl.warn_once(key, body, binding.reason, binding.message)
-        return None
+        await ctx.recorder.warn(key, body, binding.reason, binding.message)
+        return DONE
     if pull_problem is not None:
         await _status(
-            ctl,
+            ctx,
             key,
             body,
             "Pending",
@@ -333,16 +331,16 @@ async def reconcile(ctl: Controller, key: EnvKey) -> float | None:
             generation,
             len(app_keys),
         )
-        await ctl.warn_once(key, body, pull_problem.reason, pull_problem.message)
-        return ctl.config.env_resync_seconds
+        await ctx.recorder.warn(key, body, pull_problem.reason, pull_problem.message)
+        return Result(requeue_after=ctx.config.env_resync_seconds)
     msg = f"namespace {namespace} ready with {len(app_keys)} app(s)"
-    await _status(ctl, key, body, "Ready", namespace, "Ready", msg, generation, len(app_keys))
-    ctl.clear_warning(key)
-    return None
+    await _status(ctx, key, body, "Ready", namespace, "Ready", msg, generation, len(app_keys))
+    ctx.recorder.clear(key)
+    return DONE
 
 
 async def _status(
-    ctl: Controller,
+    ctx: ReconcileContext,
     key: EnvKey,
     body: dict[str, Any],
     phase: str,
@@ -378,19 +376,21 @@ async def _status(
         k: v for k, v in status.items() if v is not None
     }:
         return
-    live = await ctl.kube.patch(
+    live = await ctx.kube.patch(
         R.ENVIRONMENTS, key.name, {"status": status}, None, "merge", subresource="status"
     )
-    cached = ctl.state.envs.get(key.name)
-    if cached is not None and live:
-        cached["status"] = live.get("status") or status
+    if live:
+        ctx.record.status_answers[key] = live.get("status") or status
 
 
-async def _ensure_finalizer(ctl: Controller, key: EnvKey, body: dict[str, Any], *, want: bool) -> None:
+async def _ensure_finalizer(
+    ctx: ReconcileContext, key: EnvKey, body: dict[str, Any], *, want: bool
+) -> dict[str, Any]:
+    """Add or remove our finalizer; returns ``body`` as the write left it."""
     finalizers: list[str] = list(body["metadata"].get("finalizers") or [])
     has = RETAIN_FINALIZER in finalizers
     if want == has:
-        return
+        return body
     if want:
         patch: list[dict[str, Any]] = (
             [{"op": "add", "path": "/metadata/finalizers/-", "value": RETAIN_FINALIZER}]
@@ -404,19 +404,21 @@ async def _ensure_finalizer(ctl: Controller, key: EnvKey, body: dict[str, Any], 
             {"op": "test", "path": f"/metadata/finalizers/{i}", "value": RETAIN_FINALIZER},
             {"op": "remove", "path": f"/metadata/finalizers/{i}"},
         ]
-    live = await ctl.kube.patch(R.ENVIRONMENTS, key.name, patch, None, "json")
-    body["metadata"]["finalizers"] = (live.get("metadata") or {}).get("finalizers") or []
+    live = await ctx.kube.patch(R.ENVIRONMENTS, key.name, patch, None, "json")
+    now = (live.get("metadata") or {}).get("finalizers") or []
+    ctx.record.finalizer_answers[key.name] = now
+    return {**body, "metadata": {**body["metadata"], "finalizers": now}}
 
 
-async def _finalize(ctl: Controller, key: EnvKey, body: dict[str, Any], env: Environment) -> None:
+async def _finalize(ctx: ReconcileContext, key: EnvKey, body: dict[str, Any], env: Environment) -> None:
     if RETAIN_FINALIZER not in (body["metadata"].get("finalizers") or []):
         return
     uid = str(body["metadata"].get("uid") or "")
     # Only what this Environment owns is released: never a namespace it was refused.
-    owned = await owned_namespaces(ctl, uid)
+    owned = await owned_namespaces(ctx, uid)
     names = {str(n["metadata"]["name"]) for n in owned}
     await _status(
-        ctl,
+        ctx,
         key,
         body,
         "Terminating",
@@ -428,13 +430,13 @@ async def _finalize(ctl: Controller, key: EnvKey, body: dict[str, Any], env: Env
     # Retain: everything stays, but stops being ours. Remove our labels and ownerReferences so the
     # garbage collector keeps the namespace's guard rails (the app ServiceAccount above all).
     unmanage = {MANAGED_BY: None, ENVIRONMENT_LABEL: None}
-    children = set(ctl.state.live.get(key, {})) | ctl.state.desired_by_owner.get(key, set())
+    children = set(ctx.cache.children(key)) | ctx.record.desired_by_owner.get(key, set())
     for child in sorted(children):
         if child.kind == "Namespace" or child.namespace not in names:
             continue
         patch = {"metadata": {"labels": unmanage, "ownerReferences": None}}
         try:
-            await ctl.kube.patch(
+            await ctx.kube.patch(
                 R.for_kind(child.api_version, child.kind), child.name, patch, child.namespace, "merge"
             )
         except ApiError as exc:
@@ -452,9 +454,9 @@ async def _finalize(ctl: Controller, key: EnvKey, body: dict[str, Any], env: Env
             }
         }
         try:
-            await ctl.kube.patch(R.NAMESPACES, namespace["metadata"]["name"], released)
+            await ctx.kube.patch(R.NAMESPACES, namespace["metadata"]["name"], released)
         except ApiError as exc:
             if not exc.not_found:
                 raise
-    await _ensure_finalizer(ctl, key, body, want=False)
+    await _ensure_finalizer(ctx, key, body, want=False)
     log.info("environment %s deleted; namespace(s) %s retained and unlabelled", key.name, sorted(names))

@@ -12,6 +12,7 @@ from typing import Any
 
 import kopf
 
+from choreo_dp.api.vocabulary import OPERATOR_FIELD_MANAGER, OPERATOR_FINALIZER
 from choreo_dp.kube.config import ConnectionConfig
 from choreo_dp.operator.controller import Controller
 from choreo_dp.render.labels import MANAGED_BY, MANAGED_BY_VALUE
@@ -100,13 +101,13 @@ class NoDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
 def configure_settings(settings: kopf.OperatorSettings, gateway_api: bool) -> None:
     """Production settings: our own names under choreo.dev, quiet posting, server-side filtering."""
     # Unused by our low-level handlers, but kopf must never claim a name outside our prefix.
-    settings.persistence.finalizer = "choreo.dev/finalizer"
+    settings.persistence.finalizer = OPERATOR_FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="choreo.dev")
     settings.persistence.diffbase_storage = NoDiffBaseStorage(
         prefix="choreo.dev", key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING
-    settings.posting.reporting_component = "choreo-dp-operator"
+    settings.posting.reporting_component = OPERATOR_FIELD_MANAGER
     settings.peering.standalone = True
     settings.peering.clusterwide = True
     # Watches: reconnect well before intermediaries drop idle streams; back off on errors.

@@ -5,41 +5,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from typing import Any
 
 import kopf
 
 from choreo_dp.kube import KubeClient
-from choreo_dp.observability.health import serve
+from choreo_dp.observability.health import Liveness, serve
 from choreo_dp.operator.config import OperatorConfig, SecretsPort
 from choreo_dp.operator.controller import Controller
 from choreo_dp.operator.handlers import build_registry, configure_settings
+from choreo_dp.operator.manager import new_controller
 from choreo_dp.render import ClusterCapabilities
 
 log = logging.getLogger("choreo_dp.operator")
 
 
-class _NotKopfTasks(Collection["asyncio.Task[Any]"]):
-    """The tasks kopf must leave alone when it stops.
+async def _run_root_tasks(tasks: Collection[asyncio.Task[Any]]) -> None:
+    """kopf's root tasks, run here rather than by ``kopf.run_tasks``.
 
-    ``kopf.operator`` cancels every task created while it ran as "hung" — in a shared process
-    (``choreo-dp run``, the sandbox, tests) that includes the agent's and the caller's own tasks.
-    Only tasks running kopf's own coroutines are kopf's to cancel.
+    ``run_tasks`` ends by cancelling every task created in the event loop since kopf started (it
+    cannot tell whose they are), which in a shared process (the sandbox, tests) includes the
+    caller's own. kopf's root tasks stop their own workers when cancelled (each watcher drains
+    its workers and closes its scheduler), so stopping the roots is all a clean stop needs.
     """
-
-    def __contains__(self, task: object) -> bool:
-        if not isinstance(task, asyncio.Task):
-            return False
-        code = getattr(task.get_coro(), "cr_code", None)
-        return code is None or f"{os.sep}kopf{os.sep}" not in code.co_filename
-
-    def __iter__(self) -> Iterator[asyncio.Task[Any]]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
 
 
 async def run_operator(
@@ -61,10 +59,15 @@ async def run_operator(
         if config.secrets_factory is not None:
             secrets = config.secrets_factory(kube)
             await secrets.start()
-        ctl = Controller(kube, config, caps, secrets)
+        ctl = new_controller(kube, config, caps, secrets)
         ports = [p for p in (config.health_port, config.metrics_port) if p is not None]
         if ports:
-            health = await serve([ctl.liveness, *config.extra_liveness], config.listen_host, ports)
+            probes = [ctl.liveness, *config.extra_liveness]
+            # the secrets refresh loop runs supervised; its probe shows when it keeps crashing
+            secrets_probe = getattr(secrets, "liveness", None)
+            if isinstance(secrets_probe, Liveness):
+                probes.append(secrets_probe)
+            health = await serve(probes, config.listen_host, ports)
         await ctl.start()
         settings = kopf.OperatorSettings()
         configure_settings(settings, gateway_api)
@@ -79,7 +82,7 @@ async def run_operator(
                 ready_flag=ready_flag,
                 memo=kopf.Memo(),
             )
-            await kopf.run_tasks(tasks, ignored=_NotKopfTasks())
+            await _run_root_tasks(tasks)
         except asyncio.CancelledError:
             # kopf cancels its own tasks when the stop flag is set; that is a clean stop, not ours.
             if stop_flag is None or not stop_flag.is_set():

@@ -35,8 +35,12 @@ class WorkQueue(Generic[K]):
         self.max_delay = max_delay
         # One token per lane entry; lanes may hold a stale entry of a promoted key (skipped).
         self._tokens: asyncio.Queue[None] = asyncio.Queue()
-        self._urgent: deque[K] = deque()
-        self._normal: deque[K] = deque()
+        # Lane entries carry the id of the enqueue they belong to: a promoted key leaves a stale
+        # entry in the normal lane, and a later re-add must not inherit that entry's old position.
+        self._urgent: deque[tuple[K, int]] = deque()
+        self._normal: deque[tuple[K, int]] = deque()
+        self._entry: dict[K, int] = {}  # key -> id of its live lane entry
+        self._next_entry = 0
         self._queued: dict[K, float] = {}  # key -> monotonic time of enqueue
         self._in_urgent: set[K] = set()
         self._processing: set[K] = set()
@@ -64,11 +68,13 @@ class WorkQueue(Generic[K]):
         WORKQUEUE_DEPTH.labels(self.name).set(len(self._queued))
 
     def _push(self, key: K, urgent: bool) -> None:
+        self._next_entry += 1
+        self._entry[key] = self._next_entry
         if urgent:
-            self._urgent.append(key)
+            self._urgent.append((key, self._next_entry))
             self._in_urgent.add(key)
         else:
-            self._normal.append(key)
+            self._normal.append((key, self._next_entry))
         self._tokens.put_nowait(None)
 
     def add_after(self, key: K, delay: float) -> None:
@@ -111,7 +117,10 @@ class WorkQueue(Generic[K]):
     async def get(self) -> K:
         while True:
             await self._tokens.get()
-            key = self._urgent.popleft() if self._urgent else self._normal.popleft()
+            key, entry = self._urgent.popleft() if self._urgent else self._normal.popleft()
+            if self._entry.get(key) != entry:
+                continue  # stale: the key was promoted or already served since this entry
+            del self._entry[key]
             self._in_urgent.discard(key)
             queued_at = self._queued.pop(key, None)
             if queued_at is None:

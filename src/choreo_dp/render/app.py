@@ -7,6 +7,7 @@ from typing import Any
 
 from choreo_dp.api import API_VERSION, ChoreoApp, Environment
 from choreo_dp.api.choreoapp import LONG_RUNNING_TYPES, Probe
+from choreo_dp.api.vocabulary import app_secret_name
 from choreo_dp.render.capabilities import ClusterCapabilities
 from choreo_dp.render.endpoints import EndpointExposure, expose_endpoints
 from choreo_dp.render.errors import RenderError
@@ -40,7 +41,7 @@ class AppRender:
 
 def secrets_name(app_name: str) -> str:
     """The Secret the Key Vault sync writes for an app (keys are the env var names)."""
-    return f"{app_name}-secrets"
+    return app_secret_name(app_name)
 
 
 def render_app(

@@ -3,36 +3,28 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
-MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY_VALUE = "choreo-dp"
-NAME_LABEL = "app.kubernetes.io/name"
-ENVIRONMENT_LABEL = "choreo.dev/environment"
-APP_LABEL = "choreo.dev/app"
-PROJECT_LABEL = "choreo.dev/project"
-# Pod labels the Environment's NetworkPolicies select on to let the gateways in.
-EXPOSE_INTERNAL_LABEL = "choreo.dev/expose-internal"
-EXPOSE_EXTERNAL_LABEL = "choreo.dev/expose-external"
+# The names themselves live in the one vocabulary module; re-exported here for the renderers.
+from choreo_dp.api.vocabulary import APP_LABEL as APP_LABEL
+from choreo_dp.api.vocabulary import APP_SERVICE_ACCOUNT as APP_SERVICE_ACCOUNT
+from choreo_dp.api.vocabulary import ENVIRONMENT_LABEL as ENVIRONMENT_LABEL
+from choreo_dp.api.vocabulary import ENVIRONMENT_UID_KEY as ENVIRONMENT_UID_KEY
+from choreo_dp.api.vocabulary import EXPOSE_EXTERNAL_LABEL as EXPOSE_EXTERNAL_LABEL
+from choreo_dp.api.vocabulary import EXPOSE_INTERNAL_LABEL as EXPOSE_INTERNAL_LABEL
+from choreo_dp.api.vocabulary import MANAGED_BY as MANAGED_BY
+from choreo_dp.api.vocabulary import MANAGED_BY_VALUE as MANAGED_BY_VALUE
+from choreo_dp.api.vocabulary import MANAGED_SELECTOR as MANAGED_SELECTOR
+from choreo_dp.api.vocabulary import NAME_LABEL as NAME_LABEL
+from choreo_dp.api.vocabulary import OPERATOR_FIELD_MANAGER
+from choreo_dp.api.vocabulary import PROJECT_LABEL as PROJECT_LABEL
+from choreo_dp.api.vocabulary import PROTECTED_LABEL as PROTECTED_LABEL
+from choreo_dp.api.vocabulary import PULL_SECRET_LABEL as PULL_SECRET_LABEL
+from choreo_dp.api.vocabulary import PULL_SECRET_OPT_IN as PULL_SECRET_OPT_IN
+from choreo_dp.api.vocabulary import REVISION_ANNOTATION as REVISION_ANNOTATION
+from choreo_dp.api.vocabulary import SECRETS_HASH_ANNOTATION as SECRETS_HASH_ANNOTATION
+from choreo_dp.api.vocabulary import owner_reference as owner_reference
 
-# The mark of a namespace the operator created for an Environment: this key, with the Environment's
-# uid as value, both as a label (what the operator selects on to find what an Environment owns) and
-# as an annotation. The operator writes into, and lets the garbage collector delete, only a
-# namespace whose label and annotation both carry the uid of the Environment at hand; it never
-# adopts one it did not create.
-ENVIRONMENT_UID_KEY = "choreo.dev/environment-uid"
-# A namespace labelled with this (any value) is never used by an Environment.
-PROTECTED_LABEL = "choreo.dev/protected"
-# Only registry Secrets labelled ``choreo.dev/pull-secret=true`` may be copied into an environment.
-PULL_SECRET_LABEL = "choreo.dev/pull-secret"
-PULL_SECRET_OPT_IN = "true"
-
-SECRETS_HASH_ANNOTATION = "choreo.dev/secrets-hash"
-REVISION_ANNOTATION = "choreo.dev/revision"
-
-FIELD_MANAGER = "choreo-dp-operator"
-APP_SERVICE_ACCOUNT = "choreo-app"
-MANAGED_SELECTOR = f"{MANAGED_BY}={MANAGED_BY_VALUE}"
+FIELD_MANAGER = OPERATOR_FIELD_MANAGER
 
 
 def environment_labels(env_name: str) -> dict[str, str]:
@@ -46,19 +38,6 @@ def app_labels(env_name: str, project: str, app_name: str) -> dict[str, str]:
         PROJECT_LABEL: project,
         APP_LABEL: app_name,
         NAME_LABEL: app_name,
-    }
-
-
-def owner_reference(api_version: str, kind: str, name: str, uid: str) -> dict[str, Any]:
-    # controller=true lets `kubectl` and the garbage collector treat the owner as authoritative;
-    # blockOwnerDeletion makes foreground deletion of the owner wait for its children.
-    return {
-        "apiVersion": api_version,
-        "kind": kind,
-        "name": name,
-        "uid": uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
     }
 
 

@@ -13,17 +13,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from choreo_dp.api import API_VERSION
+from choreo_dp.api import vocabulary as V
 
-MANAGED_BY = "choreo-dp"
-VALUES_HASH_ANNOTATION = "choreo.dev/values-hash"
-APP_HASH_ANNOTATION = "choreo.dev/secrets-hash"
-APP_STATE_ANNOTATION = "choreo.dev/secrets-state"
-
-
-def secret_name(app_name: str) -> str:
-    # App names are DNS labels of at most 63 chars; Secret names may be 253, so the suffix always fits.
-    return f"{app_name}-secrets"
+MANAGED_BY = V.MANAGED_BY_VALUE
+VALUES_HASH_ANNOTATION = V.VALUES_HASH_ANNOTATION
+APP_HASH_ANNOTATION = V.SECRETS_HASH_ANNOTATION
+APP_STATE_ANNOTATION = V.SECRETS_STATE_ANNOTATION
+secret_name = V.app_secret_name
 
 
 def values_hash(bindings: Mapping[str, tuple[str, str, str]]) -> str:
@@ -35,23 +31,18 @@ def values_hash(bindings: Mapping[str, tuple[str, str, str]]) -> str:
 def labels(app: Mapping[str, Any], environment: str) -> dict[str, str]:
     spec = app.get("spec") or {}
     return {
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        "choreo.dev/environment": environment,
-        "choreo.dev/app": str(app["metadata"]["name"]),
-        "choreo.dev/project": str(spec.get("project", "")),
+        V.MANAGED_BY: V.MANAGED_BY_VALUE,
+        V.ENVIRONMENT_LABEL: environment,
+        V.APP_LABEL: str(app["metadata"]["name"]),
+        V.PROJECT_LABEL: str(spec.get("project", "")),
     }
 
 
 def owner_reference(app: Mapping[str, Any]) -> dict[str, Any]:
     meta = app["metadata"]
-    return {
-        "apiVersion": app.get("apiVersion", API_VERSION),
-        "kind": app.get("kind", "ChoreoApp"),
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return V.owner_reference(
+        app.get("apiVersion", V.API_VERSION), app.get("kind", V.KIND_APP), meta["name"], meta["uid"]
+    )
 
 
 def secret_manifest(

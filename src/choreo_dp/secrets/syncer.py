@@ -29,8 +29,11 @@ from pydantic import ValidationError
 from choreo_dp.api import Condition, Environment
 from choreo_dp.api.choreoapp import SecretRef
 from choreo_dp.api.environment import KeyVaultSpec
+from choreo_dp.api.vocabulary import API_VERSION, SECRETS_COMPONENT
 from choreo_dp.kube import ApiError, KubeClient
 from choreo_dp.kube import resources as R
+from choreo_dp.observability.health import Liveness
+from choreo_dp.observability.supervise import supervise
 from choreo_dp.secrets import manifest, metrics
 from choreo_dp.secrets.clients import ClientPool, CredentialFactory, TransportSettings
 from choreo_dp.secrets.errors import REASON_PRIORITY, Reason, SecretFetchError
@@ -40,7 +43,7 @@ from choreo_dp.secrets.identity import identity_for
 log = logging.getLogger(__name__)
 
 CONDITION_TYPE = "SecretsSynced"
-COMPONENT = "choreo-dp-secrets"
+COMPONENT = SECRETS_COMPONENT
 KUBE_DEADLINE = 30.0
 
 AppKey = tuple[str, str]  # (namespace, name)
@@ -125,6 +128,8 @@ class SecretSyncer:
         self._apps: dict[AppKey, _App] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
+        # the refresh loop sleeps until the next key is due: only a crash makes it unhealthy
+        self.liveness = Liveness("secrets-refresh", max_silence=None)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -139,7 +144,10 @@ class SecretSyncer:
 
     async def start(self) -> None:
         if self._loop_task is None:
-            self._loop_task = asyncio.create_task(self._refresh_loop(), name="secrets-refresh")
+            self._loop_task = asyncio.create_task(
+                supervise("secrets-refresh", self._refresh_loop, liveness=self.liveness, logger=log),
+                name="secrets-refresh",
+            )
 
     async def close(self) -> None:
         self._closed = True
@@ -462,7 +470,7 @@ def _needs_read(st: KeyState, now: float) -> bool:
 def _app_ref(app_obj: Mapping[str, Any]) -> dict[str, Any]:
     meta = app_obj["metadata"]
     return {
-        "apiVersion": app_obj.get("apiVersion", "choreo.dev/v1alpha1"),
+        "apiVersion": app_obj.get("apiVersion", API_VERSION),
         "kind": app_obj.get("kind", "ChoreoApp"),
         "metadata": {
             "name": meta["name"],

@@ -1,0 +1,86 @@
+"""REST API of the reference control plane (contract section 6).
+
+All ``/api/v1`` routes need ``Authorization: Bearer <admin token>``; ``/healthz``, ``/metrics`` and
+``/openapi.json`` are open. Bad input is answered with 4xx, in this order: 401 before anything else
+is looked at (the body is not even read), 413 for bodies over 1 MiB, 404/405 for unknown routes,
+422 for every body that is not parseable JSON and for names and bodies that do not validate
+(pydantic's error list), for objects too large for the tunnel and for apps their Environment's
+registry allowlist refuses, 404 for unknown dataplanes/objects, 409 when a request is well-formed
+but cannot be carried out (promotion without a trustworthy digest). Every one of these codes is
+declared in the OpenAPI document.
+
+One router module per resource (``dataplanes``, ``environments``, ``apps``, ``promotions``, and
+``ops`` for the open routes); ``http`` holds the plumbing, ``models`` the wire shapes.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from choreo_cp import promotion
+from choreo_cp.api import apps, dataplanes, environments, ops, promotions
+from choreo_cp.api.deps import require_admin
+from choreo_cp.api.http import (
+    AdminAuth,
+    AuthError,
+    BodyLimit,
+    RequestMetrics,
+    http_error,
+    unauthorized,
+    validation_response,
+)
+from choreo_cp.api.models import documented
+from choreo_cp.context import ControlPlane
+from choreo_cp.store import StoreError
+from choreo_dp import __version__
+
+__all__ = ["create_app"]
+
+
+async def _auth_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AuthError)
+    return unauthorized(exc.detail)
+
+
+async def _store_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StoreError)
+    return http_error(404 if exc.code == "not_found" else 409, exc.message)
+
+
+async def _promotion_refused(_: Request, exc: Exception) -> JSONResponse:
+    return http_error(409, str(exc))
+
+
+async def _invalid(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return validation_response(exc)
+
+
+def create_app(cp: ControlPlane) -> FastAPI:
+    app = FastAPI(
+        title="choreo-dp reference control plane",
+        version=__version__,
+        description="Desired state for private data planes, pushed over an outbound tunnel.",
+    )
+    app.state.cp = cp
+    app.add_exception_handler(AuthError, _auth_error)
+    app.add_exception_handler(StoreError, _store_error)
+    app.add_exception_handler(promotion.PromotionRefused, _promotion_refused)
+    app.add_exception_handler(RequestValidationError, _invalid)
+
+    # Outermost first: count everything, then authenticate (before anything reads the body), then
+    # bound the body.
+    app.add_middleware(BodyLimit)
+    app.add_middleware(AdminAuth, cp=cp)
+    app.add_middleware(RequestMetrics, metrics=cp.metrics)
+
+    app.include_router(ops.router)
+    # AdminAuth already answered 401 before routing; the dependency keeps the check next to the
+    # routes and declares the bearer scheme in the OpenAPI document.
+    api = APIRouter(dependencies=[Depends(require_admin)], responses=documented(401, 413))
+    for resource in (dataplanes, environments, apps, promotions):
+        api.include_router(resource.router)
+    app.include_router(api)
+    return app

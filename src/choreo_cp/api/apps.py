@@ -1,0 +1,55 @@
+"""``/api/v1/dataplanes/{dp}/environments/{env}/apps``: the ChoreoApps desired in an Environment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from choreo_cp.api import objects
+from choreo_cp.api.deps import API_V1, CP, AppName, DpId, EnvName
+from choreo_cp.api.http import JsonRoute, body_error, strict_body
+from choreo_cp.api.models import Accepted, AppBody, ObjectList, ObjectView, documented
+from choreo_cp.store import KIND_APP
+from choreo_dp.api import ChoreoAppSpec
+
+router = APIRouter(prefix=API_V1, route_class=JsonRoute, tags=["apps"], responses=documented(404))
+
+
+@router.put("/dataplanes/{dp}/environments/{env}/apps/{app}", status_code=202, response_model=Accepted)
+async def put_app(
+    dp: DpId, env: EnvName, app: AppName, body: AppBody, request: Request, cp: CP
+) -> dict[str, Any]:
+    body = await strict_body(request, AppBody)
+    body.check_name(app)
+    given = body.spec.environment
+    if given is not None and given != env:
+        raise body_error(
+            ("body", "spec", "environment"),
+            f"spec.environment {given!r} does not match the environment in the path ({env!r})",
+            given,
+        )
+    raw = body.spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+    raw["environment"] = env
+    try:
+        spec = ChoreoAppSpec.model_validate(raw)
+    except ValidationError as exc:  # pragma: no cover - AppSpecBody already validated everything else
+        raise RequestValidationError(exc.errors()) from None
+    return await objects.put_object(cp, dp, KIND_APP, env, app, spec.to_k8s())
+
+
+@router.delete("/dataplanes/{dp}/environments/{env}/apps/{app}", status_code=202, response_model=Accepted)
+async def delete_app(dp: DpId, env: EnvName, app: AppName, cp: CP) -> dict[str, Any]:
+    return await objects.delete_object(cp, dp, KIND_APP, env, app)
+
+
+@router.get("/dataplanes/{dp}/environments/{env}/apps/{app}", response_model=ObjectView)
+async def get_app(dp: DpId, env: EnvName, app: AppName, cp: CP) -> dict[str, Any]:
+    return await objects.get_object(cp, dp, KIND_APP, env, app)
+
+
+@router.get("/dataplanes/{dp}/environments/{env}/apps", response_model=ObjectList)
+async def list_apps(dp: DpId, env: EnvName, cp: CP) -> dict[str, Any]:
+    return await objects.list_objects(cp, dp, KIND_APP, env)

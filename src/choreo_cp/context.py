@@ -1,0 +1,41 @@
+"""Everything a request handler or tunnel session needs, passed around as one object."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+
+from choreo_cp.hub import Hub
+from choreo_cp.metrics import Metrics
+from choreo_cp.store import Store
+from choreo_dp.observability.health import Liveness
+
+
+@dataclass
+class TunnelSettings:
+    """Limits of the tunnel endpoint (see docs/protocol.md)."""
+
+    heartbeat_interval: float = 10.0
+    # A session that has not heard from its agent for this long is closed: dead links are found
+    # within 30 s (the contract's bound) even if TCP keeps the socket open.
+    idle_timeout: float = 30.0
+    hello_timeout: float = 10.0
+    send_batch: int = 256
+    status_flush_interval: float = 0.25
+    # Bound on frames queued for one session (replies to the agent); a full queue means the agent
+    # stopped reading, and the session is dropped rather than buffering without bound.
+    outbox_limit: int = 1024
+
+
+@dataclass
+class ControlPlane:
+    store: Store
+    admin_token: str
+    hub: Hub = field(default_factory=Hub)
+    metrics: Metrics = field(default_factory=Metrics)
+    tunnel: TunnelSettings = field(default_factory=TunnelSettings)
+    # Beaten by the periodic store flush: /healthz fails when the store thread stops making progress.
+    liveness: Liveness = field(default_factory=lambda: Liveness("store", max_silence=60.0))
+
+    def is_admin(self, token: str) -> bool:
+        return bool(self.admin_token) and hmac.compare_digest(token.encode(), self.admin_token.encode())

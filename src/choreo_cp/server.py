@@ -1,0 +1,206 @@
+"""Run the reference control plane: REST API + tunnel endpoint on one uvicorn server.
+
+Used by ``choreo-dp control-plane serve``, by the sandbox (as a child process) and in-process by
+tests and benchmarks (``async with ControlPlaneServer(...) as server``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.sslproto
+import contextlib
+import logging
+import ssl
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from choreo_cp.api import create_app
+from choreo_cp.context import ControlPlane, TunnelSettings
+from choreo_cp.store import DEFAULT_LOG_LIMIT, Store
+from choreo_cp.tunnel import add_tunnel_route, shutdown_sessions
+from choreo_wire import protocol
+
+log = logging.getLogger(__name__)
+
+# WebSocket keepalive on the server side too: a dead agent's socket is found within
+# interval + timeout (<= 30 s, the contract's bound) even if it never sends another frame.
+WS_PING_INTERVAL = 10.0
+WS_PING_TIMEOUT = 10.0
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8443
+    db: str | Path = "./choreo-cp.db"
+    admin_token: str = ""
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # When set, every TLS client (agents and REST clients alike) must present a certificate
+    # signed by this CA: uvicorn verifies at the TLS layer, before any route runs.
+    client_ca: str | None = None
+    log_limit: int = DEFAULT_LOG_LIMIT
+    tunnel: TunnelSettings = field(default_factory=TunnelSettings)
+    synchronous: str = "FULL"
+
+
+# asyncio gives every TLS connection a 256 KiB read buffer (SSLProtocol.max_size); with hundreds of
+# mostly idle agents that buffer is ~85% of the per-connection memory (measured: 313 KiB per TLS
+# connection vs 40 KiB plain). TLS records are at most 16 KiB, so 32 KiB loses nothing but a few
+# extra read calls on bulk transfers. Process-wide, which is fine: this process is a server.
+TLS_READ_BUFFER = 32 * 1024
+
+
+def _shrink_tls_read_buffers() -> None:
+    if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > TLS_READ_BUFFER:
+        asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
+
+
+class _DenialNoise(logging.Filter):
+    """uvicorn's sans-I/O binding logs an error after every refused upgrade (401 via the ASGI denial
+    response extension) although the response went out correctly; refusals are ours to log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "without completing handshake" not in record.getMessage()
+
+
+logging.getLogger("uvicorn.error").addFilter(_DenialNoise())
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handling: the caller owns SIGINT/SIGTERM (and exit codes)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class ControlPlaneServer:
+    def __init__(self, config: ServerConfig) -> None:
+        if bool(config.tls_cert) != bool(config.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if not config.admin_token:
+            raise ValueError("an admin token is required")
+        self.config = config
+        self.store = Store(
+            config.db,
+            log_limit=config.log_limit,
+            synchronous="NORMAL" if config.synchronous == "NORMAL" else "FULL",
+        )
+        self.cp = ControlPlane(store=self.store, admin_token=config.admin_token, tunnel=config.tunnel)
+        self.app: FastAPI = create_app(self.cp)
+        add_tunnel_route(self.app, self.cp)
+        self._server: _Server | None = None
+        self._serve_task: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self.port = config.port
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.config.tls_cert)
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.config.host}:{self.port}"
+
+    @property
+    def tunnel_url(self) -> str:
+        return f"{'wss' if self.tls else 'ws'}://{self.config.host}:{self.port}{protocol.TUNNEL_PATH}"
+
+    def _uvicorn_config(self) -> uvicorn.Config:
+        c = self.config
+        kwargs: dict[str, Any] = {}
+        if c.tls_cert:
+            kwargs.update(ssl_certfile=c.tls_cert, ssl_keyfile=c.tls_key)
+            if c.client_ca:
+                kwargs.update(ssl_ca_certs=c.client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+        return uvicorn.Config(
+            self.app,
+            host=c.host,
+            port=c.port,
+            # The websockets library through its maintained (sans-I/O) uvicorn binding; "websockets"
+            # is uvicorn's deprecated legacy binding of the same library.
+            ws="websockets-sansio",
+            ws_max_size=protocol.TRANSPORT_MAX_BYTES,
+            ws_ping_interval=WS_PING_INTERVAL,
+            ws_ping_timeout=WS_PING_TIMEOUT,
+            # Off: +45 KiB of zlib state per connection (measured) for frames that are mostly small;
+            # resync already sends only differences.
+            ws_per_message_deflate=False,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            backlog=2048,
+            **kwargs,
+        )
+
+    async def start(self, timeout: float = 15.0) -> None:
+        if self.tls:
+            _shrink_tls_read_buffers()
+        await self.store.open()
+        self._server = _Server(self._uvicorn_config())
+        self._serve_task = asyncio.create_task(self._server.serve(), name="control-plane-http")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._server.started:
+            if self._serve_task.done():
+                # uvicorn reports bind errors by logging and exiting; surface them as ours.
+                exc = self._serve_task.exception() if not self._serve_task.cancelled() else None
+                await self.store.close()
+                raise OSError(
+                    f"control plane could not listen on {self.config.host}:{self.config.port}"
+                ) from exc
+            if loop.time() > deadline:
+                await self.stop()
+                raise TimeoutError("control plane did not start in time")
+            await asyncio.sleep(0.02)
+        sockets = [s for srv in self._server.servers for s in (srv.sockets or ())]
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+        self._flusher = asyncio.create_task(self._flush_loop(), name="control-plane-flush")
+        log.info(
+            "control plane listening on %s (tunnel %s, db %s, epoch per dataplane, store %s)",
+            self.url,
+            self.tunnel_url,
+            self.config.db,
+            self.store.store_id,
+        )
+
+    async def _flush_loop(self) -> None:
+        interval = self.config.tunnel.status_flush_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                with self.cp.metrics.store_flush_seconds.time():
+                    await asyncio.wait_for(self.store.flush(), 30)
+                self.cp.liveness.beat()
+            except Exception:
+                log.exception("writing reports to the store failed; retrying")
+
+    async def stop(self) -> None:
+        shutdown_sessions(self.cp)
+        # Let writers send their goaway before uvicorn closes the sockets (bounded wait).
+        await self.cp.hub.wait_empty(1.0)
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._serve_task is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self._serve_task, 10)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.store.close()
+
+    async def __aenter__(self) -> ControlPlaneServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()

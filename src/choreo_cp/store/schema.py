@@ -1,0 +1,184 @@
+"""The store's schema and its migrations.
+
+The schema version lives in a row of ``meta`` (``schema_version``). Migrations are numbered from 1
+and each runs in its own write transaction together with the bump of that row, so a crash leaves
+the database at one version or the next, never between; a migration already applied is skipped
+(the version is re-read inside the transaction, so two processes opening one file apply it once).
+A database written before the version row existed holds migration 1's tables: it is recognised by
+its ``dataplanes`` table and stamped. A database of a newer version than this code
+knows is refused rather than read with the wrong assumptions.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+VERSION_KEY = "schema_version"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+class SchemaTooNew(sqlite3.DatabaseError):
+    """The database was written by a newer control plane; reading it could lose data.
+
+    A database error like an unreadable file, so that whoever reports those (the CLI) reports this.
+    """
+
+    def __init__(self, path: str, found: int, known: int) -> None:
+        super().__init__(
+            f"schema version {found} is newer than this control plane knows ({known});"
+            " run a newer control plane or restore a backup taken with this version"
+        )
+        self.path = path
+        self.found = found
+        self.known = known
+
+
+_META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+# Migration 1 is the schema of the first release (written before the version row existed); a
+# database from then is stamped, not migrated. Its statements stay idempotent (IF NOT EXISTS) because
+# stamping runs them too. New migrations append to MIGRATIONS and never change once released.
+_V1 = (
+    _META,
+    """CREATE TABLE IF NOT EXISTS dataplanes (
+        id TEXT PRIMARY KEY,
+        epoch TEXT NOT NULL,
+        revision INTEGER NOT NULL DEFAULT 0,
+        horizon INTEGER NOT NULL DEFAULT 0,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        token_rotated_at TEXT,
+        applied_revision INTEGER,
+        applied_epoch TEXT,
+        last_heartbeat TEXT,
+        last_connected TEXT,
+        last_disconnected TEXT,
+        agent TEXT NOT NULL DEFAULT '{}'
+    )""",
+    """CREATE TABLE IF NOT EXISTS objects (
+        dataplane TEXT NOT NULL,
+        key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        name TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        spec_hash TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (dataplane, key)
+    )""",
+    "CREATE INDEX IF NOT EXISTS objects_env ON objects (dataplane, environment, kind)",
+    """CREATE TABLE IF NOT EXISTS log (
+        dataplane TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        op TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        name TEXT NOT NULL,
+        spec_hash TEXT,
+        PRIMARY KEY (dataplane, revision)
+    )""",
+    "CREATE INDEX IF NOT EXISTS log_key ON log (dataplane, key, revision)",
+    """CREATE TABLE IF NOT EXISTS status (
+        dataplane TEXT NOT NULL,
+        key TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reported_at TEXT NOT NULL,
+        PRIMARY KEY (dataplane, key)
+    )""",
+    """CREATE TABLE IF NOT EXISTS nacks (
+        dataplane TEXT NOT NULL,
+        key TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        code TEXT NOT NULL,
+        message TEXT NOT NULL,
+        retryable INTEGER NOT NULL,
+        at TEXT NOT NULL,
+        PRIMARY KEY (dataplane, key)
+    )""",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _V1),)
+LATEST = MIGRATIONS[-1].version
+
+
+def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone()
+    return row is not None
+
+
+def _recorded_version(conn: sqlite3.Connection) -> int | None:
+    if not _table_exists(conn, "meta"):
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key=?", (VERSION_KEY,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The version of the database: 0 when empty, 1 when written before the version row existed."""
+    recorded = _recorded_version(conn)
+    if recorded is not None:
+        return recorded
+    return 1 if _table_exists(conn, "dataplanes") else 0
+
+
+def _stamp(conn: sqlite3.Connection, version: int) -> None:
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+        (VERSION_KEY, str(version)),
+    )
+
+
+def _in_transaction(conn: sqlite3.Connection, step: Callable[[], None]) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        step()
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> int:
+    """Bring the database (an autocommit connection) to :data:`LATEST`; returns the version it had."""
+    found = 0
+
+    def check_and_stamp_legacy() -> None:
+        nonlocal found
+        found = schema_version(conn)
+        if found > LATEST:
+            raise SchemaTooNew(path, found, LATEST)
+        if found and _recorded_version(conn) is None:
+            log.info("store %s: written before schema versioning; stamping version %d", path, found)
+            # The unversioned store created its tables one autocommitted statement at a time on
+            # every start, so a crash could have left some missing: create them (all IF NOT EXISTS).
+            for statement in MIGRATIONS[0].statements:
+                conn.execute(statement)
+            _stamp(conn, found)
+
+    _in_transaction(conn, check_and_stamp_legacy)
+    for migration in MIGRATIONS:
+
+        def apply(m: Migration = migration) -> None:
+            # Re-read inside the write lock: another process may have applied it meanwhile.
+            if schema_version(conn) >= m.version:
+                return
+            log.info("store %s: migration %d (%s)", path, m.version, m.description)
+            for statement in m.statements:
+                conn.execute(statement)
+            _stamp(conn, m.version)
+
+        _in_transaction(conn, apply)
+    return found

@@ -1,0 +1,147 @@
+"""The agent's outbound direction: frames to the control plane, acknowledgements, status, heartbeats.
+
+Everything goes through one bounded queue and one sender task, so the order of frames is the
+order they were queued and a slow control plane slows the producers instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from websockets.asyncio.client import ClientConnection
+
+from choreo_dp.agent import metrics as M
+from choreo_dp.agent.dpstatus import DataPlaneStatus
+from choreo_dp.agent.shared import SessionState, durable
+from choreo_dp.agent.statusreport import StatusReporter, now_ms
+from choreo_dp.kube import ApiError
+from choreo_dp.kube.backoff import is_retryable
+from choreo_wire import protocol as P
+
+log = logging.getLogger("choreo_dp.agent.session")
+
+OUTQ_FRAMES = 1024
+STATUS_COALESCE = 0.05  # seconds to let a burst of status changes collapse into one batch
+HEARTBEAT_DEFAULT = 15.0
+
+
+class Outbound:
+    def __init__(
+        self, ws: ClientConnection, shared: SessionState, *, dp: DataPlaneStatus, reporter: StatusReporter
+    ) -> None:
+        self.ws = ws
+        self.shared = shared
+        self.dp = dp
+        self.reporter = reporter
+        self.seq = P.Sequencer()
+        self.outq: asyncio.Queue[tuple[str, list[P.StatusItem] | None]] = asyncio.Queue(OUTQ_FRAMES)
+        self.ack_wakeup = asyncio.Event()
+        self.errors_dropped = 0
+        self.heartbeat_interval = HEARTBEAT_DEFAULT
+
+    async def send_now(self, body: P.Body) -> None:
+        """Before the sender runs (hello, errors before welcome): straight onto the socket."""
+        await self.ws.send(self.seq.encode(body))
+
+    async def send(self, body: P.Body, corr: str | None = None) -> None:
+        await self.outq.put((self.seq.encode(body, corr=corr), None))
+
+    def send_soon(self, body: P.Body, corr: str | None = None) -> None:
+        """For error frames: never block the reader; drop when the queue is full (counted)."""
+        try:
+            self.outq.put_nowait((self.seq.encode(body, corr=corr), None))
+        except asyncio.QueueFull:
+            self.errors_dropped += 1
+
+    def give_back(self) -> None:
+        """At the end of a session: status items still queued were never sent."""
+        while not self.outq.empty():
+            _, items = self.outq.get_nowait()
+            if items:
+                self.reporter.requeue(items)
+
+    async def mark_connected(self, epoch: str) -> None:
+        """Best effort: the tunnel works even while the DataPlane cannot be written."""
+        try:
+            await self.dp.set_connected(True, "Connected", f"session with epoch {epoch}")
+        except ApiError as exc:
+            _log_status_failure("the connection", exc)
+        except Exception as exc:
+            if not is_retryable(exc):
+                raise
+            _log_status_failure("the connection", exc)
+
+    async def record_heartbeat(self) -> None:
+        """The control plane answered a heartbeat: note it on the DataPlane, best effort. The
+        write is cosmetic (lastHeartbeatTime); an API outage must not end the session, let alone
+        the agent."""
+        try:
+            await self.dp.heartbeat()
+        except ApiError as exc:
+            _log_status_failure("the heartbeat", exc)
+        except Exception as exc:
+            if not is_retryable(exc):
+                raise
+            _log_status_failure("the heartbeat", exc)
+
+    async def acknowledge(self, epoch: str, revision: int) -> None:
+        """Persist first: an acknowledged revision must survive a crash of the agent."""
+        await durable(lambda: self.dp.persist_revision(epoch, revision), f"persisting revision {revision}")
+        self.shared.persisted = revision
+        M.APPLIED_REVISION.set(revision)
+        await self.send(P.Applied(revision=revision, epoch=epoch))
+
+    # --- the session's outbound tasks --------------------------------------------------------
+
+    async def sender(self) -> None:
+        while True:
+            text, items = await self.outq.get()
+            try:
+                await self.ws.send(text)
+            except BaseException:
+                if items:
+                    self.reporter.requeue(items)
+                raise
+            if items:
+                self.reporter.mark_sent(items)
+
+    async def acker(self) -> None:
+        while True:
+            await self.ack_wakeup.wait()
+            self.ack_wakeup.clear()
+            target = self.shared.stream.acked
+            if target <= self.shared.persisted:
+                continue
+            await self.acknowledge(self.shared.epoch, target)
+
+    async def status_flusher(self) -> None:
+        while True:
+            await self.reporter.changed.wait()
+            await asyncio.sleep(STATUS_COALESCE)
+            while True:
+                items = self.reporter.take()
+                if not items:
+                    break
+                try:
+                    text = self.seq.encode(P.StatusBatch(items=items))
+                except P.FrameTooLarge:
+                    # statuses are small; if not, send them one by one and drop any still too big
+                    for item in items:
+                        with contextlib.suppress(P.FrameTooLarge):
+                            await self.outq.put((self.seq.encode(P.StatusBatch(items=[item])), [item]))
+                    continue
+                await self.outq.put((text, items))
+
+    async def heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            await self.send(P.Heartbeat(time=now_ms(), applied_revision=self.shared.persisted))
+            self.shared.beat()
+
+
+def _log_status_failure(what: str, exc: Exception) -> None:
+    # an outage is a warning (it passes); a refusal (RBAC on dataplanes/status) needs someone to act
+    level = logging.WARNING if is_retryable(exc) else logging.ERROR
+    log.log(level, "cannot record %s on the DataPlane: %s", what, exc)

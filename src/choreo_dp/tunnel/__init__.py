@@ -1,1 +1,0 @@
-"""The outbound tunnel: the shared protocol (:mod:`.protocol`) and the data-plane agent."""
