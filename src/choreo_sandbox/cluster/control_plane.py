@@ -9,6 +9,7 @@ directory that is removed on stop.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -51,47 +52,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _kubeconfig(server: str, ca: Path, client: KeyPair, user: str) -> dict[str, Any]:
+def _kubeconfig(server: str, ca: Path, client: KeyPair, user: str, *, embed: bool = False) -> dict[str, Any]:
+    """A kubeconfig for ``user``; ``embed`` inlines the certificates so the file survives copying
+    (the admin one handed to users), otherwise it names the files (the components' own)."""
+
+    def ref(key: str, path: Path) -> dict[str, str]:
+        if embed:
+            return {f"{key}-data": base64.b64encode(path.read_bytes()).decode()}
+        return {key: str(path)}
+
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "choreo-dp", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "clusters": [
+            {"name": "choreo-dp", "cluster": {"server": server, **ref("certificate-authority", ca)}}
+        ],
         "users": [
-            {"name": user, "user": {"client-certificate": str(client.cert), "client-key": str(client.key)}}
+            {
+                "name": user,
+                "user": {**ref("client-certificate", client.cert), **ref("client-key", client.key)},
+            }
         ],
         "contexts": [{"name": "choreo-dp", "context": {"cluster": "choreo-dp", "user": user}}],
         "current-context": "choreo-dp",
     }
 
 
-def _write_kubeconfig_embedded(path: Path, server: str, pki: ClusterPki) -> None:
-    """The admin kubeconfig handed to users: self-contained, so it survives copying elsewhere."""
-    import base64
-
-    def b64(p: Path) -> str:
-        return base64.b64encode(p.read_bytes()).decode()
-
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "choreo-dp",
-                "cluster": {"server": server, "certificate-authority-data": b64(pki.ca.cert)},
-            }
-        ],
-        "users": [
-            {
-                "name": "admin",
-                "user": {
-                    "client-certificate-data": b64(pki.admin.cert),
-                    "client-key-data": b64(pki.admin.key),
-                },
-            }
-        ],
-        "contexts": [{"name": "choreo-dp", "context": {"cluster": "choreo-dp", "user": "admin"}}],
-        "current-context": "choreo-dp",
-    }
+def _write_private(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.touch(mode=0o600)
@@ -247,8 +234,8 @@ class RealCluster:
             (sched_cfg, pki.scheduler, "system:kube-scheduler"),
             (admin_cfg, pki.admin, "admin"),
         ):
-            path.write_text(yaml.safe_dump(_kubeconfig(server, pki.ca.cert, pair, user)))
-        _write_kubeconfig_embedded(self.kubeconfig_path, server, pki)
+            _write_private(path, _kubeconfig(server, pki.ca.cert, pair, user))
+        _write_private(self.kubeconfig_path, _kubeconfig(server, pki.ca.cert, pki.admin, "admin", embed=True))
 
         kcm = self._component(
             "kube-controller-manager",
