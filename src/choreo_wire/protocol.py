@@ -274,12 +274,30 @@ class Orphans(Body):
     reason: str | None = Field(default=None, max_length=64)
 
 
+class InventorySummary(BaseModel):
+    """What the agent has in the cluster, in one line: the anti-entropy check.
+
+    ``digest`` is :func:`inventory_digest` over key -> spec hash of the agent's non-orphaned objects,
+    hashed from the specs *in the cluster* (not from annotations), at persisted ``revision``. The
+    control plane compares it with the digest of its desired state at that revision: equal means
+    in sync; different (twice in a row) makes it ask for a resync.
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    count: int = Field(ge=0)
+    digest: str = _HASH_FIELD
+    revision: int = Field(ge=0)
+
+
 class Heartbeat(Body):
-    """either way; the peer answers a heartbeat with ``corr`` unset by one with ``corr`` = its id."""
+    """either way; the peer answers a heartbeat with ``corr`` unset by one with ``corr`` = its id.
+
+    The agent's own heartbeats (``corr`` unset) carry its :class:`InventorySummary`."""
 
     TYPE: ClassVar[str] = "heartbeat"
     time: str | None = Field(default=None, max_length=64)
     applied_revision: int | None = Field(default=None, ge=0)
+    inventory: InventorySummary | None = None
 
 
 class Error(Body):
@@ -287,6 +305,11 @@ class Error(Body):
     code: str = Field(max_length=64)
     message: str = Field(default="", max_length=4096)
     ref: str | None = Field(default=None, max_length=128)
+
+
+# goaway reason the control plane sends when the agent's inventory digest keeps differing from the
+# desired state: the next session (after retry_after) is a resync, whatever epoch and revision say.
+GOAWAY_RESYNC = "resync"
 
 
 class GoAway(Body):
@@ -514,6 +537,14 @@ def decode_digests(text: str, buckets: int) -> bytes:
     if len(raw) != buckets * DIGEST_BYTES:
         raise ValueError(f"expected {buckets * DIGEST_BYTES} digest bytes, got {len(raw)}")
     return raw
+
+
+def inventory_digest(items: Mapping[str, str]) -> str:
+    """sha256 (hex) over the sorted ``key NUL hash LF`` lines of a whole inventory or desired state."""
+    d = hashlib.sha256()
+    for key, h in sorted(items.items()):
+        d.update(f"{key}\0{h}\n".encode())
+    return d.hexdigest()
 
 
 def differing_buckets(a: bytes, b: bytes) -> list[int]:
