@@ -253,9 +253,14 @@ class SnapshotEnd(Body):
 
 
 class StatusItem(Body):
+    """The status of one object as observed in the cluster at ``observed_at``; ``missing`` says the
+    object the control plane desires is not in the cluster (deleted by another writer, not yet
+    restored), with ``status`` empty."""
+
     key: str = _KEY_FIELD
     status: dict[str, Any]
     observed_at: str = Field(max_length=64)
+    missing: bool = False
 
 
 class StatusBatch(Body):
