@@ -34,7 +34,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy src
 
 unit: tools
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q --durations=25
 
 test: lint typecheck unit
 
