@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from choreo_dp.api.quantity import Format, InvalidQuantity, format_quantity, parse_quantity, quantity_format
+from choreo_dp.api.quantity import (
+    MILLI,
+    Format,
+    InvalidQuantity,
+    format_quantity,
+    parse_quantity,
+    quantity_format,
+)
 from kube_emulator.errors import ApiFailure
 from kube_emulator.resources import ResourceType
 
@@ -319,24 +326,32 @@ def canonicalize(rt: ResourceType, obj: JSON) -> None:
             if value is None:
                 continue
             if key in _SINGLE:
-                parent[key] = _canonical(rt, value)
+                parent[key] = str(_decode(rt, value))
             elif isinstance(value, dict):
-                parent[key] = {k: _canonical(rt, v) for k, v in value.items()}
+                parent[key] = {k: str(_in_milli_units(_decode(rt, v))) for k, v in value.items()}
             else:
                 raise _decode_error(
                     rt, f"json: cannot unmarshal {_go_type(value)} into Go value of type v1.ResourceList"
                 )
 
 
-def _canonical(rt: ResourceType, value: Any) -> str:
+def _decode(rt: ResourceType, value: Any) -> Q:
     # Quantity.UnmarshalJSON parses whatever raw JSON it is given, so a bool or an object fails
     # like a malformed string.
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise _decode_error(rt, FORMAT_WRONG)
     try:
-        return str(Q.parse(value))
+        return Q.parse(value)
     except InvalidQuantity:
         raise _decode_error(rt, FORMAT_WRONG) from None
+
+
+def _in_milli_units(q: Q) -> Q:
+    """``SetDefaults_ResourceList``: every entry of a ResourceList is rounded up to milli-units
+    (``100u`` is stored as ``1m``); a lone quantity (``emptyDir.sizeLimit``) is not."""
+    if q.value == q.value.quantize(MILLI, rounding=decimal.ROUND_UP):
+        return q
+    return Q(q.value.quantize(MILLI, rounding=decimal.ROUND_UP), q.fmt)
 
 
 def _decode_error(rt: ResourceType, text: str) -> ApiFailure:

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import ipaddress
 import os
 import signal
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 from aiohttp import web
@@ -25,11 +22,11 @@ from kube_emulator.patch import clone
 from kube_emulator.podlogs import install_kwok_crds
 from kube_emulator.quota import QuotaController
 from kube_emulator.resources import Registry
+from kube_emulator.serving import ServiceThread, start_site
 from kube_emulator.simulator import WorkloadSimulator
 from kube_emulator.store import Store, WriteOptions
 
 JSON = dict[str, Any]
-T = TypeVar("T")
 SEED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 DUMMY_TOKEN = "choreo-dp-emulator-token"
 
@@ -81,16 +78,7 @@ class ApiServer:
         return f"http://{self.host}:{self._port}"
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(
-            self.api.build(), access_log=None, handle_signals=False, shutdown_timeout=1.0
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.requested_port, reuse_address=True)
-        await site.start()
-        server = site._server  # aiohttp exposes the bound port only through the asyncio server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        self._port = int(sockets[0].getsockname()[1])
+        self._runner, self._port = await start_site(self.api.build(), self.host, self.requested_port)
         self.api.server_address = f"{self.host}:{self._port}"
         self.gc.start()
         self.quota.start()
@@ -169,7 +157,7 @@ class ApiServer:
         return [clone(o) for o in self.store.list(self._rt(plural, group), namespace)]
 
 
-class ApiServerThread:
+class ApiServerThread(ServiceThread[ApiServer]):
     """Runs an ApiServer on its own event loop in a daemon thread, for synchronous clients.
 
     ``with ApiServerThread(simulate_workloads=True) as t: t.server.url``; use ``t.call(fn)``
@@ -177,62 +165,11 @@ class ApiServerThread:
     """
 
     def __init__(self, **kwargs: Any) -> None:
-        self._kwargs = kwargs
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: ApiServer | None = None
-        self._stop: asyncio.Event | None = None
+        super().__init__(lambda: ApiServer(**kwargs), "emulated-apiserver", start_timeout=30.0)
 
     @property
     def server(self) -> ApiServer:
-        assert self._server is not None
-        return self._server
-
-    def __enter__(self) -> ApiServerThread:
-        started: concurrent.futures.Future[None] = concurrent.futures.Future()
-
-        async def main() -> None:
-            try:
-                self._stop = asyncio.Event()
-                self._server = ApiServer(**self._kwargs)
-                await self._server.start()
-            except BaseException as exc:
-                started.set_exception(exc)
-                return
-            started.set_result(None)
-            try:
-                await self._stop.wait()
-            finally:
-                await self._server.stop()
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            try:
-                self._loop.run_until_complete(main())
-            finally:
-                self._loop.close()
-
-        self._thread = threading.Thread(target=run, name="emulated-apiserver", daemon=True)
-        self._thread.start()
-        started.result(timeout=30)
-        return self
-
-    def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
-        assert self._loop is not None
-
-        async def invoke() -> T:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(invoke(), self._loop).result(timeout)
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._loop is not None and self._stop is not None:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(timeout=15)
+        return self.service
 
 
 async def serve_forever(

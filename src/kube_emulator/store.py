@@ -579,6 +579,10 @@ class Store:
         if opts.manager in ("", "unknown"):
             raise ApiFailure(400, "PATCH requests with apply-patch content type require fieldManager")
         applied = clone(applied)
+        # The apiserver decodes the applied configuration into its Go type first, so its
+        # quantities are compared and merged in canonical form: "0.5" over a stored "500m" is
+        # neither a conflict nor a change.
+        canonicalize(rt, applied)
         if rt.crd is not None and rt.crd.schema is not None:
             unknown: list[str] = []
             prune(applied, rt.crd.schema, root=True, unknown=unknown)

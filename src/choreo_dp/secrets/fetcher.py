@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from azure.keyvault.secrets import KeyVaultSecretIdentifier
 
+from choreo_dp.kube.backoff import RETRY_AFTER_CAPS, Backoff
 from choreo_dp.secrets import metrics
 from choreo_dp.secrets.clients import ClientPool, VaultClient, normalize_vault_url
 from choreo_dp.secrets.errors import SecretFetchError, classify
@@ -64,6 +65,26 @@ class KeyState:
     users: set[tuple[str, str]] = field(default_factory=set)  # (namespace, app)
 
 
+# A failing secret is retried after 5 s, 10 s, 20 s ... at most 5 min (and never later than its
+# refresh interval would have read it anyway).
+FAILURE_BACKOFF = Backoff(base=5.0, cap=300.0)
+
+
+def failure_delay(backoff: Backoff, failures: int, interval: float, retry_after: float | None) -> float:
+    """Seconds until a secret that failed ``failures`` times in a row is read again.
+
+    The shared :class:`Backoff`'s ceiling, but not its full jitter: a delay near zero would let the
+    very next reconcile read a failing secret again, so at least 80% of the ceiling is waited (the
+    remaining 20% still spreads the keys that failed together).  Key Vault's Retry-After is a floor,
+    bounded as :meth:`Backoff.delay` bounds it.
+    """
+    ceiling = min(interval, backoff.ceiling(max(0, failures - 1)))
+    delay = ceiling * random.uniform(0.8, 1.0)
+    if retry_after is not None and retry_after > 0:
+        delay = max(delay, min(retry_after, backoff.cap * RETRY_AFTER_CAPS))
+    return delay
+
+
 class SecretFetcher:
     def __init__(
         self,
@@ -73,12 +94,14 @@ class SecretFetcher:
         max_gate_wait: float = 10.0,
         read_deadline: float = 30.0,
         jitter: float = 0.1,
-        failure_backoff: tuple[float, float] = (5.0, 300.0),
+        failure_backoff: Backoff | tuple[float, float] = FAILURE_BACKOFF,
         on_scheduled: Callable[[float], None] = lambda due: None,
     ) -> None:
         self.pool = pool
         self._jitter = jitter
-        self._failure_backoff = failure_backoff
+        self._failure_backoff = (
+            failure_backoff if isinstance(failure_backoff, Backoff) else Backoff(*failure_backoff)
+        )
         self._on_scheduled = on_scheduled
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._max_gate_wait = max_gate_wait
@@ -128,9 +151,9 @@ class SecretFetcher:
         else:
             st.error = exc if isinstance(exc, SecretFetchError) else classify(exc, st.key.describe())
             st.failures += 1
-            base, cap = self._failure_backoff
-            delay = min(cap, st.interval, base * 2 ** min(st.failures - 1, 16)) * random.uniform(0.8, 1.2)
-            st.next_due = now + max(delay, st.error.retry_after or 0.0)
+            st.next_due = now + failure_delay(
+                self._failure_backoff, st.failures, st.interval, st.error.retry_after
+            )
         self._on_scheduled(st.next_due)
 
     async def _read(self, key: SecretKey) -> Fetched:

@@ -32,12 +32,13 @@ from choreo_dp.api.environment import KeyVaultSpec
 from choreo_dp.api.vocabulary import API_VERSION, SECRETS_COMPONENT
 from choreo_dp.kube import ApiError, KubeClient
 from choreo_dp.kube import resources as R
+from choreo_dp.kube.backoff import Backoff
 from choreo_dp.observability.health import Liveness
 from choreo_dp.observability.supervise import supervise
 from choreo_dp.secrets import manifest, metrics
 from choreo_dp.secrets.clients import ClientPool, CredentialFactory, TransportSettings
 from choreo_dp.secrets.errors import REASON_PRIORITY, Reason, SecretFetchError
-from choreo_dp.secrets.fetcher import KeyState, SecretFetcher, SecretKey
+from choreo_dp.secrets.fetcher import FAILURE_BACKOFF, KeyState, SecretFetcher, SecretKey
 from choreo_dp.secrets.identity import identity_for
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class SecretSyncer:
         transport: TransportSettings | None = None,
         credential_factory: CredentialFactory | None = None,
         jitter: float = 0.1,
-        failure_backoff: tuple[float, float] = (5.0, 300.0),
+        failure_backoff: Backoff | tuple[float, float] = FAILURE_BACKOFF,
         field_manager: str = COMPONENT,
         max_gate_wait: float = 10.0,
     ) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
 import contextlib
 import dataclasses
 import ipaddress
@@ -34,12 +33,11 @@ import os
 import shutil
 import ssl
 import tempfile
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import yaml
@@ -52,9 +50,9 @@ from choreo_sandbox.cluster.pki import ClusterPki, create_pki
 from kube_emulator.app import failure_response
 from kube_emulator.errors import ApiFailure
 from kube_emulator.faults import Fault, Faults
+from kube_emulator.serving import ServiceThread, start_site
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 MAX_BODY = 32 * 1024 * 1024  # kube-apiserver refuses far less (3 MiB objects); let it say so
 CONNECT_TIMEOUT = 30.0
@@ -284,18 +282,9 @@ class FaultProxy:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # handler_cancellation: a client that goes away (a watch it closes, a stalled request it
         # gives up on) ends its upstream request at once, not at the next event.
-        self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=1.0, handler_cancellation=True
+        self._runner, self._port = await start_site(
+            app, self.host, self.requested_port, ssl_context=server_ctx, handler_cancellation=True
         )
-        await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, self.host, self.requested_port, ssl_context=server_ctx, reuse_address=True
-        )
-        await site.start()
-        server = site._server  # aiohttp exposes the bound port only through the asyncio server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        self._port = int(sockets[0].getsockname()[1])
         self.kubeconfig_path = self._kubeconfig_arg or self.dir / "kubeconfig"
         doc = _embedded_kubeconfig(self.url, pki, cfg.namespace)
         await asyncio.to_thread(_write_private, self.kubeconfig_path, yaml.safe_dump(doc, sort_keys=False))
@@ -411,7 +400,7 @@ def _write_private(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-class FaultProxyThread:
+class FaultProxyThread(ServiceThread[FaultProxy]):
     """A ``FaultProxy`` on its own event loop in a daemon thread, for synchronous tests.
 
     ``with FaultProxyThread(kubeconfig) as t:`` then ``t.kubeconfig_path``, ``t.add_fault(...)``,
@@ -420,17 +409,11 @@ class FaultProxyThread:
     """
 
     def __init__(self, upstream_kubeconfig: str | os.PathLike[str], **kwargs: Any) -> None:
-        self._upstream = upstream_kubeconfig
-        self._kwargs = kwargs
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._proxy: FaultProxy | None = None
-        self._stop: asyncio.Event | None = None
+        super().__init__(lambda: FaultProxy(upstream_kubeconfig, **kwargs), "kube-fault-proxy")
 
     @property
     def proxy(self) -> FaultProxy:
-        assert self._proxy is not None
-        return self._proxy
+        return self.service
 
     @property
     def faults(self) -> Faults:
@@ -441,59 +424,9 @@ class FaultProxyThread:
         assert self.proxy.kubeconfig_path is not None
         return self.proxy.kubeconfig_path
 
-    def __enter__(self) -> FaultProxyThread:
-        started: concurrent.futures.Future[None] = concurrent.futures.Future()
-
-        async def main() -> None:
-            try:
-                self._stop = asyncio.Event()
-                self._proxy = FaultProxy(self._upstream, **self._kwargs)
-                await self._proxy.__aenter__()
-            except BaseException as exc:
-                started.set_exception(exc)
-                return
-            started.set_result(None)
-            try:
-                await self._stop.wait()
-            finally:
-                await self._proxy.stop()
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            try:
-                self._loop.run_until_complete(main())
-            finally:
-                self._loop.close()
-
-        self._thread = threading.Thread(target=run, name="kube-fault-proxy", daemon=True)
-        self._thread.start()
-        try:
-            started.result(timeout=60)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
-        assert self._loop is not None
-
-        async def invoke() -> T:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(invoke(), self._loop).result(timeout)
-
     def add_fault(self, **kwargs: Any) -> Fault:
         """``Faults.add`` on the proxy's loop; returns the rule (its ``hits`` count as it fires)."""
         return self.call(lambda: self.faults.add(**kwargs))
 
     def clear_faults(self) -> None:
         self.call(self.faults.clear)
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._loop is not None and self._stop is not None:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(timeout=15)
