@@ -44,6 +44,7 @@ bench: $(STAMP)
 crds: $(STAMP)
 	$(BIN)/choreo-dp crds --output-dir crds
 	$(BIN)/python -m choreo_dp.api.docgen docs/crds.md
+	cp crds/*.yaml deploy/helm/choreo-dp/crds-src/
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -11,13 +11,16 @@ import email.message
 import json
 import math
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
-from fastapi import Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -268,3 +271,41 @@ def http_error(status: int, detail: str) -> JSONResponse:
 
 def body_error(loc: tuple[str | int, ...], msg: str, value: Any) -> RequestValidationError:
     return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": value}])
+
+
+# -- API documentation pages ------------------------------------------------------------------------
+DOCS_ASSETS = "/docs-assets"
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+def install_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs and ReDoc at /redoc, every script, style and icon served by this process.
+
+    FastAPI's own pages load them from a CDN and Google Fonts, so they stay blank in an air-gapped
+    network, exactly where private data planes run (create the app with docs_url=redoc_url=None).
+    """
+    app.mount(DOCS_ASSETS, StaticFiles(directory=STATIC_DIR), name="docs-assets")
+    favicon = f"{DOCS_ASSETS}/favicon-32x32.png"
+    openapi_url = app.openapi_url or "/openapi.json"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=favicon,
+            # Swagger UI would otherwise send the document to validator.swagger.io for a badge.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> Response:
+        return get_redoc_html(
+            openapi_url=openapi_url,
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=favicon,
+            with_google_fonts=False,
+        )

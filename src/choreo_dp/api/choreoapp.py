@@ -35,10 +35,16 @@ LIST_MAP_BY_NAME: dict[str, Any] = {"x-kubernetes-list-type": "map", "x-kubernet
 
 
 class Autoscaling(Model):
-    min_replicas: int = Field(default=1, ge=1, le=1000)
-    max_replicas: int = Field(ge=1, le=1000)
+    """Scale on CPU with a HorizontalPodAutoscaler instead of a fixed replica count."""
+
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas. Default 1.")
+    max_replicas: int = Field(ge=1, le=1000, description="Most replicas; at least minReplicas. Example: 10.")
     target_cpu_utilization_percentage: int = Field(
-        default=80, ge=1, le=100, alias="targetCPUUtilizationPercentage"
+        default=80,
+        ge=1,
+        le=100,
+        alias="targetCPUUtilizationPercentage",
+        description="Average CPU use, in percent of the CPU request, the autoscaler aims for. Default 80.",
     )
 
     @model_validator(mode="after")
@@ -49,13 +55,28 @@ class Autoscaling(Model):
 
 
 class ResourceList(Model):
-    cpu: Quantity | None = None
-    memory: Quantity | None = None
+    """CPU and memory amounts."""
+
+    cpu: Quantity | None = Field(default=None, description="CPU in cores: 250m (a quarter core), 1, 1.5.")
+    memory: Quantity | None = Field(
+        default=None, description="Memory in bytes with a binary or decimal suffix: 256Mi, 1Gi, 500M."
+    )
 
 
 class Resources(Model):
-    requests: ResourceList | None = None
-    limits: ResourceList | None = None
+    """CPU and memory of the app's container."""
+
+    requests: ResourceList | None = Field(
+        default=None,
+        description="What the scheduler reserves for each replica. Absent: the environment's default (50m CPU, 64Mi).",
+    )
+    limits: ResourceList | None = Field(
+        default=None,
+        description=(
+            "The most each replica may use: over the memory limit it is restarted, CPU is throttled. "
+            "Absent: the environment's default (500m CPU, 512Mi). Requests must not exceed limits."
+        ),
+    )
 
     @model_validator(mode="after")
     def _requests_within_limits(self) -> Self:
@@ -73,39 +94,99 @@ class Resources(Model):
 
 
 class EnvVar(Model):
-    name: EnvVarName
-    value: str = Field(default="", max_length=32768)
+    """A plain environment variable of the container."""
+
+    name: EnvVarName = Field(description="Variable name, e.g. LOG_LEVEL. Unique across env and secrets.")
+    value: str = Field(default="", max_length=32768, description="Its value, e.g. debug. Default empty.")
 
 
 class SecretRef(Model):
-    name: EnvVarName = Field(description="Environment variable name in the container.")
-    key_vault_secret: str = Field(min_length=1, max_length=127, pattern=r"^[0-9a-zA-Z-]+$")
-    version: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{32}$", description="Pinned version.")
+    """An environment variable whose value comes from the environment's Key Vault."""
+
+    name: EnvVarName = Field(
+        description="Environment variable name in the container, e.g. DB_PASSWORD. Unique across env and secrets."
+    )
+    key_vault_secret: str = Field(
+        min_length=1,
+        max_length=127,
+        pattern=r"^[0-9a-zA-Z-]+$",
+        description="Name of the secret in the environment's Key Vault, e.g. orders-db-password.",
+    )
+    version: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-fA-F]{32}$",
+        description=(
+            "Pin one version of the secret (32 hex digits). Absent: the latest version, read again "
+            "every keyVault.refreshInterval; a new value rolls the pods."
+        ),
+    )
 
 
 class Endpoint(Model):
-    name: DnsLabel
-    port: Port
-    protocol: Protocol = "REST"
-    visibility: Visibility = "Project"
-    base_path: str = Field(default="/", max_length=1024, pattern=r"^/[^\s]*$")
+    """A port the app serves on, and who may reach it."""
+
+    name: DnsLabel = Field(
+        description="Endpoint name, unique within the app, e.g. http. Part of its host or path."
+    )
+    port: Port = Field(description="Container port the app listens on, 1-65535, e.g. 8080.")
+    protocol: Protocol = Field(
+        default="REST",
+        description="What the port speaks: REST, GraphQL, gRPC, WS (WebSocket) or TCP. Sets the URL scheme. Default REST.",
+    )
+    visibility: Visibility = Field(
+        default="Project",
+        description=(
+            "Who may reach it: Project (apps of the same project, in-cluster only), Organization (through "
+            "the environment's internal gateway), Public (through its external gateway). TCP endpoints are "
+            "never routed. Default Project."
+        ),
+    )
+    base_path: str = Field(
+        default="/",
+        max_length=1024,
+        pattern=r"^/[^\s]*$",
+        description="Path prefix the app serves under, e.g. /api/v1. Requests arrive at this path. Default /.",
+    )
 
 
 class HttpGetProbe(Model):
-    path: str = Field(default="/", max_length=1024, pattern=r"^/[^\s]*$")
-    port: Port
+    """Healthy when an HTTP GET answers with a status from 200 to 399."""
+
+    path: str = Field(
+        default="/",
+        max_length=1024,
+        pattern=r"^/[^\s]*$",
+        description="Path to request, e.g. /healthz. Default /.",
+    )
+    port: Port = Field(description="Container port to request it on, e.g. 8080.")
 
 
 class TcpProbe(Model):
-    port: Port
+    """Healthy when a TCP connection can be opened."""
+
+    port: Port = Field(description="Container port to connect to, e.g. 5432.")
 
 
 class Probe(Model):
-    http_get: HttpGetProbe | None = None
-    tcp_socket: TcpProbe | None = None
-    initial_delay_seconds: int | None = Field(default=None, ge=0, le=3600)
-    period_seconds: int | None = Field(default=None, ge=1, le=3600)
-    failure_threshold: int | None = Field(default=None, ge=1, le=100)
+    """A health check: exactly one of httpGet or tcpSocket."""
+
+    http_get: HttpGetProbe | None = Field(default=None, description="Check with an HTTP GET.")
+    tcp_socket: TcpProbe | None = Field(default=None, description="Check by opening a TCP connection.")
+    initial_delay_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=3600,
+        description="Seconds after the container starts before the first check. Default 0.",
+    )
+    period_seconds: int | None = Field(
+        default=None, ge=1, le=3600, description="Seconds between checks. Default 10."
+    )
+    failure_threshold: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="Consecutive failures before the check counts as failed. Default 3.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
@@ -115,34 +196,100 @@ class Probe(Model):
 
 
 class Probes(Model):
-    liveness: Probe | None = None
-    readiness: Probe | None = None
+    """Health checks of the container."""
+
+    liveness: Probe | None = Field(
+        default=None,
+        description="When it fails, the container is restarted. Absent: never restarted for health.",
+    )
+    readiness: Probe | None = Field(
+        default=None,
+        description="While it fails, the replica gets no traffic and does not count as ready. Absent: ready once started.",
+    )
 
 
 class ChoreoAppSpec(Model):
-    environment: DnsLabel
-    project: DnsLabel
-    type: AppType
+    """The desired app: what runs (image, command, env, secrets), how many, and how it is reached."""
+
+    environment: DnsLabel = Field(
+        description="The Environment (by name) the app runs in; the app must live in that environment's namespace. Example: dev."
+    )
+    project: DnsLabel = Field(
+        description="The project the app belongs to, e.g. orders. Apps of one project may reach each other's Project endpoints."
+    )
+    type: AppType = Field(
+        description=(
+            "What kind of component: service (serves endpoints), webhook (serves callbacks, run like a "
+            "service), worker (runs continuously, usually without endpoints), scheduledTask (runs on "
+            "spec.schedule), manualTask (runs only when triggered). Tasks cannot have endpoints."
+        )
+    )
     image: str = Field(
         min_length=1,
         max_length=1024,
         # The parser below gives the clear error; the pattern is for the apiserver's own check.
         json_schema_extra={"pattern": IMAGE_PATTERN},
-        description="[registry/]repository[:tag][@digest], as the container runtime reads it.",
+        description=(
+            "Container image, [registry/]repository[:tag][@digest], e.g. ghcr.io/acme/orders:1.4.2. "
+            "It must be admitted by the environment's spec.registry.allowedPrefixes."
+        ),
     )
-    replicas: int = Field(default=1, ge=0, le=1000)
-    autoscaling: Autoscaling | None = None
-    resources: Resources | None = None
-    command: list[str] = Field(default_factory=list, max_length=64)
-    args: list[str] = Field(default_factory=list, max_length=256)
-    env: list[EnvVar] = Field(default_factory=list, max_length=256, json_schema_extra=LIST_MAP_BY_NAME)
-    secrets: list[SecretRef] = Field(default_factory=list, max_length=256, json_schema_extra=LIST_MAP_BY_NAME)
-    endpoints: list[Endpoint] = Field(default_factory=list, max_length=32, json_schema_extra=LIST_MAP_BY_NAME)
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="How many copies run (long-running types). Ignored when autoscaling is set. Default 1.",
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="Scale between minReplicas and maxReplicas on CPU use. Absent: spec.replicas copies.",
+    )
+    resources: Resources | None = Field(
+        default=None, description="CPU and memory of each replica. Absent: the environment's defaults."
+    )
+    command: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Replaces the image's entrypoint, e.g. [\"/app/server\"]. Absent: the image's ENTRYPOINT.",
+    )
+    args: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description='Arguments to the entrypoint, e.g. ["--port", "8080"]. Absent: the image\'s CMD.',
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=256,
+        json_schema_extra=LIST_MAP_BY_NAME,
+        description="Plain environment variables of the container, by unique name.",
+    )
+    secrets: list[SecretRef] = Field(
+        default_factory=list,
+        max_length=256,
+        json_schema_extra=LIST_MAP_BY_NAME,
+        description="Environment variables read from the environment's Key Vault (spec.keyVault of the Environment).",
+    )
+    endpoints: list[Endpoint] = Field(
+        default_factory=list,
+        max_length=32,
+        json_schema_extra=LIST_MAP_BY_NAME,
+        description="The ports the app serves and who may reach them; URLs appear in status.endpoints.",
+    )
     schedule: str | None = Field(
-        default=None, max_length=128, description="Cron schedule (scheduledTask only)."
+        default=None,
+        max_length=128,
+        description=(
+            "When a scheduledTask runs: a five-field cron expression in the cluster's time zone (usually "
+            "UTC), e.g. 0 3 * * * (daily at 03:00). Required for scheduledTask, not allowed otherwise."
+        ),
     )
-    probes: Probes | None = None
-    suspend: bool = False
+    probes: Probes | None = Field(
+        default=None, description="Health checks. Absent: a replica is ready as soon as its container runs."
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Stop the app without deleting it: 0 replicas, or no new runs for a scheduledTask. Default false.",
+    )
 
     @field_validator("image")
     @classmethod
@@ -180,24 +327,51 @@ class ChoreoAppSpec(Model):
 
 
 class EndpointStatus(Model):
-    name: str
-    visibility: Visibility
-    url: str
+    """Where one endpoint can be reached."""
+
+    name: str = Field(description="The endpoint's name (spec.endpoints[].name).")
+    visibility: Visibility = Field(description="Its visibility: Project, Organization or Public.")
+    url: str = Field(
+        description=(
+            "Its URL: in-cluster for Project endpoints (http://orders.choreo-dev.svc.cluster.local:8080/), "
+            "through the gateway otherwise (https://orders-http.apps.example.com/)."
+        )
+    )
 
 
 class ChoreoAppStatus(Model):
-    phase: AppPhase | None = None
+    """The app as the operator last observed it. Written by the operator; do not edit."""
+
+    phase: AppPhase | None = Field(
+        default=None,
+        description=(
+            "Summary: Pending (not yet acted on), Progressing (rolling out), Ready (all desired replicas "
+            "ready), Degraded (running but not healthy, see message), Failed (cannot run, see message), "
+            "Suspended (spec.suspend)."
+        ),
+    )
     ready: str | None = Field(default=None, description="Ready replicas over desired, like 2/3.")
-    replicas: int | None = None
-    ready_replicas: int | None = None
-    image: str | None = None
-    revision: int | None = Field(default=None, description="Control-plane revision applied.")
-    endpoints: list[EndpointStatus] = Field(default_factory=list)
-    message: str | None = None
-    observed_generation: int | None = None
+    replicas: int | None = Field(default=None, description="Replicas currently desired.")
+    ready_replicas: int | None = Field(default=None, description="Replicas ready to serve.")
+    image: str | None = Field(default=None, description="The image the app's replicas run.")
+    revision: int | None = Field(
+        default=None, description="The control plane's revision of this app that is applied here."
+    )
+    endpoints: list[EndpointStatus] = Field(
+        default_factory=list,
+        description="The URLs of the app's endpoints (an endpoint with no known URL is left out).",
+    )
+    message: str | None = Field(
+        default=None, description="Why the app is not Ready, in one line (e.g. the container's last error)."
+    )
+    observed_generation: int | None = Field(
+        default=None,
+        description="The metadata.generation this status describes; lower than the object's while a change is being applied.",
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra=CONDITIONS_LIST_MAP,
+        description="Detailed state, one entry per type: Ready, Progressing, Exposed (endpoints routed), and others.",
     )
 
 

@@ -50,14 +50,34 @@ def now_rfc3339() -> str:
 
 
 class Condition(Model):
-    """Shaped like metav1.Condition."""
+    """One aspect of the object's state, shaped like metav1.Condition (what `kubectl wait --for=condition=...` reads)."""
 
-    type: str = Field(min_length=1, max_length=316)
-    status: ConditionStatus
-    reason: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
-    message: str = Field(default="", max_length=32768)
-    last_transition_time: str = Field(default_factory=now_rfc3339, json_schema_extra={"format": "date-time"})
-    observed_generation: int | None = Field(default=None, ge=0)
+    type: str = Field(
+        min_length=1,
+        max_length=316,
+        description="What this condition is about, in CamelCase, e.g. Ready. At most one condition per type.",
+    )
+    status: ConditionStatus = Field(description="True, False or Unknown (not yet determined).")
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="A machine-readable CamelCase word for why the status is what it is, e.g. ImagePullBackOff.",
+    )
+    message: str = Field(
+        default="", max_length=32768, description="A human-readable explanation of the reason; may be empty."
+    )
+    last_transition_time: str = Field(
+        default_factory=now_rfc3339,
+        json_schema_extra={"format": "date-time"},
+        description="When status last changed (RFC 3339, UTC), e.g. 2026-01-01T12:00:00Z.",
+    )
+    observed_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="The metadata.generation this condition was computed from; older than the object's "
+        "generation means the condition is stale.",
+    )
 
 
 def set_condition(conditions: list[Condition], new: Condition) -> list[Condition]:

@@ -18,6 +18,17 @@ from choreo_dp.api.environment import Environment
 
 RESOURCES: tuple[type[Resource], ...] = (Environment, ChoreoApp, DataPlane)
 _DROP_KEYS = {"title", "additionalProperties", "$defs"}
+# Kubernetes' own wording for the fields every object has (as in its published schemas).
+_API_VERSION_DESCRIPTION = (
+    "APIVersion defines the versioned schema of this representation of an object. Servers should convert "
+    "recognized schemas to the latest internal value, and may reject unrecognized values. More info: "
+    "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources"
+)
+_KIND_DESCRIPTION = (
+    "Kind is a string value representing the REST resource this object represents. Servers may infer this "
+    "from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: "
+    "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds"
+)
 
 
 def _inline(node: Any, defs: dict[str, Any]) -> Any:
@@ -64,8 +75,9 @@ def _schema_for(model: type[Resource]) -> dict[str, Any]:
         "description": model.crd.description,
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
+            "apiVersion": {"type": "string", "description": _API_VERSION_DESCRIPTION},
+            "kind": {"type": "string", "description": _KIND_DESCRIPTION},
+            # Kubernetes refuses anything but a type here (it supplies ObjectMeta and its description).
             "metadata": {"type": "object"},
             "spec": spec,
             "status": status,

@@ -72,30 +72,58 @@ def parse_duration(text: str) -> float:
 
 
 class RegistrySpec(Model):
+    """Which container images apps in this environment may run, and the credentials to pull them."""
+
     allowed_prefixes: list[AllowedPrefix] = Field(
         default_factory=list,
         max_length=64,
         description=(
             "Registries or repository paths images may come from, matched on registry and path "
             "segment boundaries: registry.example.com, ghcr.io/acme/ (anything below acme), "
-            'ghcr.io/acme/app (that repository). Empty or absent admits no image; ["*"] admits any.'
+            'ghcr.io/acme/app (that repository). Empty or absent admits no image; ["*"] admits any. '
+            "An app whose image is not admitted is refused with reason ImageNotAllowed."
         ),
     )
     pull_secret_name: DnsLabel | None = Field(
         default=None,
-        description="A kubernetes.io/dockerconfigjson Secret in the operator's namespace, copied here.",
+        description=(
+            "Name of a kubernetes.io/dockerconfigjson Secret in the operator's namespace, labelled "
+            "choreo.dev/pull-secret=true by the cluster admin. Its credentials are copied into the "
+            "environment's namespace and used to pull every app's image. Example: acme-registry."
+        ),
     )
 
 
 class KeyVaultSpec(Model):
+    """The Azure Key Vault the environment's app secrets (spec.secrets of a ChoreoApp) are read from."""
+
     url: str = Field(
         max_length=512,
         pattern=r"^https://[A-Za-z0-9.-]+(:[0-9]+)?/?$",
         description="Vault URL, e.g. https://myvault.vault.azure.net/",
     )
-    client_id: str | None = Field(default=None, max_length=64, description="Workload identity client id.")
-    tenant_id: str | None = Field(default=None, max_length=64, description="Entra tenant id.")
-    refresh_interval: str = Field(default="1h", max_length=32, pattern=DURATION)
+    client_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description=(
+            "Client id of the managed identity (Entra workload identity) used to read the vault. "
+            "Absent: the operator's own identity. Example: 00000000-0000-0000-0000-000000000000."
+        ),
+    )
+    tenant_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Entra tenant id of that identity. Absent: the tenant the operator runs in.",
+    )
+    refresh_interval: str = Field(
+        default="1h",
+        max_length=32,
+        pattern=DURATION,
+        description=(
+            "How often secret values are read again from the vault, as a duration (units ms, s, m, h; "
+            "at least 1s), e.g. 15m or 1h30m. A changed value rolls the app's pods. Default 1h."
+        ),
+    )
 
     @field_validator("refresh_interval")
     @classmethod
@@ -110,49 +138,143 @@ class KeyVaultSpec(Model):
 
 
 class GatewayRef(Model):
-    gateway_name: DnsLabel | None = None
-    gateway_namespace: DnsLabel | None = None
+    """Where routed endpoints enter the cluster: a Gateway API Gateway, or an Ingress class where the
+    cluster has no Gateway API."""
+
+    gateway_name: DnsLabel | None = Field(
+        default=None,
+        description="Name of the Gateway (gateway.networking.k8s.io) HTTPRoutes attach to, e.g. public-gw.",
+    )
+    gateway_namespace: DnsLabel | None = Field(
+        default=None,
+        description=(
+            "Namespace of that Gateway; absent means the environment's own namespace. Also the "
+            "namespace the NetworkPolicy admits traffic from: without it routed traffic stays denied."
+        ),
+    )
     hostname: str | None = Field(
         default=None,
         max_length=253,
         pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        description=(
+            "Host the endpoints are served on. A wildcard (*.apps.example.com) gives each endpoint its "
+            "own host <app>-<endpoint>.apps.example.com; a fixed name (api.example.com) puts every "
+            "endpoint under the path /<project>/<app>/<endpoint>. Absent: routes match any host and "
+            "the endpoint URL is unknown (not shown in status)."
+        ),
     )
-    ingress_class_name: DnsLabel | None = None
+    ingress_class_name: DnsLabel | None = Field(
+        default=None,
+        description="IngressClass to use when the cluster has no Gateway API, e.g. nginx.",
+    )
 
 
 class GatewaysSpec(Model):
-    internal: GatewayRef | None = Field(default=None, description="Gateway for Organization endpoints.")
-    external: GatewayRef | None = Field(default=None, description="Gateway for Public endpoints.")
+    """The two entry points of the environment, by endpoint visibility."""
+
+    internal: GatewayRef | None = Field(
+        default=None,
+        description="Gateway for endpoints with visibility Organization (reachable inside the organization).",
+    )
+    external: GatewayRef | None = Field(
+        default=None,
+        description="Gateway for endpoints with visibility Public (reachable from the internet).",
+    )
 
 
 class QuotaSpec(Model):
-    cpu: Quantity | None = None
-    memory: Quantity | None = None
-    pods: int | None = Field(default=None, ge=0, le=100000)
+    """Totals all apps of the environment together may use (a ResourceQuota on the namespace)."""
+
+    cpu: Quantity | None = Field(
+        default=None,
+        description=(
+            "CPU all pods together may request and be limited to, in cores: 4, 2500m. Containers without "
+            "resources count as 50m requested, 500m limit."
+        ),
+    )
+    memory: Quantity | None = Field(
+        default=None,
+        description=(
+            "Memory all pods together may request and be limited to, in bytes with a suffix: 8Gi, 512Mi. "
+            "Containers without resources count as 64Mi requested, 512Mi limit."
+        ),
+    )
+    pods: int | None = Field(
+        default=None,
+        ge=0,
+        le=100000,
+        description="Most pods that may exist at once in the environment, e.g. 50.",
+    )
 
 
 class EnvironmentSpec(Model):
-    display_name: str | None = Field(default=None, max_length=256)
-    namespace: DnsLabel | None = Field(default=None, description="Defaults to choreo-<name>.")
-    production: bool = False
-    registry: RegistrySpec | None = None
-    key_vault: KeyVaultSpec | None = None
-    gateways: GatewaysSpec | None = None
-    quota: QuotaSpec | None = None
-    deletion_policy: Literal["Delete", "Retain"] = "Delete"
+    """The desired environment: its namespace, which images may run, secrets, gateways and quota."""
+
+    display_name: str | None = Field(
+        default=None, max_length=256, description="A human-friendly name for tools to show, e.g. Development."
+    )
+    namespace: DnsLabel | None = Field(
+        default=None,
+        description=(
+            "The namespace the environment's apps run in; created and owned by the environment. "
+            "Defaults to choreo-<name>. Protected namespaces (kube-*, default) are refused."
+        ),
+    )
+    production: bool = Field(
+        default=False,
+        description="Marks a production environment (the PRODUCTION column of kubectl get). Default false.",
+    )
+    registry: RegistrySpec | None = Field(
+        default=None,
+        description="Which images apps may run and how they are pulled. Absent: no image is admitted.",
+    )
+    key_vault: KeyVaultSpec | None = Field(
+        default=None, description="The Key Vault app secrets come from. Needed by any app with spec.secrets."
+    )
+    gateways: GatewaysSpec | None = Field(
+        default=None,
+        description=(
+            "Where Organization and Public endpoints are exposed. Absent: such endpoints are not "
+            "routed (only the in-cluster Service exists) and the app's Exposed condition says why."
+        ),
+    )
+    quota: QuotaSpec | None = Field(
+        default=None, description="Resource totals for the whole environment. Absent: no quota."
+    )
+    deletion_policy: Literal["Delete", "Retain"] = Field(
+        default="Delete",
+        description=(
+            "What happens to the namespace (and everything in it) when the Environment is deleted: "
+            "Delete removes it, Retain keeps it and its apps running. Default Delete."
+        ),
+    )
 
 
 EnvironmentPhase = Literal["Pending", "Ready", "Failed", "Terminating"]
 
 
 class EnvironmentStatus(Model):
-    phase: EnvironmentPhase | None = None
-    namespace: str | None = None
-    apps: int | None = Field(default=None, ge=0)
-    observed_generation: int | None = None
+    """The environment as the operator last observed it. Written by the operator; do not edit."""
+
+    phase: EnvironmentPhase | None = Field(
+        default=None,
+        description=(
+            "Summary of the environment's state: Pending (being set up), Ready (namespace, quota and "
+            "policies in place), Failed (see the Ready condition's message), Terminating (being deleted)."
+        ),
+    )
+    namespace: str | None = Field(
+        default=None, description="The namespace the environment's apps run in, e.g. choreo-dev."
+    )
+    apps: int | None = Field(default=None, ge=0, description="How many ChoreoApps the environment holds.")
+    observed_generation: int | None = Field(
+        default=None,
+        description="The metadata.generation this status describes; lower than the object's while a change is being applied.",
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra=CONDITIONS_LIST_MAP,
+        description="Detailed state, one entry per type; Ready tells whether the environment can run apps.",
     )
 
 
