@@ -72,6 +72,10 @@ class FakeKube:
         self.calls: list[Call] = []
         self.events: list[tuple[str, str, str, str]] = []  # (involved name, type, reason, message)
         self.fail: dict[str, ApiError] = {}  # verb -> error raised by every such call
+        # (verb, plural) -> error raised by such calls (an admission refusal of one kind)
+        self.refuse: dict[tuple[str, str], ApiError] = {}
+        # errors raised by the next calls of a verb, one per call (a 409 race, a blip)
+        self.next_errors: dict[str, list[ApiError]] = {}
         self._counter = itertools.count(1)
 
     # --- test helpers -----------------------------------------------------------------------
@@ -103,6 +107,10 @@ class FakeKube:
         self.calls.append(Call(verb, res.plural, namespace or "", name, **kw))
         if verb in self.fail:
             raise self.fail[verb]
+        if (verb, res.plural) in self.refuse:
+            raise self.refuse[verb, res.plural]
+        if self.next_errors.get(verb):
+            raise self.next_errors[verb].pop(0)
 
     def _store(self, key: ObjectId, obj: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
         meta = obj["metadata"]

@@ -46,6 +46,8 @@ class Rig:
                 self.ctl.on_app_event("MODIFIED", body)
             elif plural == "pods":
                 self.ctl.on_pod_event("MODIFIED", body)
+            elif plural == "dataplanes":
+                self.ctl.on_dataplane_event("MODIFIED", body)
             else:
                 self.ctl.on_child_event("MODIFIED", body)
 

@@ -10,10 +10,13 @@ from pydantic import ValidationError
 from choreo_dp.api import ChoreoApp, Condition, Environment
 from choreo_dp.kube import resources as R
 from choreo_dp.operator.app_status import AppObservation, Refusal, compute_app_status
+from choreo_dp.operator.changes import Before, Changes, report
+from choreo_dp.operator.child_errors import ChildWriteError
 from choreo_dp.operator.children import apply_children, prune_children
 from choreo_dp.operator.env_reconciler import check_app_namespace, with_namespace
 from choreo_dp.operator.keys import AppKey, ChildKey
-from choreo_dp.operator.reconcile import DONE, ReconcileContext, Result
+from choreo_dp.operator.reconcile import DONE, ReconcileContext, Result, TerminalError
+from choreo_dp.operator.spec_only import without_status
 from choreo_dp.operator.summaries import CronJobSummary, DeploymentSummary
 from choreo_dp.render import PolicyViolation, RenderError, check_app_policy, render_app
 from choreo_dp.render.endpoints import EndpointExposure
@@ -67,7 +70,15 @@ async def reconcile(ctx: ReconcileContext, key: AppKey) -> Result:
         spec=None,
         previous_conditions=_previous_conditions(body),
     )
-    await _reconcile_workload(ctx, key, body, obs)
+    changes = Changes()
+    refused: ChildWriteError | None = None
+    try:
+        await _reconcile_workload(ctx, key, body, obs, changes)
+    except ChildWriteError as exc:
+        # Recorded, not only raised: the work queue alone would log it and leave the last phase
+        # (possibly Ready) standing on the app forever.
+        refused = exc
+        obs.refusal = Refusal("Degraded", "ApplyFailed", exc.summary)
     status = compute_app_status(obs)
     await _write_status(ctx, key, body, status)
     if obs.refusal is not None and obs.refusal.phase in ("Failed", "Degraded"):
@@ -77,16 +88,25 @@ async def reconcile(ctx: ReconcileContext, key: AppKey) -> Result:
         await ctx.recorder.warn(key, body, "Degraded", str(status["message"]))
     else:
         ctx.recorder.clear(key)
+    previous = (body.get("status") or {}).get("phase")
+    report(
+        log, "choreoapp", key, changes, previous, status["phase"], obs.refusal.reason if obs.refusal else None
+    )
+    if refused is not None:
+        if refused.terminal:
+            # The same write would be refused again: wait for an event (a spec change) or the resync.
+            raise TerminalError(refused.summary) from refused
+        raise refused  # retried with backoff by the controller
     if status["phase"] in ("Progressing", "Degraded", "Pending"):
         return Result(requeue_after=ctx.config.progressing_requeue_seconds)
     return DONE
 
 
 async def _reconcile_workload(
-    ctx: ReconcileContext, key: AppKey, body: dict[str, Any], obs: AppObservation
+    ctx: ReconcileContext, key: AppKey, body: dict[str, Any], obs: AppObservation, changes: Changes
 ) -> None:
     try:
-        app = ChoreoApp.model_validate(body)
+        app = ChoreoApp.model_validate(without_status(body))
     except ValidationError as exc:
         obs.refusal = Refusal("Failed", "InvalidSpec", _validation_message(exc))
         return
@@ -101,7 +121,7 @@ async def _reconcile_workload(
         )
         return
     try:
-        env = Environment.model_validate(env_body)
+        env = Environment.model_validate(without_status(env_body))
     except ValidationError:
         obs.refusal = Refusal(
             "Pending", "EnvironmentInvalid", f"environment {app.spec.environment!r} is invalid"
@@ -156,12 +176,15 @@ async def _reconcile_workload(
         obs.refusal = Refusal("Failed", exc.reason, exc.message)
         return
     obs.exposures = rendered.exposures
+    before = Before.of(ctx, key)
+    # A refusal (ChildWriteError) leaves what was applied before it recorded; the caller reports it.
     applied = await apply_children(ctx, key, rendered.manifests)
     for child_key, live in applied.items():
         _note_applied(ctx, key, child_key, live)
+    changes.note_applied(ctx, before, applied)
     keep = {ChildKey.of(m) for m in rendered.manifests}
     uid = str(body["metadata"].get("uid", ""))
-    await prune_children(ctx, key, uid, keep, APP_CHILD_KINDS)
+    changes.note_deleted(await prune_children(ctx, key, uid, keep, APP_CHILD_KINDS))
     # Summaries may have been refreshed by the applies.
     obs.deployment = ctx.cache.deployment(key) if app.spec.type in ("service", "webhook", "worker") else None
     obs.cronjob = ctx.cache.cronjob(key) if obs.deployment is None else None

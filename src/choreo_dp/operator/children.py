@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import Any
 
+from choreo_dp.kube import ApiError
 from choreo_dp.kube import resources as R
+from choreo_dp.operator.child_errors import ChildWriteError
 from choreo_dp.operator.drift import contains
 from choreo_dp.operator.keys import ChildKey, ObjKey
 from choreo_dp.operator.metrics import APPLIES, PRUNES
@@ -19,7 +21,8 @@ async def apply_children(
 ) -> dict[ChildKey, dict[str, Any]]:
     """Apply each manifest unless the same manifest was applied and the live object still matches.
 
-    Returns the API's answer for each child actually applied.
+    Returns the API's answer for each child actually applied. A refusal raises
+    :class:`ChildWriteError` naming the child (the ones before it stay applied and recorded).
     """
     record = ctx.record
     applied: dict[ChildKey, dict[str, Any]] = {}
@@ -30,7 +33,10 @@ async def apply_children(
         text = canonical(manifest)
         if not force and record.desired.get(key) == text and ctx.cache.in_sync(key, owner):
             continue
-        live = await ctx.kube.apply(manifest, FIELD_MANAGER, force=True)
+        try:
+            live = await ctx.kube.apply(manifest, FIELD_MANAGER, force=True)
+        except ApiError as exc:
+            raise ChildWriteError("apply", key, exc) from exc
         APPLIES.labels(key.kind).inc()
         tracked = TrackedChild(
             controller_owner_uid(live), contains(live, manifest), sync_basis(key.kind, text, live)
@@ -49,7 +55,10 @@ async def prune_children(
     for key, tracked in ctx.cache.children(owner).items():
         if key in keep or key.kind not in kinds or tracked.owner_uid != owner_uid:
             continue
-        await ctx.kube.delete(R.for_kind(key.api_version, key.kind), key.name, key.namespace or None)
+        try:
+            await ctx.kube.delete(R.for_kind(key.api_version, key.kind), key.name, key.namespace or None)
+        except ApiError as exc:
+            raise ChildWriteError("delete", key, exc) from exc
         PRUNES.labels(key.kind).inc()
         ctx.record.pruned(owner, key)
         pruned.append(key)

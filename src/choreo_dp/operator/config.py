@@ -93,6 +93,9 @@ class OperatorConfig:
     # Progressing apps are looked at again after this long even without events.
     progressing_requeue_seconds: float = 30.0
     liveness_max_silence: float = 60.0
+    # A connected DataPlane whose agent has not renewed its heartbeat for this long (unless its
+    # status.heartbeatBoundSeconds says otherwise) is marked not connected.
+    dataplane_heartbeat_bound_seconds: float = 45.0
     secrets_factory: SecretsFactory | None = default_secrets_factory
     # None = discover (gateway.networking.k8s.io/v1 served?); True/False to force.
     gateway_api: bool | None = None

@@ -20,9 +20,11 @@ from typing import Any
 from choreo_dp.api.vocabulary import APP_LABEL
 from choreo_dp.kube import ApiError
 from choreo_dp.observability.health import Liveness
+from choreo_dp.observability.supervise import supervise
+from choreo_dp.operator import heartbeat
 from choreo_dp.operator.config import OperatorConfig, SecretsPort
 from choreo_dp.operator.drift import contains
-from choreo_dp.operator.keys import AppKey, ChildKey, EnvKey, ObjKey
+from choreo_dp.operator.keys import AppKey, ChildKey, DataPlaneKey, EnvKey, ObjKey, QueueKey
 from choreo_dp.operator.metrics import RECONCILE_ERRORS, RECONCILE_TIME, RECONCILE_TOTAL
 from choreo_dp.operator.predicates import (
     child_needs_repair,
@@ -68,7 +70,7 @@ class Controller:
         self.caps = caps
         self.cache = Cache()
         self.record = Record()
-        self.queue: WorkQueue[ObjKey] = WorkQueue("choreo")
+        self.queue: WorkQueue[QueueKey] = WorkQueue("choreo")
         self.liveness = Liveness("operator", max_silence=config.liveness_max_silence)
         self.recorder = EventRecorder(kube)
         self.context = ReconcileContext(
@@ -138,6 +140,22 @@ class Controller:
             for app in self.cache.apps_of_env(name):
                 self.queue.add(app)
 
+    def on_dataplane_event(self, etype: str | None, body: dict[str, Any]) -> None:
+        name = (body.get("metadata") or {}).get("name", "")
+        key = DataPlaneKey(name)
+        if etype == "DELETED":
+            self.cache.dataplanes.pop(name, None)
+            self.cache.heartbeats.pop(name, None)
+            self.queue.add(key)
+            return
+        self.cache.dataplanes[name] = trim(body)
+        status = body.get("status") or {}
+        self.cache.heartbeats[name] = heartbeat.observe(
+            self.cache.heartbeats.get(name), status, time.monotonic(), time.time()
+        )
+        # Every event: a renewal is status-only, and it is what moves the verdict.
+        self.queue.add(key)
+
     def on_child_event(self, etype: str | None, body: dict[str, Any]) -> None:
         owner = owner_key_of_child(body)
         if owner is None:
@@ -202,9 +220,17 @@ class Controller:
     # --- workers --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        for i in range(self.config.workers):
-            self._workers.append(asyncio.create_task(self._worker(), name=f"choreo-worker-{i}"))
-        self._workers.append(asyncio.create_task(self._resync_loop(), name="choreo-resync"))
+        # Supervised: a worker or the resync loop that raises is logged with its traceback,
+        # restarted with backoff and shown failed on /healthz meanwhile, never silently gone.
+        loops = [(f"worker-{i}", self._worker) for i in range(self.config.workers)]
+        loops.append(("resync", self._resync_loop))
+        for name, loop in loops:
+            probe = self.liveness.child(name)
+            self._workers.append(
+                asyncio.create_task(
+                    supervise(f"operator/{name}", loop, liveness=probe, logger=log), name=f"choreo-{name}"
+                )
+            )
 
     async def stop(self) -> None:
         self.queue.shut_down()
@@ -218,8 +244,10 @@ class Controller:
     async def _resync_loop(self) -> None:
         last_app_resync = time.monotonic()
         while True:
-            # Beat on idle too: liveness fails only when this loop (or the event loop) is stuck.
-            self.liveness.beat()
+            # Idle counts as progress; with work waiting, only finished reconciles (the workers
+            # beat) do, so /healthz fails when every worker is stuck rather than staying green.
+            if len(self.queue) == 0 and self.queue.in_flight == 0:
+                self.liveness.beat()
             await asyncio.sleep(min(5.0, self.config.env_resync_seconds))
             for name in list(self.cache.envs):
                 if (
@@ -231,6 +259,8 @@ class Controller:
                 last_app_resync = time.monotonic()
                 for key in list(self.cache.apps):
                     self.queue.add(key)
+                for name in list(self.cache.dataplanes):
+                    self.queue.add(DataPlaneKey(name))
 
     async def _worker(self) -> None:
         while True:
@@ -241,8 +271,8 @@ class Controller:
                 self.queue.done(key)
                 self.liveness.beat()
 
-    async def _process(self, key: ObjKey) -> None:
-        controller = "choreoapp" if isinstance(key, AppKey) else "environment"
+    async def _process(self, key: QueueKey) -> None:
+        controller = CONTROLLER_NAMES.get(type(key), type(key).__name__)
         reconcile = self._reconcilers.get(type(key))
         if reconcile is None:
             log.error("no reconciler registered for %s keys; dropping %s", type(key).__name__, "/".join(key))
@@ -275,7 +305,8 @@ class Controller:
         self.queue.forget(key)
         if not self._exists(key):
             # Gone: its children go with it through ownerReferences; only our memory needs cleaning.
-            self.record.forget_owner(key)
+            if not isinstance(key, DataPlaneKey):
+                self.record.forget_owner(key)
             self.recorder.clear(key)
             self.queue.discard(key)
             RECONCILE_TOTAL.labels(controller, "success").inc()
@@ -288,5 +319,12 @@ class Controller:
         else:
             RECONCILE_TOTAL.labels(controller, "success").inc()
 
-    def _exists(self, key: ObjKey) -> bool:
-        return (key.name in self.cache.envs) if isinstance(key, EnvKey) else (key in self.cache.apps)
+    def _exists(self, key: QueueKey) -> bool:
+        if isinstance(key, EnvKey):
+            return key.name in self.cache.envs
+        if isinstance(key, DataPlaneKey):
+            return key.name in self.cache.dataplanes
+        return key in self.cache.apps
+
+
+CONTROLLER_NAMES: dict[type, str] = {AppKey: "choreoapp", EnvKey: "environment", DataPlaneKey: "dataplane"}

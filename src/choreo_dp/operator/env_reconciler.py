@@ -21,11 +21,14 @@ from pydantic import ValidationError
 from choreo_dp.api import Condition, Environment, set_condition, vocabulary
 from choreo_dp.kube import ApiError
 from choreo_dp.kube import resources as R
+from choreo_dp.operator.changes import Before, Changes, report
+from choreo_dp.operator.child_errors import ChildWriteError
 from choreo_dp.operator.children import apply_children, prune_children
 from choreo_dp.operator.drift import contains
 from choreo_dp.operator.keys import AppKey, ChildKey, EnvKey
 from choreo_dp.operator.metrics import APPLIES
-from choreo_dp.operator.reconcile import DONE, ReconcileContext, Result
+from choreo_dp.operator.reconcile import DONE, ReconcileContext, Result, TerminalError
+from choreo_dp.operator.spec_only import without_status
 from choreo_dp.operator.state import TrackedChild, canonical, controller_owner_uid
 from choreo_dp.render import PolicyViolation, RenderError, render_environment
 from choreo_dp.render.environment import (
@@ -257,7 +260,7 @@ async def reconcile(ctx: ReconcileContext, key: EnvKey) -> Result:
     meta = body["metadata"]
     generation = int(meta.get("generation") or 0)
     try:
-        env = Environment.model_validate(body)
+        env = Environment.model_validate(without_status(body))
     except ValidationError as exc:
         first = exc.errors()[0]
         msg = f"invalid spec: {'.'.join(str(p) for p in first.get('loc', ()))}: {first.get('msg')}"
@@ -279,6 +282,15 @@ async def reconcile(ctx: ReconcileContext, key: EnvKey) -> Result:
         )
         if binding.phase == "Failed":
             await ctx.recorder.warn(key, body, binding.reason, binding.message)
+        report(
+            log,
+            "environment",
+            key,
+            Changes(),
+            (body.get("status") or {}).get("phase"),
+            binding.phase,
+            binding.reason,
+        )
         return Result(requeue_after=binding.requeue, enqueue=recheck)
 
     namespace = binding.namespace
@@ -305,19 +317,27 @@ async def reconcile(ctx: ReconcileContext, key: EnvKey) -> Result:
     ns_manifest, children = manifests[0], manifests[1:]
     last_full_apply = ctx.record.env_full_apply.get(key.name, 0.0)
     force = time.monotonic() - last_full_apply >= ctx.config.env_resync_seconds
-    await apply_children(ctx, key, children, force=force)
-    # After apply_children, which records the Environment's desired children anew.
-    await _mark_namespace(ctx, key, ns_manifest, binding.live, uid)
-    if force:
-        ctx.record.env_full_apply[key.name] = time.monotonic()
-    keep = {ChildKey.of(m) for m in manifests}
-    await prune_children(ctx, key, uid, keep, ENV_CHILD_KINDS)
+    changes = Changes()
+    before = Before.of(ctx, key)
+    try:
+        applied = await apply_children(ctx, key, children, force=force)
+        changes.note_applied(ctx, before, applied)
+        # After apply_children, which records the Environment's desired children anew.
+        await _mark_namespace(ctx, key, ns_manifest, binding.live, uid)
+        if force:
+            ctx.record.env_full_apply[key.name] = time.monotonic()
+        keep = {ChildKey.of(m) for m in manifests}
+        changes.note_deleted(await prune_children(ctx, key, uid, keep, ENV_CHILD_KINDS))
+    except ChildWriteError as exc:
+        raise await _refused(ctx, key, body, namespace, generation, len(app_keys), changes, exc) from exc
+    previous = (body.get("status") or {}).get("phase")
 
     if binding.reason:
         await _status(
             ctx, key, body, "Failed", namespace, binding.reason, binding.message, generation, len(app_keys)
         )
         await ctx.recorder.warn(key, body, binding.reason, binding.message)
+        report(log, "environment", key, changes, previous, "Failed", binding.reason)
         return DONE
     if pull_problem is not None:
         await _status(
@@ -332,11 +352,34 @@ async def reconcile(ctx: ReconcileContext, key: EnvKey) -> Result:
             len(app_keys),
         )
         await ctx.recorder.warn(key, body, pull_problem.reason, pull_problem.message)
+        report(log, "environment", key, changes, previous, "Pending", pull_problem.reason)
         return Result(requeue_after=ctx.config.env_resync_seconds)
     msg = f"namespace {namespace} ready with {len(app_keys)} app(s)"
     await _status(ctx, key, body, "Ready", namespace, "Ready", msg, generation, len(app_keys))
     ctx.recorder.clear(key)
+    report(log, "environment", key, changes, previous, "Ready")
     return DONE
+
+
+async def _refused(
+    ctx: ReconcileContext,
+    key: EnvKey,
+    body: dict[str, Any],
+    namespace: str,
+    generation: int,
+    apps: int,
+    changes: Changes,
+    exc: ChildWriteError,
+) -> Exception:
+    """Record a refused child on the Environment's status and Events; returns what to raise.
+
+    ``Failed``: the Environment's phases (its CRD's enum) have no ``Degraded``. Retryable
+    refusals are retried with backoff; the others wait for a change (an event) or the resync.
+    """
+    await _status(ctx, key, body, "Failed", namespace, "ApplyFailed", exc.summary, generation, apps)
+    await ctx.recorder.warn(key, body, "ApplyFailed", exc.summary)
+    report(log, "environment", key, changes, (body.get("status") or {}).get("phase"), "Failed", "ApplyFailed")
+    return TerminalError(exc.summary) if exc.terminal else exc
 
 
 async def _status(

@@ -15,6 +15,7 @@ import kopf
 from choreo_dp.api.vocabulary import OPERATOR_FIELD_MANAGER, OPERATOR_FINALIZER
 from choreo_dp.kube.config import ConnectionConfig
 from choreo_dp.operator.controller import Controller
+from choreo_dp.operator.login import KopfLogin
 from choreo_dp.render.labels import MANAGED_BY, MANAGED_BY_VALUE
 
 log = logging.getLogger("choreo_dp.operator.handlers")
@@ -50,19 +51,11 @@ def build_registry(ctl: Controller, conn: ConnectionConfig) -> kopf.OperatorRegi
     # controller's cache and queue belong to the event loop.
     registry = kopf.OperatorRegistry()
 
+    kopf_login = KopfLogin(conn)
+
     @kopf.on.login(registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(
-            server=conn.server,
-            token=conn.current_token(),
-            scheme="Bearer" if conn.current_token() else None,
-            ca_path=conn.ca_file,
-            ca_data=conn.ca_data,
-            insecure=conn.insecure or None,
-            certificate_path=conn.client_cert_file,
-            private_key_path=conn.client_key_file,
-            default_namespace=conn.namespace,
-        )
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        return await kopf_login()
 
     @kopf.on.event("choreo.dev", "v1alpha1", "choreoapps", registry=registry)
     async def app_event(event: kopf.RawEvent, **_: Any) -> None:
@@ -71,6 +64,10 @@ def build_registry(ctl: Controller, conn: ConnectionConfig) -> kopf.OperatorRegi
     @kopf.on.event("choreo.dev", "v1alpha1", "environments", registry=registry)
     async def env_event(event: kopf.RawEvent, **_: Any) -> None:
         ctl.on_env_event(event.get("type"), dict(event["object"]))
+
+    @kopf.on.event("choreo.dev", "v1alpha1", "dataplanes", registry=registry)
+    async def dataplane_event(event: kopf.RawEvent, **_: Any) -> None:
+        ctl.on_dataplane_event(event.get("type"), dict(event["object"]))
 
     async def child_event(event: kopf.RawEvent, **_: Any) -> None:
         ctl.on_child_event(event.get("type"), dict(event["object"]))

@@ -14,7 +14,15 @@ class EnvKey(NamedTuple):
     name: str
 
 
+class DataPlaneKey(NamedTuple):
+    """A DataPlane (cluster-scoped, written by the agent): the operator only judges its heartbeat."""
+
+    name: str
+
+
+# Owners of children. A DataPlane owns none, so it is a key of the queue but not an ObjKey.
 ObjKey = AppKey | EnvKey
+QueueKey = AppKey | EnvKey | DataPlaneKey
 
 
 class ChildKey(NamedTuple):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 from choreo_dp.api.vocabulary import OPERATOR_FIELD_MANAGER
 from choreo_dp.kube.resources import Resource
 from choreo_dp.operator.config import OperatorConfig, SecretsPort
-from choreo_dp.operator.keys import AppKey, EnvKey, ObjKey
+from choreo_dp.operator.keys import AppKey, DataPlaneKey, EnvKey, ObjKey, QueueKey
 from choreo_dp.render import ClusterCapabilities
 
 if TYPE_CHECKING:
@@ -110,15 +110,15 @@ class EventRecorder:
     def __init__(self, client: KubeApi, component: str = COMPONENT) -> None:
         self._client = client
         self._component = component
-        self._warned: dict[ObjKey, str] = {}
+        self._warned: dict[QueueKey, str] = {}
 
-    async def warn(self, key: ObjKey, involved: dict[str, Any], reason: str, message: str) -> None:
+    async def warn(self, key: QueueKey, involved: dict[str, Any], reason: str, message: str) -> None:
         if self._warned.get(key) == f"{reason}:{message}":
             return
         self._warned[key] = f"{reason}:{message}"
         await self._client.post_event(involved, "Warning", reason, message, self._component)
 
-    def clear(self, key: ObjKey) -> None:
+    def clear(self, key: QueueKey) -> None:
         """The object is healthy (or gone): its next problem is news again."""
         self._warned.pop(key, None)
 
@@ -140,6 +140,6 @@ class ReconcileContext:
     recorder: EventRecorder
 
 
-K = TypeVar("K", AppKey, EnvKey)
+K = TypeVar("K", AppKey, EnvKey, DataPlaneKey)
 # ``async def reconcile(ctx, request) -> Result``, registered per key type with the controller.
 Reconciler = Callable[[ReconcileContext, K], Awaitable[Result]]

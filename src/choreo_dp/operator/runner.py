@@ -11,6 +11,7 @@ from typing import Any
 import kopf
 
 from choreo_dp.kube import KubeClient
+from choreo_dp.kube.backoff import Backoff, retrying
 from choreo_dp.observability.health import Liveness, serve
 from choreo_dp.operator.config import OperatorConfig, SecretsPort
 from choreo_dp.operator.controller import Controller
@@ -53,7 +54,13 @@ async def run_operator(
     try:
         gateway_api = config.gateway_api
         if gateway_api is None:
-            gateway_api = await kube.served("gateway.networking.k8s.io/v1")
+            # An API server restarting as the operator starts is routine: wait for it, not exit.
+            gateway_api = await retrying(
+                lambda: kube.served("gateway.networking.k8s.io/v1"),
+                backoff=Backoff(base=0.5, cap=10.0),
+                what="API discovery",
+                logger=log,
+            )
         caps = ClusterCapabilities(gateway_api=gateway_api)
         log.info("cluster capabilities: gateway API %s", "served" if gateway_api else "not served (Ingress)")
         if config.secrets_factory is not None:

@@ -47,6 +47,20 @@ class TrackedChild:
     basis: tuple[Any, ...] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class HeartbeatSeen:
+    """A DataPlane's ``lastHeartbeatTime`` and when the watch first showed it (monotonic seconds).
+
+    ``age_when_seen``: how old the wall clocks said it was then. Trusted only for the first heartbeat
+    a process sees (0 for every later one), so a skew between the agent's clock and ours can delay
+    a verdict once, at start, but never make a renewing agent look dead.
+    """
+
+    value: str | None
+    seen_at: float
+    age_when_seen: float
+
+
 @dataclass
 class Cache:
     """The informer: objects as the watches last showed them. Only watch events write it."""
@@ -58,6 +72,9 @@ class Cache:
     deployments: dict[AppKey, DeploymentSummary] = field(default_factory=dict)
     cronjobs: dict[AppKey, CronJobSummary] = field(default_factory=dict)
     pods: dict[AppKey, dict[str, PodSummary]] = field(default_factory=lambda: defaultdict(dict))
+    dataplanes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # DataPlane name -> when this process's watch first showed its current heartbeat.
+    heartbeats: dict[str, HeartbeatSeen] = field(default_factory=dict)
 
     def apps_of_env(self, env_name: str) -> list[AppKey]:
         return [k for k, b in self.apps.items() if (b.get("spec") or {}).get("environment") == env_name]
@@ -164,6 +181,12 @@ class CacheView:
 
     def apps_of_env(self, env_name: str) -> list[AppKey]:
         return self._cache.apps_of_env(env_name)
+
+    def dataplane(self, name: str) -> dict[str, Any] | None:
+        return self._cache.dataplanes.get(name)
+
+    def heartbeat(self, name: str) -> HeartbeatSeen | None:
+        return self._cache.heartbeats.get(name)
 
     def deployment(self, key: AppKey) -> DeploymentSummary | None:
         return self._record.deployment_answers.get(key) or self._cache.deployments.get(key)

@@ -52,6 +52,11 @@ class WorkQueue(Generic[K]):
     def __len__(self) -> int:
         return len(self._queued)
 
+    @property
+    def in_flight(self) -> int:
+        """Keys handed to a worker and not yet done."""
+        return len(self._processing)
+
     def add(self, key: K, urgent: bool = False) -> None:
         if self._shut_down:
             return
