@@ -145,6 +145,8 @@ OPERATOR_RESOURCES = {
     ("choreo.dev", "choreoapps/status"),
     ("choreo.dev", "environments/finalizers"),
     ("choreo.dev", "choreoapps/finalizers"),
+    ("choreo.dev", "dataplanes"),  # read, and its status patched once its agent's heartbeat expired
+    ("choreo.dev", "dataplanes/status"),
     ("", "namespaces"),
     ("", "resourcequotas"),
     ("", "limitranges"),
@@ -162,7 +164,11 @@ OPERATOR_RESOURCES = {
     ("gateway.networking.k8s.io", "httproutes"),
     ("apiextensions.k8s.io", "customresourcedefinitions"),
 }
-READ_ONLY = {("", "pods"), ("apiextensions.k8s.io", "customresourcedefinitions")}
+READ_ONLY = {
+    ("", "pods"),
+    ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ("choreo.dev", "dataplanes"),
+}
 READ_VERBS = {"get", "list", "watch"}
 
 
@@ -191,7 +197,15 @@ def test_rbac_has_no_wildcards(scenario: str) -> None:
 
 def test_agent_role_touches_only_choreo_resources_and_its_own_dataplane() -> None:
     docs = SCENARIOS["defaults"].render()
-    assert not find(docs, "Role")  # everything is in the two ClusterRoles checked here
+    # beside the two ClusterRoles checked here, one Role: the agent's desired copy, ConfigMaps of
+    # its own names in its own namespace (list cannot be narrowed by name)
+    (local,) = find(docs, "Role")
+    assert local["metadata"]["name"] == f"{FULLNAME}-agent-desired-copy"
+    for rule in local["rules"]:
+        assert rule["apiGroups"] == [""] and rule["resources"] == ["configmaps"]
+        assert rule["verbs"] == ["list"] or all(
+            n.startswith("choreo-dp-desired-") for n in rule["resourceNames"]
+        )
     role = one(docs, "ClusterRole", f"{FULLNAME}-agent")
     agent = grants(role)
     assert {g for g, _ in agent} == {"choreo.dev"}, "the agent touches nothing but choreo.dev"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from choreo_dp.kube import resources as R
-from tests.helm.chart import FULLNAME, REPO, SCENARIOS, one
+from tests.helm.chart import FULLNAME, REPO, SCENARIOS, find, one
 from tests.helm.test_chart import grants
 
 SRC = REPO / "src" / "choreo_dp"
@@ -182,6 +182,11 @@ def calls_in(comp: Component) -> Needs:
         scope_of = _enclosing_functions(tree)
         for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
             func = call.func
+            if isinstance(func, ast.Name) and func.id == "WatchStream" and len(call.args) > 1:
+                # WatchStream(kube, res, ...): the informer's list + watch
+                for res in _resolve(call.args[1], "watch", scope_of.get(call, tree), tree, comp):
+                    needs.setdefault(key_of(res), set()).update({"list", "watch"})
+                continue
             if not (isinstance(func, ast.Attribute) and _is_kube(func.value)) or not call.args:
                 continue
             sub = next(
@@ -242,7 +247,7 @@ def _needs(component: str) -> tuple[tuple[Key, frozenset[str]], ...]:
         needs = calls_in(comp)
         for group, _version, plural in (*handlers.watched_children(True), handlers.PODS):
             needs.setdefault((group, plural), set()).update({"list", "watch"})
-        for res in (R.ENVIRONMENTS, R.CHOREOAPPS):
+        for res in (R.ENVIRONMENTS, R.CHOREOAPPS, R.DATAPLANES):
             needs.setdefault(key_of(res), set()).update({"list", "watch"})
         owner_code = python_files([SRC / "render", SRC / "api" / "vocabulary.py"])
         if OWNER_BLOCKS_DELETION in "".join(f.read_text() for f in owner_code):
@@ -267,7 +272,13 @@ def allowed_extra(key: Key, verb: str, needs: Needs) -> bool:
 
 
 def role(component: str) -> Needs:
-    return grants(one(SCENARIOS["defaults"].render(), "ClusterRole", f"{FULLNAME}-{component}"))
+    docs = SCENARIOS["defaults"].render()
+    granted = grants(one(docs, "ClusterRole", f"{FULLNAME}-{component}"))
+    # the agent's Role in its own namespace (ConfigMaps of its desired copy)
+    for local in find(docs, "Role", f"{FULLNAME}-{component}-desired-copy"):
+        for key, verbs in grants(local).items():
+            granted.setdefault(key, set()).update(verbs)
+    return granted
 
 
 def missing(component: str) -> list[str]:

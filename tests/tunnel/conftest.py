@@ -215,6 +215,13 @@ def token_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _state_namespace(monkeypatch: pytest.MonkeyPatch, names: Names) -> None:
+    """Agents keep their desired copy in the test's namespace (it exists on both targets), so an
+    agent restarted within a test finds it, as one restarted in its pod would."""
+    monkeypatch.setenv("CHOREO_DP_STATE_NAMESPACE", names.ns)
+
+
+@pytest.fixture(autouse=True)
 def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)

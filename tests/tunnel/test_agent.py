@@ -433,9 +433,9 @@ async def test_wrong_ca_is_refused(
         async def tls_error() -> bool:
             st = await dataplane(kube, names)
             conds = {c["type"]: c for c in st.get("conditions", [])}
-            return conds.get("Connected", {}).get("reason") == "TLSError"
+            return conds.get("Connected", {}).get("reason") == "TLSVerifyFailed"
 
-        await eventually(tls_error, what="TLSError condition")
+        await eventually(tls_error, what="TLSVerifyFailed condition")
         assert not fake_cp.hellos and r.agent.sessions == 0
 
 

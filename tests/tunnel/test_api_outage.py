@@ -21,7 +21,7 @@ import yaml
 from choreo_dp.kube import KubeClient
 from tests.tunnel.conftest import Faulty, Names, TunnelApi, client_for, eventually
 from tests.tunnel.fakecp import FakeControlPlane
-from tests.tunnel.test_agent import app_spec, config, converged, running, seed
+from tests.tunnel.test_agent import app_spec, config, converged, dataplane, running, seed
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -183,3 +183,157 @@ async def test_a_refused_kubernetes_request_is_nacked_not_retryable(
         # processed: acknowledged past it, nothing left waiting behind it
         await eventually(lambda: fake_cp.applied >= revision, timeout=30, what="the ack past the nack")
         assert not r.task.done()
+
+
+# --- every step of the agent against a failing API (issue 14.4) ---------------------------------
+
+
+async def test_agent_started_while_the_api_is_down_waits_healthy_and_loads_when_it_returns(
+    apiserver: TunnelApi,
+    fake_cp: FakeControlPlane,
+    kube: KubeClient,
+    token_file: Path,
+    tls: dict[str, Any],
+    names: Names,
+    tmp_path: Path,
+) -> None:
+    host, upstream, write = relayed_kubeconfig(apiserver.kubeconfig, tmp_path / "relayed-kubeconfig")
+    relay = TcpRelay(host, upstream)
+    await relay.start()
+    write(relay.port)
+    await relay.stop()  # down before the agent starts: the DataPlane cannot be loaded
+    agent_kube = client_for((await KubeClient.from_kubeconfig(tmp_path / "relayed-kubeconfig")).config)
+    await seed(fake_cp, 1, names)
+    try:
+        async with agent_kube, running(config(fake_cp, token_file, tls, names), agent_kube) as r:
+            loop = asyncio.get_running_loop()
+            down = loop.time()
+            while loop.time() - down < 3.0:
+                assert not r.task.done(), f"the agent died while the API was down: {r.task}"
+                await asyncio.sleep(0.1)
+            # waiting out an outage is progress (a restart would not cure it), a hung step is not
+            assert r.agent.liveness.healthy and not fake_cp.hellos
+            await relay.start()
+            await eventually(
+                lambda: converged(fake_cp, kube, names), timeout=60, what="sync after the outage"
+            )
+    finally:
+        with contextlib.suppress(AssertionError):
+            await relay.stop()
+
+
+async def test_dataplane_load_through_5xx_and_429(
+    faulty: Faulty,
+    fake_cp: FakeControlPlane,
+    kube: KubeClient,
+    token_file: Path,
+    tls: dict[str, Any],
+    names: Names,
+) -> None:
+    # more failures than the client's own retries (3): the agent's retry loop must carry them
+    unavailable = faulty.faults.add(verb="patch", resource="dataplanes", status=503, count=6)
+    throttled = faulty.faults.add(verb="patch", resource="dataplanes", status=429, count=6, retry_after=1)
+    await seed(fake_cp, 1, names)
+    async with running(config(fake_cp, token_file, tls, names), faulty.kube) as r:
+        await eventually(lambda: converged(fake_cp, kube, names), timeout=45, what="sync after the faults")
+        assert (unavailable.hits, throttled.hits) == (6, 6)
+        assert not r.task.done()
+
+
+async def test_failing_status_writes_and_heartbeat_renewals_never_end_the_session(
+    faulty: Faulty,
+    fake_cp: FakeControlPlane,
+    kube: KubeClient,
+    token_file: Path,
+    tls: dict[str, Any],
+    names: Names,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """5xx, 429 and a stalled write (past the write timeout) on every DataPlane status write while
+    connected: renewals fail and are logged once per kind, the session stays, renewals resume."""
+    caplog.set_level(logging.INFO, logger="choreo_dp.agent.agent")
+    await seed(fake_cp, 1, names)
+    cfg = config(fake_cp, token_file, tls, names, heartbeat_every=0.3, status_write_timeout=1.0)
+    async with running(cfg, faulty.kube) as r:
+        await eventually(lambda: converged(fake_cp, kube, names), timeout=30, what="sync")
+        hellos = len(fake_cp.hellos)
+        faults = [
+            faulty.faults.add(verb="patch", resource="dataplanes/status", status=503, count=12),
+            faulty.faults.add(verb="patch", resource="dataplanes/status", status=429, count=8),
+            faulty.faults.add(verb="patch", resource="dataplanes/status", stall=3.0, count=1),
+        ]
+        await eventually(lambda: all(f.count == 0 for f in faults), timeout=45, what="every fault met")
+        renewed = r.agent.dp.heartbeats
+        await eventually(lambda: r.agent.dp.heartbeats > renewed + 1, timeout=15, what="renewals again")
+        assert len(fake_cp.hellos) == hellos and r.agent.session is not None  # the same session
+        failed = [rec for rec in caplog.records if "cannot record the heartbeat" in rec.getMessage()]
+        assert len(failed) == 1 and failed[0].levelno == logging.WARNING  # rate-limited, an outage
+        assert any("works again" in rec.getMessage() for rec in caplog.records)
+        assert r.agent.liveness.healthy and not r.task.done()
+
+
+async def test_connection_state_is_written_once_the_api_returns_while_disconnected(
+    faulty: Faulty,
+    fake_cp: FakeControlPlane,
+    kube: KubeClient,
+    token_file: Path,
+    tls: dict[str, Any],
+    names: Names,
+) -> None:
+    """No control plane and no Kubernetes: the loop keeps trying (never blocked on the API); the
+    Connected condition lands when the API comes back, even though the failure did not change."""
+    await seed(fake_cp, 1, names)
+    async with running(config(fake_cp, token_file, tls, names), faulty.kube) as r:
+        await eventually(lambda: converged(fake_cp, kube, names), timeout=30, what="sync")
+        fault = faulty.faults.add(verb="patch", resource="dataplanes/status", status=503, count=40)
+        await fake_cp.stop()
+        await eventually(lambda: r.agent.connlog.attempts >= 3, timeout=30, what="refused attempts")
+        # cp down, API refusing: the loop went on; the DataPlane still says Disconnected or older
+        assert fault.hits > 0 and not r.task.done()
+        faulty.faults.clear()
+
+        async def refused_recorded() -> bool:
+            st = await dataplane(kube, names)
+            conds = {c["type"]: c for c in st.get("conditions", [])}
+            return (
+                conds.get("Connected", {}).get("reason") == "ConnectionRefused" and st["connected"] is False
+            )
+
+        await eventually(refused_recorded, timeout=30, what="ConnectionRefused on the DataPlane")
+
+
+async def test_the_session_outlives_a_kubernetes_outage(
+    apiserver: TunnelApi,
+    fake_cp: FakeControlPlane,
+    kube: KubeClient,
+    token_file: Path,
+    tls: dict[str, Any],
+    names: Names,
+    tmp_path: Path,
+) -> None:
+    host, upstream, write = relayed_kubeconfig(apiserver.kubeconfig, tmp_path / "relayed-kubeconfig")
+    relay = TcpRelay(host, upstream)
+    await relay.start()
+    write(relay.port)
+    agent_kube = client_for((await KubeClient.from_kubeconfig(tmp_path / "relayed-kubeconfig")).config)
+    fake_cp.heartbeat_interval = 1.0
+    await seed(fake_cp, 1, names)
+    cfg = config(fake_cp, token_file, tls, names, heartbeat_every=0.5, status_write_timeout=1.0)
+    try:
+        async with agent_kube, running(cfg, agent_kube) as r:
+            await eventually(lambda: converged(fake_cp, kube, names), timeout=30, what="sync")
+            hellos, renewed = len(fake_cp.hellos), r.agent.dp.heartbeats
+            await relay.stop()
+            loop = asyncio.get_running_loop()
+            down = loop.time()
+            while loop.time() - down < 5.0:
+                assert not r.task.done()
+                await asyncio.sleep(0.1)
+            assert r.agent.dp.heartbeats == renewed  # nothing landed: the outage was real
+            await relay.start()
+            await eventually(lambda: r.agent.dp.heartbeats > renewed, timeout=30, what="renewal after")
+            assert len(fake_cp.hellos) == hellos  # the control plane never saw the outage
+            assert r.agent.liveness.healthy
+    finally:
+        with contextlib.suppress(AssertionError):
+            await relay.stop()

@@ -7,6 +7,11 @@ process-wide settings with no way to wait much longer after 401/403 or to report
 DataPlane. The loop below uses ``websockets.asyncio.client.connect`` for each attempt and owns the
 policy: exponential backoff with full jitter, reset only after a session was welcomed; a long
 backoff on 401/403, cut short when the token file changes; ``goaway``'s retry-after honoured.
+
+What the loop says about each attempt (and writes as the DataPlane ``Connected``/``Ready`` reason)
+is decided in :mod:`~choreo_dp.agent.connlog`: one line per change of state, repeats summed up.
+Kubernetes failing under the agent never ends it: every DataPlane write here is best effort and
+bounded in time, so the link to the control plane outlives an API server restart.
 """
 
 from __future__ import annotations
@@ -20,18 +25,28 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidHandshake, InvalidStatus, WebSocketException
 
 from choreo_dp.agent import metrics as M
 from choreo_dp.agent.cluster import ClusterStore
-from choreo_dp.agent.dpstatus import DataPlaneStatus
+from choreo_dp.agent.connlog import (
+    ConnectionLog,
+    Outcome,
+    Repeats,
+    SessionRefused,
+    Target,
+    cause_text,
+    classify,
+    target_of,
+)
+from choreo_dp.agent.desired_copy import DesiredCopy, default_state_namespace
+from choreo_dp.agent.dpstatus import HEARTBEAT_BOUND, HEARTBEAT_EVERY, DataPlaneStatus
 from choreo_dp.agent.guards import ProtectedNamespaces, default_protected_namespaces
+from choreo_dp.agent.restorer import Restorer
 from choreo_dp.agent.session import AGENT_VERSION, UNACKED_LIMIT, Session
 from choreo_dp.agent.statusreport import StatusReporter
-from choreo_dp.agent.tlsconfig import client_context
-from choreo_dp.agent.tokens import TokenError, TokenFile
+from choreo_dp.agent.tlsconfig import client_context, describe_server_certificate
+from choreo_dp.agent.tokens import TokenFile
 from choreo_dp.kube import ApiError, KubeClient
 from choreo_dp.kube.backoff import Backoff, is_retryable, retrying
 from choreo_dp.observability.health import Liveness
@@ -70,6 +85,18 @@ class AgentConfig:
     # Namespaces no Environment may name (globs); None: ``guards.default_protected_namespaces()``
     # (kube-*, default, the operator's and the agent's own namespace, CHOREO_DP_PROTECTED_NAMESPACES).
     protected_namespaces: tuple[str, ...] | None = None
+    # lastHeartbeatTime is renewed this often while connected; older than the bound = agent gone
+    heartbeat_every: float = HEARTBEAT_EVERY
+    heartbeat_bound: int = HEARTBEAT_BOUND
+    # a best-effort DataPlane write never holds the connection loop longer than this
+    status_write_timeout: float = 10.0
+    # the same connection failure is logged again ("still failing") at most this often
+    log_repeat_every: float = 300.0
+    # a healthy session logs a one-line summary this often
+    summary_every: float = 600.0
+    # Where the offline copy of the desired specs is kept (ConfigMaps); None:
+    # ``desired_copy.default_state_namespace()`` (CHOREO_DP_STATE_NAMESPACE, the pod's namespace, choreo-system).
+    state_namespace: str | None = None
 
 
 def tunnel_url(control_plane: str, insecure: bool) -> str:
@@ -90,10 +117,13 @@ class _Stopped(Exception):
     """The agent was asked to stop while waiting to retry."""
 
 
-def _status_of(exc: BaseException) -> int | None:
-    if isinstance(exc, InvalidStatus):
-        return exc.response.status_code
-    return None
+@dataclass
+class _Ended:
+    """How one connection attempt ended without an exception."""
+
+    welcomed: bool
+    retry_after: float | None = None
+    failure: Outcome | None = None  # set when the control plane ended it before its welcome
 
 
 class Agent:
@@ -111,28 +141,72 @@ class Agent:
             if cfg.protected_namespaces is not None
             else default_protected_namespaces()
         )
-        self.store = ClusterStore(kube, cfg.dataplane_id, protected=ProtectedNamespaces(protected))
-        self.dp = DataPlaneStatus(kube, cfg.dataplane_id, cfg.control_plane)
-        self.reporter = StatusReporter(kube, self.store)
+        self.dp = DataPlaneStatus(
+            kube,
+            cfg.dataplane_id,
+            cfg.control_plane,
+            heartbeat_every=cfg.heartbeat_every,
+            heartbeat_bound=cfg.heartbeat_bound,
+        )
+        self.desired = DesiredCopy(
+            kube,
+            cfg.dataplane_id,
+            cfg.state_namespace or default_state_namespace(),
+            on_state=self.dp.set_desired_copy,
+        )
+        self.store = ClusterStore(
+            kube, cfg.dataplane_id, protected=ProtectedNamespaces(protected), desired=self.desired
+        )
+        self.restorer = Restorer(self.store)
+        self.restorer_liveness = self.liveness.child("restorer", max_silence=None)
+        self.reporter = StatusReporter(kube, self.store, self.restorer)
         self.sessions = 0  # welcomed sessions, for tests and metrics
         self.last_failure: str | None = None
         self.next_delay: float | None = None  # the backoff chosen after the last failure
         self.connected = asyncio.Event()
         self.session: Session | None = None  # the live session, for tests and introspection
+        self.connlog = ConnectionLog(log, self.url, repeat_every=cfg.log_repeat_every)
+        self.repeats = Repeats(log, every=cfg.log_repeat_every)
+        self._condition_written: tuple[str, str] | None = None  # key of the last condition written
 
     async def _ssl(self) -> ssl.SSLContext | None:
         if not self.url.startswith("wss://"):
             return None
         return await client_context(self.cfg.ca_file, self.cfg.client_cert, self.cfg.client_key)
 
-    async def _dp_condition(self, reason: str, message: str) -> None:
-        """Best effort: the cluster may itself be unreachable."""
-        if reason not in ("Disconnected", "Stopped"):
-            M.CONNECT_FAILURES.labels(reason).inc()
+    @property
+    def target(self) -> Target:
+        # per call: HTTPS_PROXY / NO_PROXY are read when used, as websockets does
+        return target_of(self.url, self.cfg.proxy, self.cfg.token_file, self.cfg.ca_file)
+
+    async def _dp_condition(self, reason: str, message: str) -> bool:
+        """Best effort and bounded: the cluster may itself be unreachable, and the connection loop
+        must not wait on it. Returns whether the write landed."""
         try:
-            await self.dp.set_connected(False, reason, message)
-        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.warning("cannot update DataPlane status: %s", exc)
+            await asyncio.wait_for(
+                self.dp.set_connected(False, reason, message), self.cfg.status_write_timeout
+            )
+        except Exception as exc:  # any failure of a best-effort write is logged, none ends the agent
+            self._dp_write_failed("the connection state", exc)
+            return False
+        self._dp_write_ok("the connection state")
+        return True
+
+    def _dp_write_failed(self, what: str, exc: BaseException) -> None:
+        M.DATAPLANE_WRITE_FAILURES.labels(what).inc()
+        M.KUBERNETES_REACHABLE.set(0)
+        # an outage is a warning (it passes); a refusal (RBAC on dataplanes/status) needs someone
+        level = logging.WARNING if is_retryable(exc) else logging.ERROR
+        self.repeats.warn(
+            f"dataplane_write:{what}",
+            level,
+            f"cannot record {what} on the DataPlane: {cause_text(exc)}"[:600],
+            what=what,
+        )
+
+    def _dp_write_ok(self, what: str) -> None:
+        M.KUBERNETES_REACHABLE.set(1)
+        self.repeats.ok(f"dataplane_write:{what}", f"recording {what} on the DataPlane works again")
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
@@ -146,8 +220,26 @@ class Agent:
                 what="loading the DataPlane",
                 logger=log,
             )
+            # the copy before the watch: the first list already judges objects against it
+            await retrying(
+                self.desired.load,
+                backoff=self.backoff,
+                sleep=lambda delay: self._sleep_or_stop(stop, delay),
+                what="loading the desired copy",
+                logger=log,
+            )
         except _Stopped:
             return
+        restorer = asyncio.create_task(
+            supervise(
+                "restorer",
+                lambda: self.restorer.run(self.reporter.synced),
+                liveness=self.restorer_liveness,
+                backoff=self.backoff,
+                logger=log,
+            ),
+            name="restorer",
+        )
         watcher = asyncio.create_task(
             supervise(
                 "status-watch",
@@ -161,9 +253,10 @@ class Agent:
         try:
             await self._loop(stop)
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, restorer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.dp.set_connected(False, "Stopped", "agent stopped"), 5.0)
 
@@ -194,58 +287,56 @@ class Agent:
         attempt = 0
         while not stop.is_set():
             self.liveness.beat()
-            delay: float | None = None
-            token_wait = False
+            retry_after: float | None = None
+            outcome: Outcome | None = None
             try:
                 token = await self.tokens.read()
-                welcomed, retry_after = await self._connect_once(token, stop)
-                if welcomed:
+                ended = await self._connect_once(token, stop)
+                if ended.welcomed:
                     attempt = 0
-                if retry_after is not None:
-                    delay = retry_after * random.uniform(1.0, 1.5)
-            except TokenError as exc:
-                self.last_failure = "TokenUnavailable"
-                await self._dp_condition("TokenUnavailable", str(exc))
-                token_wait = True
-            except InvalidStatus as exc:
-                status = exc.response.status_code
-                if status in (401, 403):
-                    self.last_failure = "Unauthorized"
-                    log.error("control plane refused the token (%d); waiting for a new token", status)
-                    await self._dp_condition(
-                        "Unauthorized", f"control plane answered {status}: check the dataplane token"
-                    )
-                    delay = self.cfg.unauthorized_backoff * random.uniform(0.8, 1.0)
-                    token_wait = True
-                else:
-                    self.last_failure = f"HTTP{status}"
-                    await self._dp_condition("HandshakeFailed", f"control plane answered HTTP {status}")
-            except (ApiError, aiohttp.ClientError) as exc:
-                # the Kubernetes API failed under the session (a refused write ends it too): the
-                # agent stays up and tries again; the cluster holds everything that matters
-                self.last_failure = "KubernetesUnavailable"
-                level = logging.WARNING if is_retryable(exc) else logging.ERROR
-                log.log(level, "tunnel session ended by the Kubernetes API: %s", exc)
-                await self._dp_condition("KubernetesUnavailable", f"{type(exc).__name__}: {exc}"[:500])
-            except ssl.SSLError as exc:
-                self.last_failure = "TLSError"
-                await self._dp_condition("TLSError", str(exc)[:500])
-            except (OSError, TimeoutError, InvalidHandshake, WebSocketException) as exc:
-                self.last_failure = "Unreachable"
-                await self._dp_condition("Unreachable", f"{type(exc).__name__}: {exc}"[:500])
+                retry_after, outcome = ended.retry_after, ended.failure
+            except Exception as exc:  # every failure is an outcome to report and retry; none ends the agent
+                outcome = classify(exc, self.target, open_timeout=self.cfg.open_timeout)
+                if outcome.reason == "InternalError":
+                    log.error("connection attempt failed unexpectedly", exc_info=exc)
             if stop.is_set():
                 return
-            if delay is None:
+            token_wait = outcome is not None and outcome.reason in ("Unauthorized", "TokenUnavailable")
+            if retry_after is not None:
+                delay = retry_after * random.uniform(1.0, 1.5)
+            elif outcome is not None and outcome.reason == "Unauthorized":
+                delay = self.cfg.unauthorized_backoff * random.uniform(0.8, 1.0)
+            else:
                 delay = self._backoff(attempt)
                 if token_wait:
                     delay = max(delay, 5.0)
             attempt += 1
             self.next_delay = delay
-            log.info("reconnecting in %.1fs", delay)
+            if outcome is not None:
+                await self._failed(outcome, delay)
+            else:
+                log.debug("reconnecting in %.1fs", delay)
             await self._wait(stop, delay, until_token_changes=token_wait)
 
-    async def _connect_once(self, token: str, stop: asyncio.Event) -> tuple[bool, float | None]:
+    async def _failed(self, outcome: Outcome, delay: float) -> None:
+        """Count, log (once per change), and mirror on the DataPlane (when it changed or its
+        last write did not land)."""
+        self.last_failure = outcome.reason
+        M.CONNECT_FAILURES.labels(outcome.reason).inc()
+        target = self.target
+        new = self.connlog.failing is None or self.connlog.failing.key != outcome.key
+        if new and outcome.reason == "TLSVerifyFailed" and target.proxy is None:
+            described = await describe_server_certificate(target.host, target.port, target.host)
+            if described:
+                outcome = outcome.with_certificate(described)
+        logged = self.connlog.failure(outcome, next_delay=delay)
+        if logged is not None or self._condition_written != outcome.key:
+            written = await self._dp_condition(outcome.reason, logged or outcome.message)
+            self._condition_written = outcome.key if written else None
+
+    async def _connect_once(self, token: str, stop: asyncio.Event) -> _Ended:
         ctx = await self._ssl()
+        loop = asyncio.get_running_loop()
         async with connect(
             self.url,
             subprotocols=[P.SUBPROTOCOL],  # type: ignore[list-item]
@@ -261,7 +352,7 @@ class Agent:
             max_queue=16,
         ) as ws:
             if ws.subprotocol != P.SUBPROTOCOL:
-                raise InvalidHandshake(f"control plane did not accept subprotocol {P.SUBPROTOCOL}")
+                raise SessionRefused(f"control plane did not accept subprotocol {P.SUBPROTOCOL}")
             # The status watcher's list + watch keeps the index of managed objects current; only
             # when it has not synced (yet) does the session list the inventory itself.
             try:
@@ -278,27 +369,111 @@ class Agent:
                 window=self.cfg.window,
                 unacked_limit=self.cfg.unacked_limit,
             )
+            welcomed_at: float | None = None
+
+            def on_welcome() -> None:
+                nonlocal welcomed_at
+                welcomed_at = loop.time()
+                self._log_connected(session)
+
+            self.dp.on_connected = on_welcome
             self.connected.set()
             self.session = session
             M.CONNECTED.set(1)
             run = asyncio.create_task(session.run())
             stopper = asyncio.create_task(stop.wait())
+            renewer = asyncio.create_task(self._renew_heartbeats(session), name="heartbeat-renewer")
             try:
                 await asyncio.wait([run, stopper], return_when=asyncio.FIRST_COMPLETED)
             finally:
+                self.dp.on_connected = None
                 self.connected.clear()
                 self.session = None
                 M.CONNECTED.set(0)
                 stopper.cancel()
+                renewer.cancel()
                 if not run.done():
                     run.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await run
-            result = run.result() if not run.cancelled() else None
-        if result is None:
-            return False, None
-        if result.welcomed:
+                await asyncio.gather(run, renewer, return_exceptions=True)
+            failure = None if run.cancelled() else run.exception()
+        welcomed = session.result.welcomed
+        if welcomed:
             self.sessions += 1
-        await self._dp_condition("Disconnected", result.reason)
-        log.info("tunnel session ended: %s", result.reason)
-        return result.welcomed, result.retry_after
+        if run.cancelled():  # asked to stop
+            if welcomed_at is not None:
+                self.connlog.disconnected("agent stopping", loop.time() - welcomed_at, level=logging.INFO)
+            return _Ended(welcomed)
+        if failure is not None and not welcomed:
+            raise failure
+        if not welcomed:
+            return _Ended(False, session.result.retry_after, self._refusal(session.result.reason))
+        cause = (
+            cause_text(failure)[:500]
+            if failure is not None
+            else _session_cause(session.result.reason, ws.close_code, ws.close_reason)
+        )
+        self.connlog.disconnected(cause, loop.time() - (welcomed_at or loop.time()))
+        written = await self._dp_condition("Disconnected", cause)
+        self._condition_written = ("Disconnected", "") if written else None
+        return _Ended(True, session.result.retry_after)
+
+    def _refusal(self, cause: str) -> Outcome:
+        return classify(SessionRefused(cause), self.target, open_timeout=self.cfg.open_timeout)
+
+    def _log_connected(self, session: Session) -> None:
+        welcome = session.welcome
+        self.connlog.connected(
+            session=welcome.session if welcome is not None else None,
+            mode=welcome.mode if welcome is not None else "unknown",
+            epoch=session.epoch,
+            revision=session.persisted,
+        )
+
+    async def _renew_heartbeats(self, session: Session) -> None:
+        """While the session is up, renew ``lastHeartbeatTime`` on the agent's own timer: the
+        control plane's heartbeat interval is its choice, and a reader of the DataPlane needs a
+        renewal well within ``heartbeatBoundSeconds``. Best effort: a failed write is logged
+        (rate-limited) and tried again at the next tick; it never ends the session.
+
+        Also the liveness beat of an idle session: the control plane may heartbeat only every
+        300 s (``guards.HEARTBEAT_MAX_SECONDS``), longer than the agent's liveness allows, and an
+        idle session otherwise beats only on its frames. Idle means welcomed, incremental and
+        nothing in flight; the link itself is proven by the WebSocket pings, which end a dead
+        session. A change or a resync that hangs keeps its own beats away, so /healthz still
+        reports it."""
+        loop = asyncio.get_running_loop()
+        tick = max(self.dp.heartbeat_every / 2, 0.05)  # coalesced with the control plane's in dp
+        next_summary = loop.time() + self.cfg.summary_every
+        while True:
+            await asyncio.sleep(tick)
+            stream = session.stream
+            if (
+                session.result.welcomed
+                and session.state == "incremental"
+                and not (stream.in_flight or stream.buffered)
+            ):
+                self.liveness.beat()
+            try:
+                wrote = await asyncio.wait_for(self.dp.heartbeat(), self.cfg.status_write_timeout)
+            except Exception as exc:  # best effort, see above
+                self._dp_write_failed("the heartbeat", exc)
+                continue
+            if wrote:
+                M.HEARTBEATS.inc()
+                self._dp_write_ok("the heartbeat")
+            if session.result.welcomed and loop.time() >= next_summary:
+                next_summary = loop.time() + self.cfg.summary_every
+                log.info(
+                    "connected to %s: revision %d, %d heartbeat renewal(s) so far",
+                    self.url,
+                    session.persisted,
+                    self.dp.heartbeats,
+                    extra={"event": "session_summary", "url": self.url, "revision": session.persisted},
+                )
+
+
+def _session_cause(reason: str, code: int | None, text: str | None) -> str:
+    cause = "the control plane closed the connection" if reason == "closed" else reason
+    if code is not None and code != 1000:
+        cause += f" (close code {code}{': ' + text if text else ''})"
+    return cause

@@ -1,5 +1,9 @@
 """The agent's side of the cluster: the objects it manages, written with server-side apply.
 
+After every write the spec in the cluster is the desired spec (semantically, :mod:`semantic`): what
+a forced apply cannot take back (fields another writer added) is removed by a conditional JSON patch
+that replaces the whole spec (:meth:`ClusterStore._replace_spec`).
+
 Only objects labelled ``choreo.dev/dataplane: <id>`` belong to the agent; everything else
 (hand-made Environments or ChoreoApps, another dataplane's) is never changed: a put or delete the
 control plane sends for such a key is refused (:mod:`choreo_dp.agent.guards`), and a write is
@@ -7,6 +11,11 @@ conditional on the resourceVersion the agent saw carrying its label, so an objec
 hands between the check and the write is not taken over either. An in-memory index
 key -> :class:`Managed` makes redelivery checks free; it is rebuilt from a list on each connect and
 kept current by the status watcher.
+
+What the agent claims to have (its inventory) is judged from the specs in the cluster, never from
+the ``choreo.dev/spec-hash`` annotation: a spec equivalent to the desired one the agent holds
+(:mod:`choreo_dp.agent.semantic`, :mod:`choreo_dp.agent.desired_copy`) counts as the desired hash,
+any other as the hash of what is there, so an edit by another writer shows as a difference.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,11 +33,14 @@ from pydantic import ValidationError
 from choreo_dp.agent import guards as G
 from choreo_dp.agent import metrics as M
 from choreo_dp.agent import resync
+from choreo_dp.agent.desired_copy import DesiredCopy, make
+from choreo_dp.agent.semantic import semantic_hash
 from choreo_dp.api import API_VERSION, ChoreoAppSpec, EnvironmentSpec
 from choreo_dp.api import vocabulary as V
 from choreo_dp.api.environment import default_namespace
 from choreo_dp.kube import ApiError, KubeClient, Resource
 from choreo_dp.kube import resources as R
+from choreo_dp.kube.backoff import Backoff
 from choreo_wire import protocol as P
 
 log = logging.getLogger(__name__)
@@ -47,6 +59,8 @@ CLAIMS_TTL = 5.0
 # A conditional write that keeps losing to other writers (the operator's status updates bump the
 # resourceVersion) is re-read and tried again this many times before the error goes to the retry loop.
 CONFLICT_ATTEMPTS = 5
+# Polling for an Environment or a namespace that is about to appear (bounded by the waits above).
+WAIT_BACKOFF = Backoff(base=0.05, cap=1.0)
 
 
 @dataclass
@@ -56,12 +70,11 @@ class Managed:
     name: str
     namespace: str | None
     revision: int
-    spec_hash: str
+    # sha256 of the spec as it is in the cluster, and of its normalised form (None: invalid)
+    cluster_hash: str
+    normal: str | None
     orphaned: bool
     resource_version: str = ""
-
-    def local_item(self) -> resync.LocalItem:
-        return resync.LocalItem(self.kind, self.spec_hash, self.orphaned)
 
 
 class ApplyRefused(Exception):
@@ -84,6 +97,14 @@ class NotYetApplicable(Exception):
 
 class _Conflict(Exception):
     """The object changed between the ownership check and the conditional write: check again."""
+
+
+def _refusal(exc: ApiError) -> Exception:
+    """What a failed write becomes: a refusal (nack) for a 4xx that will not pass unchanged, else
+    the error itself (retried)."""
+    if exc.status in (400, 403, 422) or (400 <= exc.status < 500 and exc.status not in (404, 409, 429)):
+        return ApplyRefused("rejected", f"{exc.status} {exc.reason}: {exc.message}"[:2000])
+    return exc
 
 
 def key_of(obj: dict[str, Any]) -> str | None:
@@ -144,13 +165,16 @@ def managed_from(obj: dict[str, Any]) -> Managed | None:
     except ValueError:
         revision = 0
     kind: P.Kind = "Environment" if obj.get("kind") == "Environment" else "ChoreoApp"
+    spec = obj.get("spec")
+    environment = P.parse_key(key).environment if kind == "ChoreoApp" else None
     return Managed(
         key=key,
         kind=kind,
         name=meta["name"],
         namespace=meta.get("namespace"),
         revision=revision,
-        spec_hash=str(ann.get(ANN_SPEC_HASH, "")),
+        cluster_hash=P.spec_hash(spec if isinstance(spec, dict) else {}),
+        normal=semantic_hash(kind, spec, environment),
         orphaned=bool(ann.get(ANN_ORPHANED)),
         resource_version=str(meta.get("resourceVersion") or ""),
     )
@@ -169,8 +193,15 @@ class ClusterStore:
         namespace_wait: float = 10.0,
         environment_wait: float = 3.0,
         protected: G.ProtectedNamespaces | None = None,
+        desired: DesiredCopy | None = None,
     ) -> None:
         self.kube = kube
+        # the last desired spec of every key the control plane desires (memory only unless given)
+        self.desired = desired if desired is not None else DesiredCopy(None, dataplane_id, None)
+        # keys the agent itself is deleting: the restorer must not put them back meanwhile
+        self.deleting: set[str] = set()
+        # one writer per key at a time (changes, resync, restorer); entries vanish when unused
+        self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.dataplane_id = dataplane_id
         self.selector = {LABEL_DATAPLANE: dataplane_id}
         self.namespace_wait = namespace_wait
@@ -198,11 +229,39 @@ class ClusterStore:
         self.index = index
         return index
 
-    def replace_kind(self, kind: str, objects: list[Managed]) -> None:
-        """A fresh list of one kind (the status watcher's (re)list) replaces that part of the index."""
+    def replace_kind(self, kind: str, objects: list[Managed]) -> list[Managed]:
+        """A fresh list of one kind (the status watcher's (re)list) replaces that part of the index;
+        returns the objects that were there and are gone (deleted while unwatched)."""
+        listed = {m.key for m in objects}
+        gone = [m for k, m in self.index.items() if m.kind == kind and k not in listed]
         self.index = {k: m for k, m in self.index.items() if m.kind != kind}
         for m in objects:
             self.index[m.key] = m
+        return gone
+
+    def lock(self, key: str) -> asyncio.Lock:
+        lock = self._key_locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._key_locks[key] = lock
+        return lock
+
+    def matches_desired(self, m: Managed) -> bool:
+        """The object's spec in the cluster is the desired spec the agent holds for its key."""
+        want = self.desired.get(m.key)
+        return want is not None and want.normal is not None and want.normal == m.normal
+
+    def hash_of(self, m: Managed) -> str:
+        """The hash the agent claims for an object: the desired one if the cluster's spec is
+        equivalent to it, else the hash of the cluster's spec (which then differs)."""
+        if self.matches_desired(m):
+            want = self.desired.get(m.key)
+            assert want is not None
+            return want.spec_hash
+        return m.cluster_hash
+
+    def local_items(self) -> dict[str, resync.LocalItem]:
+        return {k: resync.LocalItem(m.kind, self.hash_of(m), m.orphaned) for k, m in self.index.items()}
 
     def observe(self, event_type: str, obj: dict[str, Any]) -> None:
         """Keep the index current from watch events."""
@@ -218,7 +277,7 @@ class ClusterStore:
 
     def inventory(self) -> dict[str, str]:
         """key -> spec hash of the non-orphaned objects: what the agent claims to have applied."""
-        return {k: m.spec_hash for k, m in self.index.items() if not m.orphaned}
+        return {k: self.hash_of(m) for k, m in self.index.items() if not m.orphaned}
 
     def orphans(self) -> list[str]:
         return sorted(k for k, m in self.index.items() if m.orphaned)
@@ -284,7 +343,7 @@ class ClusterStore:
         be in flight), then refused; one this dataplane does not manage is refused at once."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.environment_wait
-        delay = 0.05
+        attempt = 0
         while True:
             obj = await self.kube.get(R.ENVIRONMENTS, env)
             if obj is not None:
@@ -298,8 +357,8 @@ class ClusterStore:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise ApplyRefused("environment_missing", f"Environment {env!r} does not exist")
-            await asyncio.sleep(min(remaining, random.uniform(delay / 2, delay)))
-            delay = min(delay * 2, 1.0)
+            await asyncio.sleep(min(remaining, WAIT_BACKOFF.delay(attempt)))
+            attempt += 1
 
     async def _apply_in_namespace(self, body: dict[str, Any], namespace: str | None) -> dict[str, Any]:
         """Server-side apply; while the namespace does not exist yet (404: the operator creates it
@@ -308,7 +367,7 @@ class ClusterStore:
         write conditional on a resourceVersion means the object changed since it was checked."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.namespace_wait
-        delay = 0.05
+        attempt = 0
         conditional = bool(body["metadata"].get("resourceVersion"))
         while True:
             try:
@@ -321,8 +380,8 @@ class ClusterStore:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise NotYetApplicable("namespace_missing", f"namespace {namespace!r} does not exist yet")
-            await asyncio.sleep(min(remaining, random.uniform(delay / 2, delay)))
-            delay = min(delay * 2, 1.0)
+            await asyncio.sleep(min(remaining, WAIT_BACKOFF.delay(attempt)))
+            attempt += 1
 
     def _validate(self, put: P.DesiredPut, key: P.Key) -> dict[str, Any]:
         """The checks that need nothing but the frame: key, hash, size, schema."""
@@ -356,18 +415,62 @@ class ClusterStore:
         except ValueError as exc:
             raise ApplyRefused("bad_key", str(exc)) from None
         spec = self._validate(put, key)
+        async with self.lock(put.key):
+            return await self._put_locked(put, key, spec, epoch)
+
+    async def _put_locked(self, put: P.DesiredPut, key: P.Key, spec: dict[str, Any], epoch: str) -> bool:
+        want = make(put.key, key.kind, put.spec, put.revision, put.spec_hash, epoch, key.environment)
         current = self.index.get(put.key)
         if (
             current is not None
             and current.revision == put.revision
-            and current.spec_hash == put.spec_hash
+            and want.normal is not None
+            and current.normal == want.normal
             and not current.orphaned
         ):
+            # judged by the spec in the cluster: an edit that left the annotations alone is re-applied
+            self.desired.record(want)
             return False
         if key.kind == "Environment":
             async with self._env_lock:
-                return await self._put_environment(put, key, spec, epoch)
-        return await self._put_app(put, key, spec, epoch)
+                await self._put_environment(put, key, spec, epoch)
+        else:
+            await self._put_app(put, key, spec, epoch)
+        self.desired.record(want)
+        return True
+
+    async def restore(self, key_text: str) -> str | None:
+        """Put the desired spec of ``key_text`` back if the cluster lost or changed it. Returns what
+        was wrong (for the log) when it wrote, None when nothing had to be done. Never for a key the
+        control plane does not desire (not in the copy), an orphan, or a key being deleted."""
+        async with self.lock(key_text):
+            want = self.desired.get(key_text)
+            if want is None or key_text in self.deleting:
+                return None
+            current = self.index.get(key_text)
+            if current is not None:
+                if current.orphaned or (want.normal is not None and current.normal == want.normal):
+                    return None
+                if current.revision > want.revision:
+                    # the agent wrote a newer revision and died before its copy was flushed: the
+                    # cluster is newer than the copy, and the control plane redelivers it anyway
+                    return None
+                what = "spec changed by another writer"
+            else:
+                what = "deleted by another writer"
+            put = P.DesiredPut(
+                key=want.key, kind=want.kind, revision=want.revision, spec=want.spec, spec_hash=want.spec_hash
+            )
+            key = P.parse_key(key_text)
+            spec = self._validate(put, key)
+            if key.kind == "Environment":
+                async with self._env_lock:
+                    changed = await self._put_environment(put, key, spec, want.epoch)
+            else:
+                changed = await self._put_app(put, key, spec, want.epoch)
+            # the index may have lagged behind the cluster (a watch event older than the agent's
+            # own last write): a write that changed nothing restored nothing
+            return what if changed else None
 
     async def _put_environment(self, put: P.DesiredPut, key: P.Key, spec: dict[str, Any], epoch: str) -> bool:
         namespace = env_namespace({"metadata": {"name": key.name}, "spec": spec})
@@ -395,9 +498,9 @@ class ClusterStore:
                 f"namespace {namespace!r} belongs to Environment {others[0]!r}; a namespace has one "
                 "Environment",
             )
-        obj = await self._owned_write(put, key, spec, epoch, None)
+        obj, changed = await self._owned_write(put, key, spec, epoch, None)
         self._note_claim(obj, key.name)
-        return True
+        return changed
 
     def _apps_outside(self, env: str, namespace: str) -> list[str]:
         prefix = f"ChoreoApp/{env}/"
@@ -429,16 +532,17 @@ class ClusterStore:
                 f"{put.key} exists in namespace {current.namespace!r} but its Environment now names "
                 f"{namespace!r}; delete it and put it again to move it",
             )
-        await self._owned_write(put, key, spec, epoch, namespace)
-        return True
+        _, changed = await self._owned_write(put, key, spec, epoch, namespace)
+        return changed
 
     async def _owned_write(
         self, put: P.DesiredPut, key: P.Key, spec: dict[str, Any], epoch: str, namespace: str | None
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], bool]:
         """Write ``put`` only over an object of ours (or none). The first attempt trusts the index
         (objects carrying our label, at the resourceVersion last seen): the write is conditional on
         that version, so it succeeds only if nothing changed since. On a conflict, or without an
-        index entry, the object is read and checked, and the write is conditional on what was read."""
+        index entry, the object is read and checked, and the write is conditional on what was read.
+        Returns the object written and whether the cluster changed (False: it already was so)."""
         res = R.CHOREOAPPS if key.kind == "ChoreoApp" else R.ENVIRONMENTS
         current = self.index.get(put.key)
         version: str | None = None
@@ -451,9 +555,12 @@ class ClusterStore:
                     self._check_owned(existing, put.key)
                     version = str(existing["metadata"]["resourceVersion"])
             try:
-                return await self._write(put, key, spec, epoch, namespace, version)
+                obj = await self._write(put, key, spec, epoch, namespace, version)
             except _Conflict:
                 version = None
+                continue
+            changed = version is None or str((obj.get("metadata") or {}).get("resourceVersion")) != version
+            return obj, changed
         raise ApiError(409, "Conflict", f"{put.key} kept changing while being written")
 
     async def _write(
@@ -466,7 +573,8 @@ class ClusterStore:
         version: str | None,
     ) -> dict[str, Any]:
         """Server-side apply, conditional on ``version`` (the object checked to be ours); without
-        one the object was absent and is created."""
+        one the object was absent and is created. Then, if the spec in the cluster is still not the
+        desired one, it is replaced whole (:meth:`_replace_spec`)."""
         meta: dict[str, Any] = {
             "name": key.name,
             "labels": {LABEL_DATAPLANE: self.dataplane_id, LABEL_ENVIRONMENT: key.environment},
@@ -487,11 +595,7 @@ class ClusterStore:
             if exc.status == 409 and version is None:
                 # created by someone else between the check and the write: check it again
                 raise _Conflict(str(exc)) from None
-            if exc.status in (400, 403, 422) or (
-                400 <= exc.status < 500 and exc.status not in (404, 409, 429)
-            ):
-                raise ApplyRefused("rejected", f"{exc.status} {exc.reason}: {exc.message}"[:2000]) from None
-            raise
+            raise _refusal(exc) from None
         self.writes += 1
         M.WRITES.labels("apply").inc()
         res = R.CHOREOAPPS if key.kind == "ChoreoApp" else R.ENVIRONMENTS
@@ -502,10 +606,58 @@ class ClusterStore:
             )
             self.writes += 1
         m = managed_from(obj)
+        want = semantic_hash(key.kind, spec, key.environment if key.kind == "ChoreoApp" else None)
+        if m is not None and want is not None and m.normal != want:
+            obj = await self._replace_spec(res, obj, spec)
+            m = managed_from(obj)
+            if m is not None and m.normal != want:
+                log.warning(
+                    "%s: the API server keeps a spec that is not the desired one after a full "
+                    "replace (a schema default or pruning the agent's spec model does not know?)",
+                    put.key,
+                )
         if m is not None:
             m.orphaned = False
             self.index[m.key] = m
         return obj
+
+    async def _replace_spec(self, res: Resource, obj: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+        """Make the cluster's spec exactly ``spec``: a JSON patch that replaces ``/spec`` whole.
+
+        A forced server-side apply takes back only the fields of the agent's own manifest: a field
+        another writer added (an ``env`` entry under its own name in the map-list, an
+        ``autoscaling`` block, a ``command``) stays, owned by that writer. Only replacing the whole
+        spec drops what is not in the desired one. The patch also sets ``resourceVersion`` to that
+        of the object just applied (ours, checked before the apply), which makes it conditional:
+        the API server answers 409 if the object changed since, and the caller reads, checks
+        ownership and writes again. A JSON patch rather than an update (PUT) because it needs only
+        the ``patch`` verb the agent's role already has, and touches nothing but the spec (labels,
+        finalizers, annotations of other writers stay). SSA stays the first write because it
+        creates, costs no read, and keeps the common case (nothing foreign) at one request.
+        """
+        meta = obj.get("metadata") or {}
+        patch = [
+            {"op": "replace", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
+            {"op": "add", "path": "/spec", "value": spec},  # add replaces an existing member
+        ]
+        try:
+            new = await self.kube.patch(
+                res,
+                meta["name"],
+                patch,
+                namespace=meta.get("namespace"),
+                patch_type="json",
+                field_manager=FIELD_MANAGER,
+            )
+        except ApiError as exc:
+            if exc.status == 409:
+                raise _Conflict(str(exc)) from None
+            raise _refusal(exc) from None
+        self.writes += 1
+        M.WRITES.labels("replace_spec").inc()
+        new.setdefault("apiVersion", res.api_version)
+        new.setdefault("kind", res.kind)
+        return new
 
     async def _locate(self, key: P.Key) -> tuple[Resource, dict[str, Any] | None]:
         """The object of ``key`` as it is in the cluster (apps: in their Environment's namespace)."""
@@ -523,6 +675,17 @@ class ClusterStore:
             key = P.parse_key(key_text)
         except ValueError as exc:
             raise ApplyRefused("bad_key", str(exc)) from None
+        async with self.lock(key_text):
+            self.deleting.add(key_text)
+            try:
+                # the copy forgets first: a crash after the delete must not restore the object
+                self.desired.forget(key_text)
+                await self.desired.flush()
+                return await self._delete_locked(key, key_text)
+            finally:
+                self.deleting.discard(key_text)
+
+    async def _delete_locked(self, key: P.Key, key_text: str) -> bool:
         current = self.index.get(key_text)
         if current is not None:
             res = R.CHOREOAPPS if current.kind == "ChoreoApp" else R.ENVIRONMENTS
@@ -551,6 +714,9 @@ class ClusterStore:
         return deleted
 
     async def mark_orphan(self, key_text: str, reason: str) -> None:
+        # an orphan is not desired: never restored, also after a restart
+        self.desired.forget(key_text)
+        await self.desired.flush()
         current = self.index.get(key_text)
         if current is None or current.orphaned:
             return

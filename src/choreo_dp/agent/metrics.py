@@ -12,3 +12,9 @@ FRAMES_REFUSED = Counter("choreo_agent_frames_refused_total", "frames answered w
 WRITES = Counter("choreo_agent_object_writes_total", "Environment/ChoreoApp writes", ["op"])
 NACKS = Counter("choreo_agent_nacks_total", "changes not applied", ["code", "retryable"])
 CONNECT_FAILURES = Counter("choreo_agent_connect_failures_total", "failed connection attempts", ["reason"])
+HEARTBEATS = Counter("choreo_agent_heartbeat_renewals_total", "DataPlane lastHeartbeatTime renewals written")
+DATAPLANE_WRITE_FAILURES = Counter(
+    "choreo_agent_dataplane_write_failures_total", "best-effort DataPlane status writes that failed", ["what"]
+)
+# 0 while the agent's own DataPlane writes fail: the Kubernetes API is down or refuses the agent
+KUBERNETES_REACHABLE = Gauge("choreo_agent_kubernetes_reachable", "1 when the last DataPlane write succeeded")

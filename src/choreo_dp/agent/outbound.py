@@ -25,6 +25,7 @@ log = logging.getLogger("choreo_dp.agent.session")
 OUTQ_FRAMES = 1024
 STATUS_COALESCE = 0.05  # seconds to let a burst of status changes collapse into one batch
 HEARTBEAT_DEFAULT = 15.0
+SUMMARY_SPACING = 1.0  # seconds between heartbeats sent early for an inventory summary
 
 
 class Outbound:
@@ -40,6 +41,9 @@ class Outbound:
         self.ack_wakeup = asyncio.Event()
         self.errors_dropped = 0
         self.heartbeat_interval = HEARTBEAT_DEFAULT
+        # set when the inventory settled at a new revision: the next heartbeat goes out early, so
+        # the control plane can judge "in sync" right after an acknowledgement, not a period later
+        self.summary_due = asyncio.Event()
 
     async def send_now(self, body: P.Body) -> None:
         """Before the sender runs (hello, errors before welcome): straight onto the socket."""
@@ -86,12 +90,36 @@ class Outbound:
                 raise
             _log_status_failure("the heartbeat", exc)
 
+    async def flush_desired_copy(self) -> None:
+        """The offline copy of the desired specs first: an acknowledged spec always has its copy."""
+        desired = self.reporter.store.desired
+
+        async def flush() -> None:
+            await desired.flush()
+
+        await durable(flush, "writing the desired copy")
+
+    def inventory_summary(self) -> P.InventorySummary | None:
+        """The anti-entropy line of the agent's own heartbeats: what the cluster holds, hashed from
+        its specs, at the persisted revision. Only when nothing is in flight, because then the
+        inventory is exactly that revision's; a summary of a moving state would only make the
+        control plane ask for needless resyncs."""
+        stream = self.shared.stream
+        if self.shared.state != "incremental" or stream.in_flight or stream.acked != self.shared.persisted:
+            return None
+        inventory = self.reporter.store.inventory()
+        return P.InventorySummary(
+            count=len(inventory), digest=P.inventory_digest(inventory), revision=self.shared.persisted
+        )
+
     async def acknowledge(self, epoch: str, revision: int) -> None:
         """Persist first: an acknowledged revision must survive a crash of the agent."""
+        await self.flush_desired_copy()
         await durable(lambda: self.dp.persist_revision(epoch, revision), f"persisting revision {revision}")
         self.shared.persisted = revision
         M.APPLIED_REVISION.set(revision)
         await self.send(P.Applied(revision=revision, epoch=epoch))
+        self.summary_due.set()
 
     # --- the session's outbound tasks --------------------------------------------------------
 
@@ -135,9 +163,25 @@ class Outbound:
                 await self.outq.put((text, items))
 
     async def heartbeats(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        early = -SUMMARY_SPACING  # when the last early one went out
         while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            await self.send(P.Heartbeat(time=now_ms(), applied_revision=self.shared.persisted))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.summary_due.wait(), max(0.0, last + self.heartbeat_interval - loop.time())
+                )
+            if self.summary_due.is_set():
+                # early ones at most every SUMMARY_SPACING: a burst of acknowledgements sends few
+                await asyncio.sleep(max(0.0, early + SUMMARY_SPACING - loop.time()))
+                early = loop.time()
+            self.summary_due.clear()
+            last = loop.time()
+            await self.send(
+                P.Heartbeat(
+                    time=now_ms(), applied_revision=self.shared.persisted, inventory=self.inventory_summary()
+                )
+            )
             self.shared.beat()
 
 

@@ -75,6 +75,7 @@ class Session:
         self.dp = dp
         self.reporter = reporter
         self.result = SessionResult()
+        self.welcome: P.Welcome | None = None  # the control plane's answer (session id, mode), for logs
         self.shared = SessionState(
             liveness=liveness,
             stream=ChangeStream(base=dp.applied_revision),
@@ -141,6 +142,7 @@ class Session:
         if welcome is None:
             return self.result
         self.result.welcomed = True
+        self.welcome = welcome
         self.shared.epoch = welcome.epoch
         self.outbound.heartbeat_interval = min(
             max(welcome.heartbeat_interval, G.HEARTBEAT_MIN_SECONDS), G.HEARTBEAT_MAX_SECONDS

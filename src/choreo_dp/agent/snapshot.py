@@ -39,6 +39,8 @@ class Snapshot:
     # plane naming millions of keys costs no memory
     remote: set[str] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    puts: int = 0  # puts received (written or found already in place), for the summary line
+    started: float = field(default_factory=lambda: asyncio.get_running_loop().time())
 
 
 class Resync:
@@ -59,6 +61,7 @@ class Resync:
 
     def track_put(self, snap: Snapshot, key: str, task: asyncio.Task[None]) -> None:
         """A snapshot put being applied: snapshot.end waits for it."""
+        snap.puts += 1
         snap.tasks.add(task)
 
         def done(task: asyncio.Task[None]) -> None:
@@ -108,7 +111,7 @@ class Resync:
         if snap.tasks:
             await asyncio.wait(snap.tasks)
         plan = resync.plan_resync(
-            {k: m.local_item() for k, m in self.store.index.items()},
+            self.store.local_items(),
             snap.remote,
             compared_buckets=snap.compared,
             buckets=snap.begin.buckets,
@@ -137,6 +140,7 @@ class Resync:
             await durable(functools.partial(self.store.mark_orphan, key, reason), f"holding {key} as orphan")
         if orphans:
             log.warning("resync held %d deletion(s) as orphans (%s)", len(orphans), hold_reason)
+        await self.out.flush_desired_copy()
         await durable(
             lambda: self.dp.persist_revision(end.epoch, end.revision), f"persisting revision {end.revision}"
         )
@@ -146,6 +150,20 @@ class Resync:
         self.snapshot = None
         self.shared.state = "incremental"
         await self.out.send(P.Applied(revision=end.revision, epoch=end.epoch))
+        self.out.summary_due.set()
+        log.info(
+            "resync finished at revision %d of epoch %s: %d put(s), %d deletion(s), %d orphan(s) held%s, "
+            "%d bucket(s) of %d compared, %.2fs",
+            end.revision,
+            end.epoch,
+            snap.puts,
+            len(deletes),
+            len(orphans),
+            f" ({hold_reason})" if orphans and hold_reason else "",
+            len(snap.compared),
+            snap.begin.buckets,
+            asyncio.get_running_loop().time() - snap.started,
+        )
         await self.report_orphans(hold_reason)
 
     async def _delete(self, key: str) -> None:

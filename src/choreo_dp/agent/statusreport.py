@@ -2,6 +2,11 @@
 
 ``pending`` holds at most one entry per key (the newest status wins), so however fast statuses
 change and however long the link is down, memory is bounded by the number of managed objects.
+
+The same watch keeps the store's index current and tells the restorer
+(:mod:`choreo_dp.agent.restorer`) about objects another writer deleted or changed; an object the
+control plane desires that disappears is reported ``missing`` so the control plane does not go on
+showing its last status.
 """
 
 from __future__ import annotations
@@ -11,12 +16,12 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
-
-from choreo_dp.agent.cluster import ClusterStore, Managed, key_of, list_pages, managed_from
-from choreo_dp.kube import ApiError, KubeClient, Resource
+from choreo_dp.agent.cluster import ClusterStore, Managed, key_of, managed_from
+from choreo_dp.agent.restorer import Restorer
+from choreo_dp.kube import KubeClient, Resource
 from choreo_dp.kube import resources as R
 from choreo_dp.kube.backoff import Backoff
+from choreo_dp.kube.watch import Changed, Listed, WatchStream
 from choreo_wire import protocol as P
 
 log = logging.getLogger(__name__)
@@ -29,9 +34,10 @@ def now_ms() -> str:
 
 
 class StatusReporter:
-    def __init__(self, kube: KubeClient, store: ClusterStore) -> None:
+    def __init__(self, kube: KubeClient, store: ClusterStore, restorer: Restorer | None = None) -> None:
         self.kube = kube
         self.store = store
+        self.restorer = restorer
         self.pending: dict[str, P.StatusItem] = {}
         self.latest: dict[str, dict[str, Any]] = {}
         self._sent: dict[str, str] = {}
@@ -47,10 +53,11 @@ class StatusReporter:
         if key is None:
             return
         if event_type == "DELETED":
-            self.latest.pop(key, None)
-            self.pending.pop(key, None)
-            self._sent.pop(key, None)
+            self.on_gone(key)
             return
+        m = self.store.index.get(key)
+        if self.restorer is not None and m is not None and not self.store.matches_desired(m):
+            self.restorer.notice(key)
         status = obj.get("status")
         if not isinstance(status, dict) or not status:
             return
@@ -60,6 +67,18 @@ class StatusReporter:
             return
         self.pending[key] = P.StatusItem(key=key, status=status, observed_at=now_ms())
         self.changed.set()
+
+    def on_gone(self, key: str) -> None:
+        """``key`` left the cluster. If the control plane still desires it (and the agent is not
+        deleting it itself), it is missing: say so upstream, and have it put back."""
+        self.latest.pop(key, None)
+        self.pending.pop(key, None)
+        self._sent.pop(key, None)
+        if key in self.store.desired and key not in self.store.deleting and key not in self.store.index:
+            self.pending[key] = P.StatusItem(key=key, status={}, observed_at=now_ms(), missing=True)
+            self.changed.set()
+            if self.restorer is not None:
+                self.restorer.notice(key)
 
     # --- outflow -----------------------------------------------------------------------------
 
@@ -72,7 +91,8 @@ class StatusReporter:
 
     def mark_sent(self, items: list[P.StatusItem]) -> None:
         for item in items:
-            self._sent[item.key] = P.spec_hash(item.status)
+            if not item.missing:
+                self._sent[item.key] = P.spec_hash(item.status)
 
     def requeue(self, items: list[P.StatusItem]) -> None:
         """Give back items that were not sent, unless a newer status arrived meanwhile."""
@@ -100,39 +120,32 @@ class StatusReporter:
             group.create_task(self._watch(R.CHOREOAPPS), name=f"watch-{R.CHOREOAPPS.plural}")
 
     async def _watch(self, res: Resource) -> None:
-        attempt = 0
-        while True:
-            try:
-                rv = ""
+        """List + watch through :class:`WatchStream` (resumable, relists on 410, retries with
+        backoff forever); a relist is the truth: objects gone meanwhile count as deleted."""
+        stream = WatchStream(
+            self.kube,
+            res,
+            None,
+            label_selector=self.store.selector,
+            backoff=WATCH_BACKOFF,
+            timeout_seconds=240,
+        )
+        async for event in stream:
+            if isinstance(event, Listed):
                 listed: list[Managed] = []
-                async for items, page_rv in list_pages(self.kube, res, self.store.selector):
-                    rv = page_rv
-                    for obj in items:
-                        obj.setdefault("kind", res.kind)
-                        self.on_event("ADDED", obj)
-                        m = managed_from(obj)
-                        if m is not None:
-                            listed.append(m)
-                # the list is the truth for this kind (objects deleted while unwatched drop out)
-                self.store.replace_kind(res.kind, listed)
+                for obj in event.items:
+                    obj.setdefault("kind", res.kind)
+                    self.on_event("ADDED", obj)
+                    m = managed_from(obj)
+                    if m is not None:
+                        listed.append(m)
+                for gone in self.store.replace_kind(res.kind, listed):
+                    self.on_gone(gone.key)
                 self._synced_kinds.add(res.kind)
                 if len(self._synced_kinds) == 2:
                     self.synced.set()
-                while True:
-                    async for event_type, obj in self.kube.watch(
-                        res, label_selector=self.store.selector, resource_version=rv, timeout_seconds=240
-                    ):
-                        new_rv = (obj.get("metadata") or {}).get("resourceVersion")
-                        if isinstance(new_rv, str) and new_rv:
-                            rv = new_rv
-                        if event_type != "BOOKMARK":
-                            obj.setdefault("kind", res.kind)
-                            self.on_event(event_type, obj)
-                        attempt = 0
-            except ApiError as exc:
-                if not exc.gone:
-                    log.warning("watching %s failed: %s", res.plural, exc)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                log.warning("watching %s failed: %s", res.plural, exc)
-            await asyncio.sleep(WATCH_BACKOFF.delay(attempt))
-            attempt += 1
+                if self.restorer is not None:
+                    self.restorer.check_all()
+            elif isinstance(event, Changed):
+                event.object.setdefault("kind", res.kind)
+                self.on_event(event.type, event.object)

@@ -90,3 +90,16 @@ def owner_reference(api_version: str, kind: str, name: str, uid: str) -> dict[st
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+# --- the agent's desired-state copy (ConfigMaps in the agent's namespace) -----------------------
+# Label on each chunk of the copy; its value is the data plane's name, so two agents never mix.
+DESIRED_COPY_LABEL = f"{GROUP}/desired-copy"
+# Chunk names: ``<prefix>-<dataplane>-<bucket>``.
+DESIRED_COPY_PREFIX = "choreo-dp-desired"
+# The bucket count a chunk was written with (a reader with another count re-buckets).
+DESIRED_COPY_BUCKETS_ANNOTATION = f"{GROUP}/desired-copy-buckets"
+# The binaryData key holding a chunk: gzip of the canonical JSON of its entries.
+DESIRED_COPY_DATA_KEY = "desired.json.gz"
+# The DataPlane condition saying whether the agent keeps that copy.
+DESIRED_COPY_CONDITION = "DesiredCopy"
