@@ -41,6 +41,19 @@ class Metrics:
             ["report"],
             registry=r,
         )
+        self.anti_entropy = Counter(
+            "choreo_cp_anti_entropy",
+            "Inventory summaries judged, by outcome (match, explained, pending, differs) and the resyncs"
+            " requested or deferred by the backoff (resync_requested, resync_deferred).",
+            ["outcome"],
+            registry=r,
+        )
+        self.store_unavailable = Counter(
+            "choreo_cp_store_unavailable",
+            "Store operations that failed with a database error a retry may cure, by where.",
+            ["where"],
+            registry=r,
+        )
         self.store_flush_seconds = Histogram(
             "choreo_cp_store_flush_seconds",
             "Time to write one batch of coalesced reports.",

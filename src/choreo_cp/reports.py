@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -233,3 +234,14 @@ def check_nack(key: str, code: str, message: str) -> None:
     except ValueError as exc:
         raise InvalidReport(f"nack for {exc}") from None
     _check_text("nack", code, message)
+
+
+def observed_time(text: str) -> str | None:
+    """The agent's ``observedAt`` normalised to our RFC 3339 form, or None when it is not a time."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

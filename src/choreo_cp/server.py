@@ -10,6 +10,7 @@ import asyncio
 import asyncio.sslproto
 import contextlib
 import logging
+import sqlite3
 import ssl
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from fastapi import FastAPI
 
 from choreo_cp.api import create_app
 from choreo_cp.context import ControlPlane, TunnelSettings
+from choreo_cp.retry import Backoff
 from choreo_cp.store import DEFAULT_LOG_LIMIT, Store
 from choreo_cp.tunnel import add_tunnel_route, shutdown_sessions
 from choreo_wire import protocol
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 
 # WebSocket keepalive on the server side too: a dead agent's socket is found within
 # interval + timeout (<= 30 s, the contract's bound) even if it never sends another frame.
+# Waiting for uvicorn to listen, and backing off a failing report flush (the store's own backoff).
+STARTUP_POLL = Backoff(base=0.01, cap=0.2)
+FLUSH_BACKOFF = Backoff(base=0.25, cap=10.0)
+
 WS_PING_INTERVAL = 10.0
 WS_PING_TIMEOUT = 10.0
 
@@ -47,6 +53,8 @@ class ServerConfig:
     log_limit: int = DEFAULT_LOG_LIMIT
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     synchronous: str = "FULL"
+    # seconds a write waits for another process's lock before the store reports it unavailable
+    busy_timeout: float = 5.0
 
 
 # asyncio gives every TLS connection a 256 KiB read buffer (SSLProtocol.max_size); with hundreds of
@@ -91,6 +99,7 @@ class ControlPlaneServer:
             config.db,
             log_limit=config.log_limit,
             synchronous="NORMAL" if config.synchronous == "NORMAL" else "FULL",
+            busy_timeout=config.busy_timeout,
         )
         self.cp = ControlPlane(store=self.store, admin_token=config.admin_token, tunnel=config.tunnel)
         self.app: FastAPI = create_app(self.cp)
@@ -148,6 +157,7 @@ class ControlPlaneServer:
         self._serve_task = asyncio.create_task(self._server.serve(), name="control-plane-http")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        attempt = 0
         while not self._server.started:
             if self._serve_task.done():
                 # uvicorn reports bind errors by logging and exiting; surface them as ours.
@@ -159,7 +169,8 @@ class ControlPlaneServer:
             if loop.time() > deadline:
                 await self.stop()
                 raise TimeoutError("control plane did not start in time")
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(min(STARTUP_POLL.delay(attempt), max(0.0, deadline - loop.time())))
+            attempt += 1
         sockets = [s for srv in self._server.servers for s in (srv.sockets or ())]
         if sockets:
             self.port = int(sockets[0].getsockname()[1])
@@ -173,15 +184,29 @@ class ControlPlaneServer:
         )
 
     async def _flush_loop(self) -> None:
+        """Write coalesced reports every interval; a failing store backs off (the batch is kept, see
+        ``Reports.flush``) and fails /healthz until a write succeeds again. Never ends but by cancel."""
         interval = self.config.tunnel.status_flush_interval
+        failures = 0
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval + (FLUSH_BACKOFF.delay(failures - 1) if failures else 0.0))
             try:
                 with self.cp.metrics.store_flush_seconds.time():
                     await asyncio.wait_for(self.store.flush(), 30)
-                self.cp.liveness.beat()
-            except Exception:
-                log.exception("writing reports to the store failed; retrying")
+            except Exception as exc:
+                failures += 1
+                self.cp.metrics.store_unavailable.labels("flush").inc()
+                self.cp.liveness.fail(f"writing reports failed {failures} time(s) in a row: {exc}"[:300])
+                if isinstance(exc, sqlite3.OperationalError | TimeoutError):
+                    level = logging.WARNING if failures in (1, 10) or failures % 100 == 0 else logging.INFO
+                    log.log(level, "writing reports to the store failed (%s); retrying with backoff", exc)
+                else:
+                    log.exception("writing reports to the store failed; retrying with backoff")
+                continue
+            if failures:
+                log.info("writing reports to the store works again after %d failure(s)", failures)
+            failures = 0
+            self.cp.liveness.beat()
 
     async def stop(self) -> None:
         shutdown_sessions(self.cp)

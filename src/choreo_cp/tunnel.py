@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
+import sqlite3
 import time
 from collections import deque
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
 
 from fastapi import FastAPI, WebSocket
 from starlette.responses import JSONResponse
 
-from choreo_cp import reports
+from choreo_cp import insync, reports, retry
 from choreo_cp.context import ControlPlane
 from choreo_cp.store import (
     KIND_ENVIRONMENT,
@@ -35,9 +38,16 @@ from choreo_wire import protocol as p
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 SEND_TIMEOUT = 30.0
 GOAWAY_RETRY_REPLACED = 5.0
 GOAWAY_RETRY_SHUTDOWN = 1.0
+# An agent whose session could not read the store (locked, disk I/O) reconnects after this.
+GOAWAY_RETRY_STORE = 5.0
+# Reports the session can lose (an inventory summary's judgement) are retried this long at most, so a
+# locked database slows the reader down only briefly.
+SUMMARY_STORE_SECONDS = 1.0
 
 Phase = Literal["await_inventory", "snapshot_ready", "streaming", "refused"]
 
@@ -102,6 +112,8 @@ async def _deny(websocket: WebSocket, status: int, detail: str) -> None:
     """Refuse the upgrade with a real HTTP status when the server supports it (agents back off on 401)."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if status == 503:
+            headers = {"Retry-After": str(retry.STORE_RETRY_AFTER_SECONDS)}
         await websocket.send_denial_response(
             JSONResponse({"detail": detail}, status_code=status, headers=headers)
         )
@@ -138,6 +150,12 @@ class TunnelSession:
         self._compared: list[int] | None = None
         self._next_chunk = 0
         self.last_seen = time.monotonic()
+        # the hello was answered with a resync because the store said one is required
+        self._forced_resync = False
+        self._anti_entropy = insync.AntiEntropy()
+        self._resync_requests = 0
+        self._resync_requested_at: str | None = None
+        self._deferred_logged = False
 
     # -- hub.Session -------------------------------------------------------------------------
     @property
@@ -168,6 +186,22 @@ class TunnelSession:
         if self._goaway is None:
             self._goaway = p.GoAway(reason=reason, retry_after=retry_after)
             self._wake.set()
+
+    async def _with_store(
+        self, what: str, fn: Callable[[], Awaitable[T]], deadline: float | None = None
+    ) -> T:
+        """A store call retried with backoff while the database is locked or failing (OperationalError);
+        past the deadline the last error is raised for the caller to defer or end the session."""
+        try:
+            return await retry.retrying(
+                fn,
+                what=f"{what} (dataplane {self.dataplane})",
+                deadline=self.cp.tunnel.store_retry_seconds if deadline is None else deadline,
+                logger=log,
+            )
+        except sqlite3.OperationalError:
+            self.cp.metrics.store_unavailable.labels("tunnel").inc()
+            raise
 
     # -- sending -----------------------------------------------------------------------------
     def send_soon(self, body: p.Body, corr: str | None = None) -> None:
@@ -254,7 +288,9 @@ class TunnelSession:
                 )
             )
             return False
-        record = await self.cp.store.get_dataplane(self.dataplane)
+        record = await self._with_store(
+            "reading the dataplane", lambda: self.cp.store.get_dataplane(self.dataplane)
+        )
         if record is None:  # deleted between authentication and now
             await self._send(p.Error(code="unauthorized", message="dataplane is not registered"))
             return False
@@ -266,6 +302,12 @@ class TunnelSession:
             agent_epoch=hello.epoch,
             agent_revision=hello.applied_revision,
         )
+        self._resync_requests = record.resync_requests
+        self._resync_requested_at = record.resync_requested_at
+        if record.resync_required is not None:
+            # Anti-entropy asked for it (persisted, so a restart of either end does not lose it).
+            self.mode = "resync"
+            self._forced_resync = True
         self.cp.hub.attach(self)
         self.cp.metrics.session_starts.labels(self.mode).inc()
         if self.mode == "incremental":
@@ -274,7 +316,9 @@ class TunnelSession:
             self.phase = "streaming"
             await self._send(self._welcome_frame(version, record.epoch, record.revision))
         else:
-            snap = await self.cp.store.snapshot(self.dataplane)
+            snap = await self._with_store(
+                "reading the snapshot", lambda: self.cp.store.snapshot(self.dataplane)
+            )
             self.epoch = snap.epoch
             self._snapshot = snap
             self.sent_revision = snap.revision
@@ -292,7 +336,7 @@ class TunnelSession:
                 )
             )
         log.info(
-            "dataplane %s: session %s from %s, agent epoch=%s revision=%d, cp epoch=%s revision=%d -> %s",
+            "dataplane %s: session %s from %s, agent epoch=%s revision=%d, cp epoch=%s revision=%d -> %s%s",
             self.dataplane,
             self.session_id,
             self.remote,
@@ -301,6 +345,7 @@ class TunnelSession:
             record.epoch,
             record.revision,
             self.mode,
+            f" (required: {record.resync_required})" if self._forced_resync else "",
         )
         return True
 
@@ -322,7 +367,17 @@ class TunnelSession:
         except _Closing:
             self.cp.hub.detach(self)
             return
-        await self.cp.store.mark_connection(self.dataplane, True)
+        except sqlite3.OperationalError as exc:
+            # The store cannot be read: tell the agent to come back instead of failing the endpoint.
+            log.warning("dataplane %s: store unavailable at hello (%s); sending goaway", self.dataplane, exc)
+            self.cp.hub.detach(self)
+            with contextlib.suppress(_Closing):
+                await self._send(
+                    p.GoAway(reason="control plane store unavailable", retry_after=GOAWAY_RETRY_STORE)
+                )
+            await self._close(1013, "store unavailable")
+            return
+        await self._mark_connection(True)
         self.cp.store.queue_heartbeat(self.dataplane)
         self.cp.metrics.sessions.set(len(self.cp.hub))
         reader = asyncio.create_task(self._reader(), name=f"tunnel-reader-{self.dataplane}")
@@ -330,13 +385,13 @@ class TunnelSession:
         try:
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                exc = task.exception()
-                if exc is not None and not isinstance(exc, _Closing):
+                failure = task.exception()
+                if failure is not None and not isinstance(failure, _Closing):
                     log.error(
-                        "dataplane %s: session %s failed", self.dataplane, self.session_id, exc_info=exc
+                        "dataplane %s: session %s failed", self.dataplane, self.session_id, exc_info=failure
                     )
-                elif isinstance(exc, _Closing):
-                    log.info("dataplane %s: session %s closing: %s", self.dataplane, self.session_id, exc)
+                elif isinstance(failure, _Closing):
+                    log.info("dataplane %s: session %s closing: %s", self.dataplane, self.session_id, failure)
         finally:
             for task in (reader, writer):
                 task.cancel()
@@ -349,8 +404,17 @@ class TunnelSession:
                 await self._close(self._close_code, "bye")
             if still_active:
                 with contextlib.suppress(Exception):
-                    await self.cp.store.mark_connection(self.dataplane, False)
+                    await self._mark_connection(False)
             log.info("dataplane %s: session %s ended", self.dataplane, self.session_id)
+
+    async def _mark_connection(self, connected: bool) -> None:
+        """Connection times are informational: a store that stays locked costs the record, not the session."""
+        try:
+            await self._with_store(
+                "recording the connection", lambda: self.cp.store.mark_connection(self.dataplane, connected)
+            )
+        except sqlite3.OperationalError as exc:
+            log.warning("dataplane %s: connection time not recorded: %s", self.dataplane, exc)
 
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
@@ -380,9 +444,15 @@ class TunnelSession:
     async def _stream_some(self) -> bool:
         """Send the next batch of changes after ``sent_revision``; False when there is nothing new."""
         try:
-            changes = await self.cp.store.changes_since(
-                self.dataplane, self.sent_revision, limit=self.cp.tunnel.send_batch
+            changes = await self._with_store(
+                "reading changes",
+                lambda: self.cp.store.changes_since(
+                    self.dataplane, self.sent_revision, limit=self.cp.tunnel.send_batch
+                ),
             )
+        except sqlite3.OperationalError:
+            self.go_away("control plane store unavailable", GOAWAY_RETRY_STORE)
+            return False
         except LogGap as exc:
             # The agent fell behind the log while connected: a reconnect resyncs it.
             self.go_away(f"change log compacted past revision {exc.since}; resync needed", 0.0)
@@ -419,7 +489,15 @@ class TunnelSession:
         # the agent's hashes are used up: release them before the (possibly long) sending
         self._inventory = {}
         self._inventory_seen = 0
-        objects = await self.cp.store.get_objects(self.dataplane, puts)
+        try:
+            objects = await self._with_store(
+                "reading snapshot objects", lambda: self.cp.store.get_objects(self.dataplane, puts)
+            )
+        except sqlite3.OperationalError:
+            self._snapshot = None
+            self.phase = "refused"
+            self.go_away("control plane store unavailable", GOAWAY_RETRY_STORE)
+            return
         # Environments first, so apps never arrive before the environment they live in.
         objects.sort(key=lambda o: (o.kind != KIND_ENVIRONMENT, o.key))
         for obj in objects:
@@ -442,6 +520,15 @@ class TunnelSession:
         )
         self._snapshot = None
         self.phase = "streaming"
+        if self._forced_resync:
+            self._forced_resync = False
+            try:
+                await self._with_store(
+                    "clearing the required resync", lambda: self.cp.store.resync_done(self.dataplane)
+                )
+            except sqlite3.OperationalError as exc:
+                # The flag stays: the next session resyncs once more, which is harmless.
+                log.warning("dataplane %s: required resync done but not recorded: %s", self.dataplane, exc)
 
     # -- receiving ---------------------------------------------------------------------------
     async def _reader(self) -> None:
@@ -467,6 +554,8 @@ class TunnelSession:
             store.queue_heartbeat(dp)
             if frame.envelope.corr is None:
                 self.send_soon(p.Heartbeat(time=now_rfc3339()), corr=frame.id)
+                if body.inventory is not None:
+                    await self._take_summary(body.inventory)
         elif isinstance(body, p.Applied):
             epoch = body.epoch or self.epoch
             if epoch != self.epoch:
@@ -499,7 +588,18 @@ class TunnelSession:
                 body.message,
                 ", retrying" if body.retryable else "",
             )
-            await store.record_nack(dp, body.key, body.revision, body.code, body.message, body.retryable)
+            try:
+                await self._with_store(
+                    "recording a nack",
+                    lambda: store.record_nack(
+                        dp, body.key, body.revision, body.code, body.message, body.retryable
+                    ),
+                )
+            except sqlite3.OperationalError as exc:
+                # The refusal is lost only if the agent never repeats it; it nacks again on resync.
+                log.error("dataplane %s: nack of %s not recorded: %s", dp, body.key, exc)
+            # refused keys are part of the in-sync verdict
+            self.cp.digests.invalidate(dp)
         elif isinstance(body, p.Inventory):
             self._take_inventory(body, frame)
         elif isinstance(body, p.Orphans):
@@ -535,12 +635,89 @@ class TunnelSession:
                 refused.append(str(exc))
                 continue
             if self.cp.store.pending_status_bytes(self.dataplane) > reports.MAX_PENDING_STATUS_BYTES:
-                # backpressure: this agent waits (its socket is not read) until the store caught up
-                await self.cp.store.flush()
-            self.cp.store.queue_status(self.dataplane, item.key, status)
+                # backpressure: this agent waits (its socket is not read) until the store caught up;
+                # while the database is locked it keeps waiting (the flush keeps the batch)
+                await self._with_store("flushing reports", self.cp.store.flush, deadline=float("inf"))
+            self.cp.store.queue_status(
+                self.dataplane,
+                item.key,
+                status,
+                missing=item.missing,
+                observed_at=reports.observed_time(item.observed_at),
+            )
         if refused:
             more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
             self._refuse_report("status", f"status refused: {refused[0]}{more}", frame, len(refused))
+
+    async def _take_summary(self, summary: p.InventorySummary) -> None:
+        """Record the agent's inventory summary and judge it against the desired state (anti-entropy)."""
+        dp, store = self.dataplane, self.cp.store
+        store.queue_inventory(dp, summary.count, summary.digest, summary.revision)
+        try:
+            epoch, revision = await self._with_store(
+                "reading the revision", lambda: store.head(dp), SUMMARY_STORE_SECONDS
+            )
+            desired = None
+            if summary.revision == revision:
+                desired = await self._with_store(
+                    "computing the desired digest",
+                    lambda: self.cp.digests.at(dp, epoch, revision),
+                    SUMMARY_STORE_SECONDS,
+                )
+            seen = self._anti_entropy.observe(summary, revision, desired)
+            self.cp.metrics.anti_entropy.labels(seen).inc()
+            if seen in ("match", "explained"):
+                self._deferred_logged = False
+                if self._resync_requests:
+                    await self._with_store("settling anti-entropy", lambda: store.anti_entropy_settled(dp))
+                    self._resync_requests, self._resync_requested_at = 0, None
+            elif seen == "differs":
+                await self._differs(summary, revision)
+        except sqlite3.OperationalError as exc:
+            # A summary comes with every heartbeat: judging the next one is as good as this one.
+            log.info("dataplane %s: inventory summary not judged (store unavailable: %s)", dp, exc)
+        except StoreError:
+            self.go_away("dataplane no longer registered", GOAWAY_RETRY_REPLACED)
+
+    async def _differs(self, summary: p.InventorySummary, revision: int) -> None:
+        settings = self.cp.tunnel
+        wait = insync.resync_allowed(
+            self._resync_requests,
+            self._resync_requested_at,
+            dt.datetime.now(dt.UTC),
+            base=settings.anti_entropy_backoff,
+            cap=settings.anti_entropy_backoff_cap,
+        )
+        if wait > 0:
+            self.cp.metrics.anti_entropy.labels("resync_deferred").inc()
+            if not self._deferred_logged:
+                self._deferred_logged = True
+                log.warning(
+                    "dataplane %s: inventory still differs from the desired state at revision %d after %d "
+                    "resync(s); next resync in %.0fs at the earliest",
+                    self.dataplane,
+                    revision,
+                    self._resync_requests,
+                    wait,
+                )
+            return
+        reason = (
+            f"inventory digest {summary.digest[:12]} ({summary.count} objects) differs from the desired "
+            f"state at revision {revision}"
+        )
+        self._resync_requests = await self._with_store(
+            "requiring a resync", lambda: self.cp.store.request_resync(self.dataplane, reason)
+        )
+        self._resync_requested_at = now_rfc3339()
+        self._deferred_logged = False
+        self.cp.metrics.anti_entropy.labels("resync_requested").inc()
+        log.warning(
+            "dataplane %s: %s; asking the agent to resync (request %d in a row)",
+            self.dataplane,
+            reason,
+            self._resync_requests,
+        )
+        self.go_away(p.GOAWAY_RESYNC, settings.resync_retry_after)
 
     def _refuse_report(self, what: str, message: str, frame: p.Frame, count: int = 1) -> None:
         self.cp.metrics.reports_refused.labels(what).inc(count)
@@ -602,7 +779,13 @@ def add_tunnel_route(app: FastAPI, cp: ControlPlane) -> None:
             cp.metrics.session_rejects.labels("no_token").inc()
             await _deny(websocket, 401, "missing bearer token")
             return
-        dataplane = await cp.store.authenticate_dataplane(token)
+        try:
+            dataplane = await cp.store.authenticate_dataplane(token)
+        except sqlite3.OperationalError as exc:
+            cp.metrics.session_rejects.labels("store_unavailable").inc()
+            log.warning("tunnel: store unavailable while authenticating (%s); 503", exc)
+            await _deny(websocket, 503, "control plane store unavailable; retry later")
+            return
         if dataplane is None:
             cp.metrics.session_rejects.labels("bad_token").inc()
             await _deny(websocket, 401, "invalid dataplane token")

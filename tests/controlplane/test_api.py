@@ -88,7 +88,11 @@ async def test_404_for_unknown_things(http: httpx.AsyncClient) -> None:
     assert (await http.put("/api/v1/dataplanes/ghost/environments/dev", json={"spec": {}})).status_code == 404
     await register(http)
     r = await http.put("/api/v1/dataplanes/dp1/environments/dev/apps/a", json={"spec": app_spec()})
-    assert r.status_code == 404 and "environment 'dev'" in r.json()["detail"]
+    # an app whose Environment is not defined breaks a rule of the push: 422 naming it, not 404
+    assert r.status_code == 422, r.text
+    [error] = r.json()["detail"]
+    assert error["loc"] == ["body", "spec", "environment"]
+    assert "Environment 'dev' is not defined on dataplane 'dp1'" in error["msg"]
     assert (await http.delete("/api/v1/dataplanes/dp1/environments/dev")).status_code == 404
     assert (await http.get("/api/v1/dataplanes/dp1/environments/dev/apps/a")).status_code == 404
     assert (await http.get("/api/v1/nothing-here")).status_code == 404

@@ -156,7 +156,7 @@ async def test_database_of_the_unversioned_store_is_stamped_and_keeps_its_data(t
             assert report.object.spec == {"environment": "dev", "image": "ghcr.io/acme/shop:1"}
             assert report.status is not None and report.status.status == {"phase": "Ready"}
             assert report.nack is not None and report.nack.code == "Invalid"
-        assert recorded_version(db) == "1"
+        assert recorded_version(db) == str(SCHEMA_VERSION)
 
     async with Store(db) as store:  # and it keeps working: the next change is revision 3
         result = await store.put_object(
@@ -202,4 +202,4 @@ async def test_stamping_creates_what_a_crashed_unversioned_start_left_out(tmp_pa
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     conn.close()
     assert "log_key" in indexes
-    assert recorded_version(db) == "1"
+    assert recorded_version(db) == str(SCHEMA_VERSION)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -92,11 +93,25 @@ async def test_fresh_agent_resync_sends_only_differences(
     assert isinstance(put, p.DesiredPut) and put.key == "ChoreoApp/dev/late" and put.prev == 41
     await agent.send(p.Applied(revision=42, epoch=snap.epoch))
 
-    async def in_sync() -> bool:
-        return bool((await http.get("/api/v1/dataplanes/dp1")).json()["inSync"])
+    async def view() -> dict[str, object]:
+        return (await http.get("/api/v1/dataplanes/dp1")).json()  # type: ignore[no-any-return]
 
-    await eventually(in_sync, what="applied revision recorded")
+    await eventually(lambda: _applied(view, 42), what="applied revision recorded")
+    # acknowledged is not in sync: only the agent's inventory digest says what the cluster holds
+    assert (await view())["inSync"] is False
+    desired = dict((await server.store.snapshot("dp1")).hashes)
+    summary = p.InventorySummary(count=len(desired), digest=p.inventory_digest(desired), revision=42)
+    await agent.send(p.Heartbeat(time="now", inventory=summary))
+
+    async def in_sync() -> bool:
+        return bool((await view())["inSync"])
+
+    await eventually(in_sync, what="in sync once the inventory digest matches")
     await agent.close()
+
+
+async def _applied(view: Callable[[], Awaitable[dict[str, object]]], revision: int) -> bool:
+    return (await view())["appliedRevision"] == revision
 
 
 async def test_incremental_from_the_agents_revision(

@@ -15,6 +15,9 @@ One router module per resource (``dataplanes``, ``environments``, ``apps``, ``pr
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -28,15 +31,19 @@ from choreo_cp.api.http import (
     BodyLimit,
     RequestMetrics,
     http_error,
+    install_docs,
     unauthorized,
     validation_response,
 )
 from choreo_cp.api.models import documented
 from choreo_cp.context import ControlPlane
+from choreo_cp.retry import STORE_RETRY_AFTER_SECONDS
 from choreo_cp.store import StoreError
 from choreo_dp import __version__
 
 __all__ = ["create_app"]
+
+cp_log = logging.getLogger(__name__)
 
 
 async def _auth_error(_: Request, exc: Exception) -> JSONResponse:
@@ -53,6 +60,16 @@ async def _promotion_refused(_: Request, exc: Exception) -> JSONResponse:
     return http_error(409, str(exc))
 
 
+async def _store_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, sqlite3.OperationalError)
+    cp_log.warning("store unavailable, answered 503: %s", exc)
+    return JSONResponse(
+        {"detail": f"the control plane's store is unavailable ({str(exc)[:200]}); retry"},
+        status_code=503,
+        headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
+    )
+
+
 async def _invalid(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     return validation_response(exc)
@@ -63,12 +80,17 @@ def create_app(cp: ControlPlane) -> FastAPI:
         title="choreo-dp reference control plane",
         version=__version__,
         description="Desired state for private data planes, pushed over an outbound tunnel.",
+        docs_url=None,
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.cp = cp
     app.add_exception_handler(AuthError, _auth_error)
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(promotion.PromotionRefused, _promotion_refused)
     app.add_exception_handler(RequestValidationError, _invalid)
+    # "database is locked", disk I/O: a retry can succeed, so 503 + Retry-After, never a 500
+    app.add_exception_handler(sqlite3.OperationalError, _store_unavailable)
 
     # Outermost first: count everything, then authenticate (before anything reads the body), then
     # bound the body.
@@ -79,7 +101,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
     app.include_router(ops.router)
     # AdminAuth already answered 401 before routing; the dependency keeps the check next to the
     # routes and declares the bearer scheme in the OpenAPI document.
-    api = APIRouter(dependencies=[Depends(require_admin)], responses=documented(401, 413))
+    api = APIRouter(dependencies=[Depends(require_admin)], responses=documented(401, 413, 503))
     for resource in (dataplanes, environments, apps, promotions):
         api.include_router(resource.router)
     app.include_router(api)

@@ -41,14 +41,14 @@ async def register_dataplane(
         session = cp.hub.get(dp)
         if session is not None:
             session.go_away("dataplane token rotated", 1.0)
-    return {**dataplane_view(cp, record), "created": created, "token": token}
+    return {**(await dataplane_view(cp, record)), "created": created, "token": token}
 
 
 @router.get("/dataplanes", response_model=DataplaneList)
 async def list_dataplanes(cp: CP) -> dict[str, Any]:
-    return {"items": [dataplane_view(cp, d) for d in await cp.store.list_dataplanes()]}
+    return {"items": [await dataplane_view(cp, d) for d in await cp.store.list_dataplanes()]}
 
 
 @router.get("/dataplanes/{dp}", response_model=DataplaneView, responses=documented(404))
 async def get_dataplane(dp: DpId, cp: CP) -> dict[str, Any]:
-    return dataplane_view(cp, await known_dataplane(cp, dp))
+    return await dataplane_view(cp, await known_dataplane(cp, dp))

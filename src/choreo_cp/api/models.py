@@ -25,20 +25,48 @@ class SessionView(ApiModel):
     remote: str
 
 
+class InventoryView(ApiModel):
+    count: int
+    digest: str = Field(
+        description="inventory_digest of key -> spec hash of what the agent has in its cluster."
+    )
+    revision: int = Field(description="The persisted revision the summary describes.")
+    reported_at: str
+
+
 class DataplaneView(ApiModel):
     id: str
     epoch: str
     revision: int = Field(description="Newest desired-state revision of this dataplane.")
     log_horizon: int = Field(description="Agents older than this revision get a resync instead of a replay.")
     created_at: str
-    connected: bool
+    connected: bool = Field(
+        description="A session is open and its last heartbeat is within the dead-link bound (30 s)."
+    )
     session: SessionView | None = None
     last_heartbeat: str | None = None
+    last_heartbeat_age_seconds: float | None = Field(default=None, description="Age of the last heartbeat.")
     last_connected: str | None = None
     last_disconnected: str | None = None
     applied_revision: int | None = Field(default=None, description="Newest revision the agent acknowledged.")
     applied_epoch: str | None = None
-    in_sync: bool = Field(description="The agent acknowledged the newest revision of the current epoch.")
+    in_sync: bool = Field(
+        description="The agent acknowledged the newest revision of the current epoch and its inventory "
+        "digest (from the specs in its cluster) equals the desired digest at that revision, with no "
+        "desired object refused."
+    )
+    sync_reason: str | None = Field(default=None, description="Why it is not in sync.")
+    desired_digest: str | None = Field(default=None, description="Digest of the desired state at `revision`.")
+    refused: list[str] = Field(
+        default_factory=list, description="Desired keys the data plane refused for good."
+    )
+    inventory: InventoryView | None = Field(default=None, description="The agent's last inventory summary.")
+    resync_required: str | None = Field(
+        default=None,
+        description="Why the next session must resync (anti-entropy); null when none is required.",
+    )
+    resync_requests: int = Field(default=0, description="Anti-entropy resyncs requested in a row.")
+    resync_requested_at: str | None = None
     orphans: int | None = Field(default=None, description="Deletions the agent holds back (safety rules).")
     orphaned_keys: list[str] = Field(default_factory=list)
     objects: int = 0
@@ -85,6 +113,19 @@ class ObjectView(ApiModel):
     applied: bool = Field(description="The agent acknowledged a revision at or after this object's.")
     status: dict[str, Any] | None = Field(default=None, description="Last status reported by the data plane.")
     status_reported_at: str | None = None
+    phase: str | None = Field(
+        default=None,
+        description="The reported phase; `Missing` when the data plane does not have the object.",
+    )
+    reason: str | None = Field(default=None, description="Reason of the reported Ready condition.")
+    message: str | None = None
+    missing: bool = False
+    observed_at: str | None = Field(default=None, description="When the data plane observed this status.")
+    observed_revision: int | None = Field(default=None, description="The revision the status describes.")
+    stale: bool | None = Field(
+        default=None,
+        description="The status describes another revision than the desired one (null: no status).",
+    )
     last_error: NackView | None = None
 
 
@@ -104,12 +145,15 @@ def documented(*codes: int) -> dict[int | str, dict[str, Any]]:
         409: "Well-formed but impossible: no trustworthy digest, image not allowed at the target, "
         "project mismatch.",
         413: "Request body over 1 MiB.",
+        503: "The store is unavailable (locked, disk I/O); retry after Retry-After seconds.",
     }
     out: dict[int | str, dict[str, Any]] = {}
     for code in codes:
         entry: dict[str, Any] = {"model": ErrorDetail, "description": what[code]}
         if code == 401:
             entry["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}}
+        if code == 503:
+            entry["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
         out[code] = entry
     return out
 

@@ -3,9 +3,10 @@ promotion routes)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
-from choreo_cp import reports
+from choreo_cp import insync, reports
 from choreo_cp.api.deps import known_dataplane
 from choreo_cp.api.http import body_error
 from choreo_cp.context import ControlPlane
@@ -15,6 +16,7 @@ from choreo_cp.store import (
     Dataplane,
     Kind,
     ObjectReport,
+    StatusRecord,
     StoreError,
     WriteResult,
     object_key,
@@ -24,8 +26,28 @@ from choreo_dp.api.images import image_refusal
 from choreo_wire.protocol import MAX_FRAME_BYTES
 
 
-def dataplane_view(cp: ControlPlane, dp: Dataplane) -> dict[str, Any]:
+async def sync_verdict(cp: ControlPlane, dp: Dataplane) -> insync.SyncVerdict:
+    """In sync = acknowledged the newest revision *and* the agent's inventory digest equals the
+    desired digest at it (the digest is read from the store only once per revision)."""
+    desired = None
+    inv = dp.inventory
+    if inv is not None and inv.revision == dp.revision:
+        desired = await cp.digests.at(dp.id, dp.epoch, dp.revision)
+    return insync.verdict(dp, desired)
+
+
+async def dataplane_view(cp: ControlPlane, dp: Dataplane) -> dict[str, Any]:
     session = cp.hub.get(dp.id)
+    sync = await sync_verdict(cp, dp)
+    now = dt.datetime.now(dt.UTC)
+    age = insync.age_seconds(dp.last_heartbeat, now)
+    # A socket can outlive its agent (a kill -9 behind a NAT that never sends a RST): past the
+    # dead-link bound without a heartbeat the data plane is not connected, whatever the socket says.
+    # A session just opened counts from its start until its first heartbeat is recorded.
+    since_connect = insync.age_seconds(dp.last_connected, now)
+    fresh = [a for a in (age, since_connect if session is not None else None) if a is not None]
+    alive = bool(fresh) and min(fresh) <= cp.tunnel.dead_link_after
+    inv = dp.inventory
     agent = dict(dp.agent)
     orphans = agent.pop("orphans", None)
     orphaned = agent.pop("orphanedKeys", None) or []
@@ -39,7 +61,7 @@ def dataplane_view(cp: ControlPlane, dp: Dataplane) -> dict[str, Any]:
         "revision": dp.revision,
         "log_horizon": dp.horizon,
         "created_at": dp.created_at,
-        "connected": session is not None,
+        "connected": session is not None and alive,
         "session": None
         if session is None
         else {"id": session.session_id, "since": session.started_at, "remote": session.remote},
@@ -48,7 +70,17 @@ def dataplane_view(cp: ControlPlane, dp: Dataplane) -> dict[str, Any]:
         "last_disconnected": dp.last_disconnected,
         "applied_revision": dp.applied_revision,
         "applied_epoch": dp.applied_epoch,
-        "in_sync": dp.applied_epoch == dp.epoch and dp.applied_revision == dp.revision,
+        "last_heartbeat_age_seconds": None if age is None else round(age, 3),
+        "in_sync": sync.in_sync,
+        "sync_reason": sync.reason,
+        "desired_digest": sync.desired_digest,
+        "refused": list(sync.refused),
+        "inventory": None
+        if inv is None
+        else {"count": inv.count, "digest": inv.digest, "revision": inv.revision, "reported_at": inv.at},
+        "resync_required": dp.resync_required,
+        "resync_requests": dp.resync_requests,
+        "resync_requested_at": dp.resync_requested_at,
         "orphans": orphans,
         "orphaned_keys": [str(k)[:200] for k in orphaned[:100]] if isinstance(orphaned, list) else [],
         "objects": dp.objects,
@@ -67,6 +99,54 @@ def accepted(dp: str, kind: str, env: str, name: str, result: WriteResult) -> di
         "spec_hash": result.spec_hash,
         "changed": result.changed,
         "removed": result.removed,
+    }
+
+
+MISSING_PHASE = "Missing"
+
+
+def _ready_reason(status: dict[str, Any]) -> str | None:
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Ready":
+            reason = condition.get("reason")
+            return reason if isinstance(reason, str) else None
+    return None
+
+
+def observed(obj_revision: int, record: StatusRecord | None, status: dict[str, Any] | None) -> dict[str, Any]:
+    """What the data plane last said it has: phase (``Missing`` when it reported the object absent,
+    never its last Ready), reason, message, when it was observed, the revision the status describes
+    (``status.revision``, stamped by the agent) and whether that is the desired one."""
+    if record is not None and record.missing:
+        return {
+            "phase": MISSING_PHASE,
+            "reason": MISSING_PHASE,
+            "message": "the data plane reports the object missing from its cluster (deleted by another "
+            "writer); its agent puts it back",
+            "missing": True,
+            "observed_at": record.observed_at or record.reported_at,
+            "observed_revision": None,
+            "stale": True,
+        }
+    if record is None or status is None:
+        return {
+            "phase": None,
+            "reason": None,
+            "message": None,
+            "missing": False,
+            "observed_at": None,
+            "observed_revision": None,
+            "stale": None,
+        }
+    revision = status.get("revision")
+    return {
+        "phase": status.get("phase"),
+        "reason": _ready_reason(status),
+        "message": status.get("message"),
+        "missing": False,
+        "observed_at": record.observed_at or record.reported_at,
+        "observed_revision": revision,
+        "stale": revision != obj_revision,
     }
 
 
@@ -90,6 +170,7 @@ def object_view(dp: Dataplane, report: ObjectReport) -> dict[str, Any]:
         "applied": applied and (nack is None or nack.revision < obj.revision),
         "status": status,
         "status_reported_at": None if status is None or record is None else record.reported_at,
+        **observed(obj.revision, record, status),
         "last_error": None
         if nack is None
         else {
@@ -115,7 +196,14 @@ async def put_object(
             size,
         )
 
-    def allowed_by(env_spec: dict[str, Any]) -> None:
+    def allowed_by(env_spec: dict[str, Any] | None) -> None:
+        if env_spec is None:
+            # 422, not 404: the request names a rule it breaks (an app lives in a defined Environment)
+            raise body_error(
+                ("body", "spec", "environment"),
+                f"Environment {env!r} is not defined on dataplane {dp!r}: push the Environment before its apps",
+                env,
+            )
         image = spec.get("image")
         prefixes = (env_spec.get("registry") or {}).get("allowedPrefixes") or []
         refusal = image_refusal(image, prefixes) if isinstance(image, str) else "the app has no image"

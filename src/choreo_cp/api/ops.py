@@ -17,10 +17,9 @@ router = APIRouter(tags=["ops"])
     responses={500: {"description": "Unhealthy.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 async def healthz(cp: CP) -> Response:
-    if not cp.liveness.healthy:
-        return PlainTextResponse(
-            f"store writer: no progress for {cp.liveness.silence:.0f}s\n", status_code=500
-        )
+    problems = cp.liveness.problems()
+    if problems:
+        return PlainTextResponse("".join(f"{line}\n" for line in problems), status_code=500)
     return PlainTextResponse("ok\n")
 
 

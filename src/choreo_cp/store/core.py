@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import sqlite3
 from collections.abc import Callable
@@ -23,14 +24,33 @@ DEFAULT_LOG_LIMIT = 10_000
 class PendingReports:
     """Loss-tolerant writes coalesced in memory: the newest value per key wins until the next flush."""
 
-    status: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    # (dataplane, key) -> (status JSON, received at, missing, observed at)
+    status: dict[tuple[str, str], tuple[str, str, bool, str | None]] = field(default_factory=dict)
     status_bytes: dict[str, int] = field(default_factory=dict)
     applied: dict[str, tuple[int, str]] = field(default_factory=dict)
     heartbeat: dict[str, str] = field(default_factory=dict)
     agent: dict[str, dict[str, Any]] = field(default_factory=dict)
+    inventory: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.status) + len(self.applied) + len(self.heartbeat) + len(self.agent)
+        return (
+            len(self.status) + len(self.applied) + len(self.heartbeat) + len(self.agent) + len(self.inventory)
+        )
+
+    def merge_older(self, older: PendingReports) -> None:
+        """Put back a batch whose write failed, under anything newer queued meanwhile (newest wins)."""
+        for key, value in older.status.items():
+            if key not in self.status:
+                self.status[key] = value
+                self.status_bytes[key[0]] = self.status_bytes.get(key[0], 0) + len(value[0])
+        for dp, applied in older.applied.items():
+            self.applied.setdefault(dp, applied)
+        for dp, at in older.heartbeat.items():
+            self.heartbeat.setdefault(dp, at)
+        for dp, info in older.agent.items():
+            self.agent[dp] = {**info, **self.agent.get(dp, {})}
+        for dp, text in older.inventory.items():
+            self.inventory.setdefault(dp, text)
 
     def unqueue_status(self, dp: str, key: str) -> None:
         old = self.status.pop((dp, key), None)
@@ -41,6 +61,7 @@ class PendingReports:
         self.applied.pop(dp, None)
         self.heartbeat.pop(dp, None)
         self.agent.pop(dp, None)
+        self.inventory.pop(dp, None)
         self.status_bytes.pop(dp, None)
         for k in [k for k in self.status if k[0] == dp]:
             del self.status[k]
@@ -57,6 +78,7 @@ class StoreCore:
         spec_hash: Callable[[dict[str, Any]], str] = default_spec_hash,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         trace: Callable[[str], None] | None = None,
+        busy_timeout: float = 5.0,
     ) -> None:
         if log_limit < 1:
             raise ValueError("log_limit must be >= 1")
@@ -64,6 +86,9 @@ class StoreCore:
         self.log_limit = log_limit
         self.spec_hash = spec_hash
         self._synchronous = synchronous
+        # How long a write waits for another process's lock before SQLite raises "database is
+        # locked" (an OperationalError the REST API answers with 503 and the tunnel retries).
+        self._busy_timeout_ms = int(busy_timeout * 1000)
         # Called with every SQL statement the connection runs (tests count round trips with it).
         self._trace = trace
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cp-store")
@@ -98,7 +123,7 @@ class StoreCore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
             migrate(conn, self.path)
             row = conn.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()
             if row is None:
@@ -129,8 +154,12 @@ class StoreCore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn)
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # A failed COMMIT (SQLITE_BUSY, disk I/O) leaves the transaction open: without the
+            # rollback every later BEGIN on this connection would fail too.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
         return result

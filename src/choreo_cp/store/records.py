@@ -37,6 +37,16 @@ def object_key(kind: str, environment: str, name: str) -> str:
 
 
 @dataclass(frozen=True)
+class InventoryReport:
+    """The agent's last inventory summary (what it has in the cluster) and when it arrived."""
+
+    count: int
+    digest: str
+    revision: int
+    at: str
+
+
+@dataclass(frozen=True)
 class Dataplane:
     id: str
     epoch: str
@@ -51,6 +61,11 @@ class Dataplane:
     last_disconnected: str | None
     agent: dict[str, Any]
     objects: int = 0
+    inventory: InventoryReport | None = None
+    # why the next session must resync (None: no resync required), and the anti-entropy backoff state
+    resync_required: str | None = None
+    resync_requests: int = 0
+    resync_requested_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,10 @@ class StatusRecord:
     key: str
     status: dict[str, Any]
     reported_at: str
+    # the data plane says the object is not in its cluster (deleted by another writer)
+    missing: bool = False
+    # when the agent observed it (its clock); None for reports from before the agent said
+    observed_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +153,16 @@ class Snapshot:
     hashes: dict[str, str]
 
 
+@dataclass(frozen=True)
+class DesiredState:
+    """A snapshot plus the keys the data plane refused for good at their current spec (key -> code)."""
+
+    epoch: str
+    revision: int
+    hashes: dict[str, str]
+    refused: dict[str, str]
+
+
 class StoreError(Exception):
     """A request the store refuses (unknown dataplane, missing parent...); the API maps it to 4xx."""
 
@@ -145,6 +174,20 @@ class StoreError(Exception):
 
 def not_registered(dp: str) -> StoreError:
     return StoreError("not_found", f"dataplane {dp!r} is not registered")
+
+
+def _inventory(text: str | None) -> InventoryReport | None:
+    if not text:
+        return None
+    try:
+        raw = json.loads(text)
+        return InventoryReport(int(raw["count"]), str(raw["digest"]), int(raw["revision"]), str(raw["at"]))
+    except (ValueError, KeyError, TypeError):
+        return None  # written by another version: no summary rather than a failing read
+
+
+def inventory_json(count: int, digest: str, revision: int, at: str) -> str:
+    return canonical_json({"count": count, "digest": digest, "revision": revision, "at": at})
 
 
 def row_dataplane(row: sqlite3.Row, objects: int = 0) -> Dataplane:
@@ -162,6 +205,10 @@ def row_dataplane(row: sqlite3.Row, objects: int = 0) -> Dataplane:
         last_disconnected=row["last_disconnected"],
         agent=json.loads(row["agent"] or "{}"),
         objects=objects,
+        inventory=_inventory(row["inventory"]),
+        resync_required=row["resync_required"],
+        resync_requests=int(row["resync_requests"] or 0),
+        resync_requested_at=row["resync_requested_at"],
     )
 
 

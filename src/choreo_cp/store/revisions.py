@@ -46,13 +46,14 @@ class Revisions(StoreCore):
         name: str,
         spec: dict[str, Any],
         *,
-        check_environment: Callable[[dict[str, Any]], None] | None = None,
+        check_environment: Callable[[dict[str, Any] | None], None] | None = None,
     ) -> WriteResult:
         """Store a desired object; a spec identical to the stored one is not a change (no new revision).
 
-        ``check_environment`` (apps only) is called with the environment's spec inside the write
-        transaction, so a rule of the environment (its registry allowlist) is judged against the
-        environment as it is when the app is committed; whatever it raises aborts the write.
+        ``check_environment`` (apps only) is called with the environment's spec, or None when the
+        environment is not defined, inside the write transaction, so a rule of the environment (it
+        exists, its registry allowlist) is judged against the environment as it is when the app is
+        committed; whatever it raises aborts the write.
         """
         digest = self.spec_hash(spec)
         text = canonical_json(spec)
@@ -102,7 +103,7 @@ class Revisions(StoreCore):
         name: str,
         text: str,
         digest: str,
-        check_environment: Callable[[dict[str, Any]], None] | None = None,
+        check_environment: Callable[[dict[str, Any] | None], None] | None = None,
     ) -> WriteResult:
         current = self._current_revision(conn, dp)
         key = object_key(kind, env, name)
@@ -111,10 +112,10 @@ class Revisions(StoreCore):
                 "SELECT spec FROM objects WHERE dataplane=? AND key=?",
                 (dp, object_key(KIND_ENVIRONMENT, env, env)),
             ).fetchone()
+            if check_environment is not None:
+                check_environment(None if parent is None else json.loads(parent["spec"]))
             if parent is None:
                 raise StoreError("not_found", f"environment {env!r} is not defined on dataplane {dp!r}")
-            if check_environment is not None:
-                check_environment(json.loads(parent["spec"]))
         row = conn.execute(
             "SELECT spec_hash, revision FROM objects WHERE dataplane=? AND key=?", (dp, key)
         ).fetchone()

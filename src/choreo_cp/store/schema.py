@@ -110,7 +110,24 @@ _V1 = (
     )""",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _V1),)
+# Migration 2 (issue 14): what the data plane actually has. The agent's inventory summary (count,
+# digest, revision, when it arrived: JSON, written as one value), whether a resync is required (the
+# reason; survives a restart so the next hello is answered with a resync) with the count and time of
+# consecutive requests (the anti-entropy backoff), and per status whether the object was reported
+# missing and when the agent observed it.
+_V2 = (
+    "ALTER TABLE dataplanes ADD COLUMN inventory TEXT",
+    "ALTER TABLE dataplanes ADD COLUMN resync_required TEXT",
+    "ALTER TABLE dataplanes ADD COLUMN resync_requests INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE dataplanes ADD COLUMN resync_requested_at TEXT",
+    "ALTER TABLE status ADD COLUMN missing INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE status ADD COLUMN observed_at TEXT",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _V1),
+    Migration(2, "inventory summaries, required resyncs, missing objects", _V2),
+)
 LATEST = MIGRATIONS[-1].version
 
 

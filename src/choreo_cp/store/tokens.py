@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import sqlite3
@@ -72,12 +73,18 @@ class Dataplanes(StoreCore):
 
         return await self._txn(tx)
 
+    async def _flush_for_read(self) -> None:
+        """Write pending reports so a read sees them; a locked database must not fail the read too
+        (WAL readers are not blocked): it then shows what is committed, the reports stay queued."""
+        with contextlib.suppress(sqlite3.OperationalError):
+            await self.flush()
+
     async def get_dataplane(self, dp: str) -> Dataplane | None:
-        await self.flush()
+        await self._flush_for_read()
         return await self._call(lambda: dataplane_or_none(self._db, dp))
 
     async def list_dataplanes(self) -> list[Dataplane]:
-        await self.flush()
+        await self._flush_for_read()
 
         def read() -> list[Dataplane]:
             counts = dict(
