@@ -17,7 +17,7 @@ import pytest
 
 from choreo_dp.cli import main as cli
 
-CONTRACT_VERBS = {"operator", "agent", "run", "control-plane", "cp", "sandbox", "crds"}
+CONTRACT_VERBS = {"operator", "agent", "run", "control-plane", "cp", "sandbox", "crds", "completion"}
 
 
 def _verbs(parser: Any) -> dict[str, str]:

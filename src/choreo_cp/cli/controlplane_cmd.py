@@ -13,17 +13,29 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from choreo_dp.cli.common import OneLineParser, UsageError, add_env_argument, add_logging_arguments
+from choreo_dp.cli.common import OneLineParser, UsageError, add_env_argument, add_logging_arguments, add_verb
 from choreo_dp.observability.logging import configure_logging
 
 log = logging.getLogger("choreo_cp")
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("control-plane", help="the reference control plane")
+    p = add_verb(
+        sub,
+        "control-plane",
+        "the reference control plane (REST API, SQLite store, tunnel endpoint)",
+        "choreo-dp control-plane serve --admin-token-file admin.token",
+    )
     verbs = p.add_subparsers(dest="cp_verb", metavar="VERB", parser_class=OneLineParser)
     verbs.required = True
-    s = verbs.add_parser("serve", help="serve the REST API and the tunnel endpoint")
+    s = add_verb(
+        verbs,
+        "serve",
+        "serve the REST API and the tunnel endpoint",
+        "choreo-dp control-plane serve --admin-token-file admin.token     # http on 127.0.0.1:8443",
+        "choreo-dp control-plane serve --listen 0.0.0.0:8443 --tls-cert tls.crt --tls-key tls.key "
+        "--admin-token-file admin.token --db /var/lib/choreo/cp.db",
+    )
     add_env_argument(s, "--listen", default="127.0.0.1:8443", help="HOST:PORT to listen on")
     add_env_argument(s, "--db", default="./choreo-cp.db", help="SQLite database path")
     add_env_argument(s, "--tls-cert", help="TLS certificate (PEM)")

@@ -1,24 +1,32 @@
 """``choreo-dp cp``: a client of the control plane's REST API.
 
-Exit codes: 0 success, 1 the control plane refused something (each refusal is one line on
-stderr), 2 bad flags, configuration or manifests.
+Exit codes: 0 success, 1 the control plane (or the data plane, with ``--wait``) refused or failed
+something (each failure is one line on stderr, after every other object was tried), 2 bad flags,
+configuration or manifests (nothing is sent).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-import yaml
+from choreo_cp.cli import manifests, views
+from choreo_cp.cli.waiting import DEFAULT_TIMEOUT, Target, duration, human, wait_for_apps
+from choreo_dp.api.environment import default_namespace
+from choreo_dp.cli.common import OneLineParser, UsageError, add_env_argument, add_verb
 
-from choreo_dp.api.vocabulary import API_VERSION
-from choreo_dp.cli.common import OneLineParser, UsageError
-
-KINDS = ("Environment", "ChoreoApp")
+KIND_ALIASES = {
+    "dataplane": "dataplane", "dataplanes": "dataplane", "dp": "dataplane",
+    "environment": "environment", "environments": "environment", "env": "environment", "chenv": "environment",
+    "app": "app", "apps": "app", "choreoapp": "app", "choreoapps": "app",
+}  # fmt: skip
+DELETABLE = ("environment", "env", "chenv", "app", "choreoapp")
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
@@ -29,41 +37,107 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _output_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", choices=["table", "json"], default="table", help="output format")
+def _dataplane_arg(p: argparse.ArgumentParser, *, required: bool) -> None:
+    add_env_argument(p, "--dataplane", required=required, metavar="ID", help="the dataplane's id")
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("cp", help="client of the control plane's REST API")
+    p = add_verb(
+        sub,
+        "cp",
+        "client of the control plane's REST API",
+        "choreo-dp cp register edge-1 --token-out edge-1.token",
+        "choreo-dp cp apply -f examples/ --dataplane edge-1 --wait",
+        "choreo-dp cp get apps --dataplane edge-1",
+        "(--url/--token-file/--ca-file or env CHOREO_DP_CP_URL, CHOREO_DP_CP_TOKEN, CHOREO_DP_CA_FILE)",
+    )
     verbs = p.add_subparsers(dest="cp_verb", metavar="VERB", parser_class=OneLineParser)
     verbs.required = True
-    a = verbs.add_parser("apply", help="push Environment/ChoreoApp manifests")
-    a.add_argument("-f", "--filename", required=True, help="YAML file (multi-document allowed, - for stdin)")
-    a.add_argument("--dataplane", required=True)
+
+    a = add_verb(
+        verbs,
+        "apply",
+        "push Environment and ChoreoApp manifests (files, directories, stdin; YAML or JSON)",
+        "choreo-dp cp apply -f examples/environment-demo.yaml -f examples/rest-api.yaml --dataplane edge-1",
+        "choreo-dp cp apply -f examples/ --dataplane edge-1 --wait=2m",
+        "cat app.yaml | choreo-dp cp apply -f - --dataplane edge-1",
+    )
+    a.add_argument(
+        "-f", "--filename", action="append", required=True, metavar="FILE|DIR|-",
+        help="a manifest file, a directory of *.yaml/*.yml/*.json, or - for stdin (repeatable); "
+        "several YAML objects go in one file separated by '---'",
+    )  # fmt: skip
+    a.add_argument(
+        "-R", "--recursive", action="store_true", help="also read the subdirectories of a directory"
+    )
+    _dataplane_arg(a, required=True)
+    a.add_argument(
+        "--wait", nargs="?", const=DEFAULT_TIMEOUT, type=duration, metavar="TIMEOUT",
+        help=f"wait until the data plane reports every applied app Ready at this revision (exit 0) or "
+        f"Failed/Degraded/Missing (exit 1); TIMEOUT like 90s or 5m (default {human(DEFAULT_TIMEOUT)})",
+    )  # fmt: skip
     _client_args(a)
     a.set_defaults(handler=_handler(apply))
-    d = verbs.add_parser("delete", help="remove an Environment or ChoreoApp")
-    d.add_argument("kind", choices=["environment", "app", "choreoapp"])
+
+    d = add_verb(
+        verbs,
+        "delete",
+        "remove an Environment (with its apps: needs --cascade) or a ChoreoApp",
+        "choreo-dp cp delete app orders --environment dev --dataplane edge-1",
+        "choreo-dp cp delete environment dev --dataplane edge-1 --cascade",
+    )
+    d.add_argument("kind", choices=DELETABLE, help="environment or app")
     d.add_argument("name")
-    d.add_argument("--dataplane", required=True)
-    d.add_argument("--environment")
+    _dataplane_arg(d, required=True)
+    d.add_argument("--environment", help="the app's environment")
+    d.add_argument(
+        "--cascade", "--yes", "-y", dest="cascade", action="store_true",
+        help="confirm deleting an environment together with its apps",
+    )  # fmt: skip
     _client_args(d)
     d.set_defaults(handler=_handler(delete))
-    g = verbs.add_parser("get", help="show a dataplane, environment or app with its reported status")
-    g.add_argument("kind", choices=["dataplane", "environment", "app", "choreoapp"])
-    g.add_argument("name")
-    g.add_argument("--dataplane")
-    g.add_argument("--environment")
-    _output_arg(g)
+
+    g = add_verb(
+        verbs,
+        "get",
+        "list dataplanes, environments or apps with the status the data plane reported",
+        "choreo-dp cp get dataplanes",
+        "choreo-dp cp get apps                       # every app of every environment and dataplane",
+        "choreo-dp cp get apps --dataplane edge-1 --environment dev -o wide",
+        "choreo-dp cp get app orders --dataplane edge-1 --environment dev -o json",
+    )
+    g.add_argument(
+        "kind", choices=sorted(KIND_ALIASES), metavar="KIND", help="dataplanes, environments or apps"
+    )
+    g.add_argument("name", nargs="?", help="only this one")
+    add_env_argument(g, "--dataplane", metavar="ID", help="only this dataplane (default: all)")
+    g.add_argument("--environment", help="only this environment (default: all)")
+    g.add_argument(
+        "-o", "--output", choices=["table", "wide", "json", "yaml"], default="table",
+        help="table (default), wide (more columns), json or yaml",
+    )  # fmt: skip
     _client_args(g)
     g.set_defaults(handler=_handler(get))
-    r = verbs.add_parser("register", help="register a dataplane and print its token (shown once)")
+
+    r = add_verb(
+        verbs,
+        "register",
+        "register a dataplane and print its token (shown once)",
+        "choreo-dp cp register edge-1 --token-out edge-1.token",
+        "choreo-dp cp register edge-1 --rotate-token --token-out edge-1.token",
+    )
     r.add_argument("name", help="dataplane id")
     r.add_argument("--rotate-token", action="store_true", help="mint a new token (the old one stops working)")
     r.add_argument("--token-out", help="write the token to this file (mode 0600) instead of printing it")
     _client_args(r)
     r.set_defaults(handler=_handler(register_dataplane))
-    pr = verbs.add_parser("promote", help="deploy the image digest running in one place to another")
+
+    pr = add_verb(
+        verbs,
+        "promote",
+        "deploy the image digest running in one place to another",
+        "choreo-dp cp promote orders --from edge-1/dev --to edge-1/prod",
+    )
     pr.add_argument("app")
     pr.add_argument("--from", dest="source", required=True, metavar="DATAPLANE/ENV")
     pr.add_argument("--to", dest="target", required=True, metavar="DATAPLANE/ENV")
@@ -72,13 +146,12 @@ def register(sub: Any) -> None:
     pr.set_defaults(handler=_handler(promote))
 
 
-Command = Callable[[argparse.Namespace, Any], int]
+Command = Callable[[argparse.Namespace, Any, str], int]
 
 
 def _handler(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        import os
-
+        from choreo_cp.cli.errors import describe
         from choreo_cp.client import ControlPlaneClient, CPError, resolve_settings
 
         try:
@@ -88,173 +161,235 @@ def _handler(command: Command) -> Callable[[argparse.Namespace], int]:
         ca_file = args.ca_file or os.environ.get("CHOREO_DP_CA_FILE")
         if ca_file and not Path(ca_file).is_file():
             raise UsageError(f"--ca-file {ca_file}: no such file")
-        with ControlPlaneClient(url, token, ca_file=ca_file) as client:
+        try:
+            client = ControlPlaneClient(url, token, ca_file=ca_file)
+        except OSError as exc:  # an unreadable or malformed CA bundle
+            raise UsageError(f"--ca-file {ca_file}: {exc.strerror or exc}") from None
+        with client:
             try:
-                return command(args, client)
+                return command(args, client, url)
             except CPError as exc:
-                sys.stderr.write(f"choreo-dp cp: {exc}\n")
+                sys.stderr.write(f"choreo-dp cp: {describe(exc, url)}\n")
                 return 1
 
     return run
 
 
-# -- apply ---------------------------------------------------------------------------------------
-def load_manifests(text: str, source: str) -> list[dict[str, Any]]:
-    """Parse and sanity-check manifests; Environments first so their apps find them."""
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    out: list[dict[str, Any]] = []
-    for i, doc in enumerate(docs, 1):
-        where = f"{source} document {i}"
-        if not isinstance(doc, dict):
-            raise UsageError(f"{where}: expected a mapping")
-        if doc.get("apiVersion") != API_VERSION:
-            raise UsageError(f"{where}: apiVersion must be {API_VERSION}, got {doc.get('apiVersion')!r}")
-        if doc.get("kind") not in KINDS:
-            raise UsageError(f"{where}: kind must be Environment or ChoreoApp, got {doc.get('kind')!r}")
-        name = (doc.get("metadata") or {}).get("name") if isinstance(doc.get("metadata"), dict) else None
-        if not isinstance(name, str) or not name:
-            raise UsageError(f"{where}: metadata.name is required")
-        spec = doc.get("spec")
-        if not isinstance(spec, dict):
-            raise UsageError(f"{where}: spec must be a mapping")
-        if doc["kind"] == "ChoreoApp" and not isinstance(spec.get("environment"), str):
-            raise UsageError(f"{where}: ChoreoApp {name}: spec.environment is required")
-        out.append(doc)
-    if not out:
-        raise UsageError(f"{source}: no manifests found")
-    out.sort(key=lambda d: 0 if d["kind"] == "Environment" else 1)
-    return out
+def _path(*parts: str) -> str:
+    return "/api/v1/dataplanes" + "".join(f"/{quote(p, safe='')}" for p in parts)
 
 
-def apply(args: argparse.Namespace, client: Any) -> int:
+def _items(client: Any, path: str) -> list[dict[str, Any]]:
+    body = client.request("GET", path)
+    return [v for v in body.get("items") or [] if isinstance(v, dict)]
+
+
+def _apps_or_none(client: Any, dp: str, env: str) -> list[dict[str, Any]]:
+    """The apps of an environment; none when the environment does not exist (yet)."""
     from choreo_cp.client import CPError
 
-    source = "stdin" if args.filename == "-" else args.filename
     try:
-        text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
-    except OSError as exc:
-        raise UsageError(f"-f {args.filename}: {exc.strerror or exc}") from None
+        return _items(client, _path(dp, "environments", env, "apps"))
+    except CPError as exc:
+        if exc.status == 404:
+            return []
+        raise
+
+
+# -- apply ---------------------------------------------------------------------------------------
+def _namespace_problem(item: manifests.Manifest, known_envs: dict[str, dict[str, Any]]) -> str | None:
+    """The namespace rule: an app's metadata.namespace may only repeat its Environment's namespace
+    (the one the app runs in); anything else would be silently ignored, so it is refused."""
+    if item.kind != manifests.APP or not item.namespace:
+        return None
+    spec = known_envs.get(item.environment) or {}
+    expected = str(spec.get("namespace") or default_namespace(item.environment))
+    if item.namespace == expected:
+        return None
+    return (
+        f"metadata.namespace {item.namespace!r} is not the namespace of Environment {item.environment!r} "
+        f"({expected!r}), where the app runs: remove metadata.namespace or set it to {expected!r}"
+    )
+
+
+def apply(args: argparse.Namespace, client: Any, url: str) -> int:
+    from choreo_cp.cli.errors import describe
+    from choreo_cp.client import CPError
+
+    try:
+        items = manifests.load(args.filename, recursive=args.recursive)
+    except manifests.ManifestError as exc:
+        for line in exc.problems:
+            sys.stderr.write(f"choreo-dp cp apply: error: {line}\n")
+        return 2
+    dp = args.dataplane
+    existing_envs = {str(v.get("name")): v for v in _items(client, _path(dp, "environments"))}
+    env_specs = {name: v.get("spec") or {} for name, v in existing_envs.items()}
+    env_specs.update({m.name: m.spec for m in items if m.kind == manifests.ENVIRONMENT})
+    existing_apps: set[tuple[str, str]] = set()
+    for env in sorted({m.environment for m in items if m.kind == manifests.APP}):
+        existing_apps.update((env, str(v.get("name"))) for v in _apps_or_none(client, dp, env))
     failures = 0
-    for doc in load_manifests(text, source):
-        name = doc["metadata"]["name"]
-        spec = doc["spec"]
+    targets: list[Target] = []
+    for item in items:
+        problem = _namespace_problem(item, env_specs)
+        if problem is not None:
+            sys.stderr.write(f"choreo-dp cp: {item.label}: {problem}\n")
+            failures += 1
+            continue
         try:
-            if doc["kind"] == "Environment":
-                label = f"environment/{name}"
-                result = client.put_environment(args.dataplane, name, spec)
+            if item.kind == manifests.ENVIRONMENT:
+                existed = item.name in existing_envs
+                result = client.put_environment(dp, item.name, item.spec)
             else:
-                label = f"choreoapp/{name} (environment {spec['environment']})"
-                result = client.put_app(args.dataplane, spec["environment"], name, spec)
+                existed = (item.environment, item.name) in existing_apps
+                result = client.put_app(dp, item.environment, item.name, item.spec)
         except CPError as exc:
             failures += 1
-            sys.stderr.write(f"choreo-dp cp: {label}: {exc}\n")
+            sys.stderr.write(f"choreo-dp cp: {item.label}: {describe(exc, url)}\n")
             continue
-        state = "configured" if result.get("changed") else "unchanged"
-        print(f"{label} {state} (revision {result.get('revision')})")
-    return 1 if failures else 0
+        state = "configured" if existed else "created"
+        if existed and not result.get("changed"):
+            state = "unchanged"
+        print(f"{item.label} {state}", flush=True)
+        if item.kind == manifests.APP:
+            revision = result.get("objectRevision") or result.get("revision")
+            targets.append(Target(item.label, dp, item.environment, item.name, int(revision or 0)))
+    waited = 0
+    if args.wait is not None and targets:
+        waited = wait_for_apps(client, url, targets, args.wait)
+    return 1 if failures or waited else 0
 
 
 # -- delete --------------------------------------------------------------------------------------
-def delete(args: argparse.Namespace, client: Any) -> int:
-    if args.kind == "environment":
+def _removed_label(key: str) -> str:
+    kind, _, rest = key.partition("/")
+    return f"{'environment' if kind == manifests.ENVIRONMENT else 'choreoapp'}/{rest}"
+
+
+def delete(args: argparse.Namespace, client: Any, url: str) -> int:
+    kind = KIND_ALIASES[args.kind]
+    if kind == "environment":
+        apps = sorted(
+            str(v.get("name"))
+            for v in _items(client, _path(args.dataplane, "environments", args.name, "apps"))
+        )
+        if apps and not args.cascade:
+            shown = ", ".join(apps[:5]) + (f" and {len(apps) - 5} more" if len(apps) > 5 else "")
+            sys.stderr.write(
+                f"choreo-dp cp: environment/{args.name} has {len(apps)} app(s) ({shown}); deleting it "
+                "deletes them too: add --cascade (or --yes) to confirm\n"
+            )
+            return 1
         result = client.delete_environment(args.dataplane, args.name)
-        removed = result.get("removed") or []
-        extra = f", with {len(removed) - 1} app(s)" if len(removed) > 1 else ""
-        print(f"environment/{args.name} deleted{extra} (revision {result.get('revision')})")
+        removed = result.get("removed") or [f"{manifests.ENVIRONMENT}/{args.name}"]
+        # apps first, as the control plane removes them, then the environment
+        for key in sorted(removed, key=lambda k: k.startswith(manifests.ENVIRONMENT)):
+            print(f"{_removed_label(key)} deleted")
         return 0
     if not args.environment:
         raise UsageError("deleting an app needs --environment ENV")
-    result = client.delete_app(args.dataplane, args.environment, args.name)
-    print(f"choreoapp/{args.name} deleted (revision {result.get('revision')})")
+    client.delete_app(args.dataplane, args.environment, args.name)
+    print(f"choreoapp/{args.environment}/{args.name} deleted")
     return 0
 
 
 # -- get -----------------------------------------------------------------------------------------
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [headers, *[["" if v is None else str(v) for v in row] for row in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+def _dataplanes(client: Any, only: str | None) -> list[str]:
+    if only:
+        return [only]
+    return [str(v.get("id")) for v in _items(client, _path())]
 
 
-def get(args: argparse.Namespace, client: Any) -> int:
-    if args.kind == "dataplane":
-        body = client.get_dataplane(args.name)
-        if args.output == "json":
-            print(json.dumps(body, indent=2))
-            return 0
-        print(
-            _table(
-                [
-                    "DATAPLANE",
-                    "CONNECTED",
-                    "REVISION",
-                    "APPLIED",
-                    "IN-SYNC",
-                    "ORPHANS",
-                    "LAST-HEARTBEAT",
-                    "EPOCH",
-                ],
-                [
-                    [
-                        body["id"],
-                        body.get("connected"),
-                        body.get("revision"),
-                        body.get("appliedRevision"),
-                        body.get("inSync"),
-                        body.get("orphans") or 0,
-                        body.get("lastHeartbeat"),
-                        body.get("epoch"),
-                    ]
-                ],
+def _environment_views(client: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for dp in _dataplanes(client, args.dataplane):
+        if args.name and args.dataplane:
+            return [client.request("GET", _path(dp, "environments", args.name))]
+        found.extend(
+            v
+            for v in _items(client, _path(dp, "environments"))
+            if not args.name or v.get("name") == args.name
+        )
+    return found
+
+
+def _app_views(client: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.name and args.dataplane and args.environment:
+        return [
+            client.request("GET", _path(args.dataplane, "environments", args.environment, "apps", args.name))
+        ]
+    found: list[dict[str, Any]] = []
+    for dp in _dataplanes(client, args.dataplane):
+        if args.environment:
+            envs = [args.environment]
+        else:
+            envs = [str(v.get("name")) for v in _items(client, _path(dp, "environments"))]
+        for env in envs:
+            apps = (
+                _apps_or_none(client, dp, env)
+                if not args.dataplane
+                else _items(client, _path(dp, "environments", env, "apps"))
             )
-        )
-        return 0
-    if not args.dataplane:
-        raise UsageError(f"cp get {args.kind} needs --dataplane ID")
-    if args.kind == "environment":
-        body = client.get_environment(args.dataplane, args.name)
+            found.extend(v for v in apps if not args.name or v.get("name") == args.name)
+    return found
+
+
+def _print_structured(data: Any, output: str) -> None:
+    if output == "json":
+        print(json.dumps(data, indent=2))
     else:
-        if not args.environment:
-            raise UsageError("cp get app needs --environment ENV")
-        body = client.get_app(args.dataplane, args.environment, args.name)
-    if args.output == "json":
-        print(json.dumps(body, indent=2))
+        import yaml
+
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+
+
+def get(args: argparse.Namespace, client: Any, url: str) -> int:
+    kind = KIND_ALIASES[args.kind]
+    if kind == "dataplane":
+        found = [client.request("GET", _path(args.name))] if args.name else _items(client, _path())
+    elif kind == "environment":
+        found = _environment_views(client, args)
+    else:
+        found = _app_views(client, args)
+    found.sort(key=lambda v: tuple(str(v.get(k) or "") for k in ("id", "dataplane", "environment", "name")))
+    what = {"dataplane": "dataplanes", "environment": "environments", "app": "apps"}[kind]
+    if args.name and not found:
+        sys.stderr.write(f"choreo-dp cp: {kind} {args.name!r} not found\n")
+        return 1
+    if args.output in ("json", "yaml"):
+        _print_structured(found[0] if args.name and len(found) == 1 else {"items": found}, args.output)
         return 0
-    status = body.get("status") or {}
-    error = body.get("lastError") or {}
-    print(
-        _table(
-            ["NAME", "ENVIRONMENT", "REVISION", "APPLIED", "STATUS", "READY", "IMAGE", "ERROR"],
-            [
-                [
-                    body["name"],
-                    body["environment"],
-                    body["revision"],
-                    body.get("applied"),
-                    status.get("phase"),
-                    status.get("ready"),
-                    status.get("image") or body["spec"].get("image"),
-                    error.get("code"),
-                ]
-            ],
-        )
-    )
+    if not found:
+        sys.stderr.write(f"No {what} found.\n")
+        return 0
+    wide = args.output == "wide"
+    if kind == "dataplane":
+        print(views.dataplane_table(found, wide=wide))
+    elif kind == "environment":
+        print(views.environment_table(found, wide=wide, with_dataplane=not args.dataplane))
+    else:
+        print(views.app_table(found, wide=wide, with_dataplane=not args.dataplane))
     return 0
 
 
 # -- register / promote --------------------------------------------------------------------------
-def register_dataplane(args: argparse.Namespace, client: Any) -> int:
+def register_dataplane(args: argparse.Namespace, client: Any, url: str) -> int:
     body = client.register_dataplane(args.name, rotate_token=args.rotate_token)
     token = body.get("token")
     what = "registered" if body.get("created") else ("token rotated" if token else "already registered")
     if token and args.token_out:
         path = Path(args.token_out)
-        path.touch(mode=0o600, exist_ok=True)
-        path.chmod(0o600)
-        path.write_text(token + "\n")
+        try:
+            path.touch(mode=0o600, exist_ok=True)
+            path.chmod(0o600)
+            path.write_text(token + "\n")
+        except OSError as exc:
+            sys.stderr.write(
+                f"choreo-dp cp: --token-out {path}: {exc.strerror or exc}; the token was minted but not "
+                "saved: run again with --rotate-token\n"
+            )
+            return 1
         print(f"dataplane/{args.name} {what}; token written to {path}")
     elif token:
         print(f"dataplane/{args.name} {what}; token (shown once): {token}")
@@ -270,7 +405,7 @@ def _place(text: str, flag: str) -> tuple[str, str]:
     return dp, env
 
 
-def promote(args: argparse.Namespace, client: Any) -> int:
+def promote(args: argparse.Namespace, client: Any, url: str) -> int:
     source, target = _place(args.source, "--from"), _place(args.target, "--to")
     body = client.promote(args.app, source, target, project=args.project)
     print(

@@ -14,6 +14,7 @@ from choreo_dp.cli.common import (
     UsageError,
     add_env_argument,
     add_logging_arguments,
+    add_verb,
     namespace_patterns,
     port,
 )
@@ -31,6 +32,13 @@ def add_agent_arguments(p: Any) -> None:
     p.add_argument("--insecure", action="store_true", help="allow ws:// (development only)")
     add_env_argument(
         p, "--protected-namespaces", type=namespace_patterns, default=None, help=PROTECTED_NAMESPACES_HELP
+    )
+    add_env_argument(
+        p,
+        "--state-namespace",
+        default=None,
+        help="namespace of the ConfigMaps holding the offline copy of the desired specs "
+        "(default: the agent's own namespace, else choreo-system)",
     )
 
 
@@ -60,6 +68,7 @@ def agent_config(args: argparse.Namespace) -> Any:
         client_key=args.client_key,
         insecure=args.insecure,
         protected_namespaces=default_protected_namespaces(getattr(args, "protected_namespaces", None)),
+        state_namespace=getattr(args, "state_namespace", None) or None,
     )
 
 
@@ -80,16 +89,26 @@ def health_host() -> str:
 
 async def run_agent(args: argparse.Namespace, stop: asyncio.Event | None = None) -> int:
     from choreo_dp.agent.agent import Agent
-    from choreo_dp.kube import KubeClient
+    from choreo_dp.kube import ConfigError, KubeClient
     from choreo_dp.observability import health
     from choreo_dp.observability.health import Liveness
 
     cfg = agent_config(args)
     stop = stop or asyncio.Event()
     install_stop_handlers(stop)
-    kube = await KubeClient.from_kubeconfig(args.kubeconfig)
+    try:
+        kube = await KubeClient.from_kubeconfig(args.kubeconfig)
+    except ConfigError as exc:
+        raise UsageError(f"kubeconfig: {exc} (--kubeconfig FILE, or run in a pod)") from None
     liveness = Liveness("agent", max_silence=120.0)
-    runner = await health.serve([liveness], health_host(), [args.health_port, args.metrics_port])
+    try:
+        runner = await health.serve([liveness], health_host(), [args.health_port, args.metrics_port])
+    except OSError as exc:
+        await kube.close()
+        raise UsageError(
+            f"cannot listen on --health-port {args.health_port} / --metrics-port {args.metrics_port}: "
+            f"{exc.strerror or exc}"
+        ) from None
     try:
         await Agent(cfg, kube, liveness=liveness).run(stop)
     finally:
@@ -109,7 +128,13 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("agent", help="run the outbound tunnel agent")
+    p = add_verb(
+        sub,
+        "agent",
+        "run the outbound tunnel agent (connects to the control plane, writes the desired state)",
+        "choreo-dp agent --control-plane wss://cp.example:8443 --dataplane edge-1 "
+        "--token-file /var/run/choreo/token --ca-file ca.pem",
+    )
     add_agent_arguments(p)
     add_env_argument(p, "--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     add_env_argument(p, "--metrics-port", type=port, default=9091, help="Prometheus /metrics port")

@@ -9,6 +9,7 @@ whose extra's dependencies are not installed, fails with one line naming the ext
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -16,17 +17,27 @@ from importlib.metadata import PackageNotFoundError, distribution, entry_points
 from typing import Any
 
 from choreo_dp import __version__
-from choreo_dp.cli import agent_cmd, crds_cmd, operator_cmd, run_cmd
+from choreo_dp.cli import agent_cmd, completion_cmd, crds_cmd, operator_cmd, run_cmd
 from choreo_dp.cli.common import EXIT_USAGE, OneLineParser, UsageError
 
-VERB_MODULES = (operator_cmd, agent_cmd, run_cmd, crds_cmd)
+VERB_MODULES = (operator_cmd, agent_cmd, run_cmd, crds_cmd, completion_cmd)
 DISTRIBUTION = "choreo-dp"
 ENTRY_POINT_GROUP = "choreo_dp.verbs"
 
 # verb -> the extra that installs it; also the verbs that must exist even when their package is absent.
 PLUGIN_EXTRAS = {"control-plane": "controlplane", "cp": "controlplane", "sandbox": "sandbox"}
 # the order of `choreo-dp --help`, as before the split.
-_ORDER = ("operator", "agent", "run", "control-plane", "cp", "sandbox", "crds")
+_ORDER = ("operator", "agent", "run", "control-plane", "cp", "sandbox", "crds", "completion")
+# set to 1 to see the traceback of an unexpected error instead of its one-line summary
+DEBUG_ENV = "CHOREO_DP_DEBUG"
+EXAMPLES = """examples:
+  choreo-dp sandbox                                   everything on this machine, until Ctrl-C
+  choreo-dp cp apply -f examples/ --dataplane sandbox --wait
+  choreo-dp cp get apps
+  choreo-dp operator --kubeconfig ~/.kube/config
+  source <(choreo-dp completion bash)                 tab completion in this shell
+
+`choreo-dp VERB --help` describes each verb."""
 
 
 class MissingExtra(Exception):
@@ -93,7 +104,9 @@ def _plugin_registrars() -> dict[str, Callable[[Any], None] | ModuleNotFoundErro
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="choreo-dp", description="Private data plane: operator, tunnel agent, tools.")
+    parser = OneLineParser(
+        prog="choreo-dp", description="Private data plane: operator, tunnel agent, tools.", epilog=EXAMPLES
+    )
     parser.add_argument("--version", action="version", version=f"choreo-dp {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=OneLineParser)
     sub.required = True
@@ -132,7 +145,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:
+        return _reader_went_away()
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        # a failure nobody anticipated still reads as one line; the traceback is one variable away
+        text = " ".join(str(exc).split()) or "(no message)"
+        sys.stderr.write(
+            f"choreo-dp: error: {type(exc).__name__}: {text} (set {DEBUG_ENV}=1 for the traceback)\n"
+        )
+        return 1
     return code
+
+
+def _reader_went_away() -> int:
+    """``choreo-dp cp get ... | head``: the reader closed the pipe; that is not an error.
+
+    stdout is pointed at /dev/null so the interpreter's final flush does not fail again and print
+    "Exception ignored ... BrokenPipeError" on stderr."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (captured in tests)
+        pass
+    return 0
 
 
 if __name__ == "__main__":

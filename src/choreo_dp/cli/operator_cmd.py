@@ -12,6 +12,7 @@ from choreo_dp.cli.common import (
     UsageError,
     add_env_argument,
     add_logging_arguments,
+    add_verb,
     namespace_patterns,
     port,
 )
@@ -77,7 +78,13 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("operator", help="run the operator (reconciles Environment and ChoreoApp)")
+    p = add_verb(
+        sub,
+        "operator",
+        "run the operator (reconciles Environment and ChoreoApp into namespaces and workloads)",
+        "choreo-dp operator --kubeconfig ~/.kube/config",
+        "choreo-dp operator                          # in a pod: the in-cluster configuration",
+    )
     add_env_argument(p, "--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     add_env_argument(p, "--metrics-port", type=port, default=9090, help="Prometheus /metrics port")
     add_env_argument(p, "--health-port", type=port, default=8081, help="/healthz port")

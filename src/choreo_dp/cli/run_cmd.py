@@ -15,7 +15,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from choreo_dp.cli.agent_cmd import add_agent_arguments
-from choreo_dp.cli.common import UsageError, add_env_argument, add_logging_arguments, port
+from choreo_dp.cli.common import UsageError, add_env_argument, add_logging_arguments, add_verb, port
 
 if TYPE_CHECKING:
     from choreo_dp.operator.config import OperatorConfig
@@ -136,7 +136,13 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("run", help="operator and agent in one process (development)")
+    p = add_verb(
+        sub,
+        "run",
+        "operator and agent in one process (development)",
+        "choreo-dp run --kubeconfig kubeconfig --control-plane ws://127.0.0.1:8443 --insecure "
+        "--dataplane dev-1 --token-file dev-1.token",
+    )
     add_agent_arguments(p)
     add_env_argument(p, "--kubeconfig", help="kubeconfig file")
     add_env_argument(p, "--metrics-port", type=port, default=9090, help="Prometheus /metrics port")
