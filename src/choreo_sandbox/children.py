@@ -113,8 +113,8 @@ class DirLock:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise DirInUse(
-                f"{self.path.parent} is used by another running sandbox (pid {holder}); "
-                "stop it first or pass another --dir"
+                f"{self.path.parent} is used by another running sandbox (pid {holder}); stop it with "
+                f"Ctrl-C in its terminal or `kill {holder}`, or pass another --dir"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -242,6 +242,17 @@ class Children:
 
     def returncode(self, name: str) -> int | None:
         return self._procs[name].returncode
+
+    def log_tail(self, name: str, lines: int) -> list[str]:
+        """The last ``lines`` non-empty lines child ``name`` logged (what it said before dying)."""
+        try:
+            with self.log_path(name).open("rb") as log:
+                log.seek(max(0, log.seek(0, os.SEEK_END) - 64 * 1024))
+                data = log.read()
+        except OSError:
+            return []
+        text = [line.rstrip() for line in data.decode(errors="replace").splitlines() if line.strip()]
+        return text[-lines:]
 
     def check_alive(self, name: str, step: str) -> None:
         code = self.returncode(name)

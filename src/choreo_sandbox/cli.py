@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from choreo_dp.cli.common import OneLineParser, UsageError, add_env_argument, port
+from choreo_dp.cli.common import OneLineParser, UsageError, add_env_argument, add_verb, port
 
 
 def run_sandbox_verb(args: argparse.Namespace) -> int:
@@ -29,7 +29,14 @@ def _kube_mode(raw: str) -> str:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("sandbox", help="the whole data plane on one machine, on an emulated or a real API")
+    p = add_verb(
+        sub,
+        "sandbox",
+        "the whole data plane on one machine, on an emulated or a real API",
+        "choreo-dp sandbox                           # until Ctrl-C; prints what to try next",
+        "choreo-dp sandbox --once                    # exit 0 once the demo app is Ready",
+        "choreo-dp sandbox --kube real --dir /tmp/sb # a real kube-apiserver with kwok nodes",
+    )
     add_env_argument(p, "--dir", default=".sandbox", help="working directory for state and logs")
     p.add_argument("--once", action="store_true", help="exit after the demo app is Ready")
     add_env_argument(
@@ -43,16 +50,29 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(handler=run_sandbox_verb)
     verbs = p.add_subparsers(dest="sandbox_verb", metavar="VERB", parser_class=OneLineParser)
-    a = verbs.add_parser("apiserver", help="serve only the emulated Kubernetes API")
+    a = add_verb(
+        verbs,
+        "apiserver",
+        "serve only the emulated Kubernetes API",
+        "choreo-dp sandbox apiserver --port 6443 --kubeconfig /tmp/kc --simulate-workloads",
+    )
     a.add_argument("--port", type=port, required=True, help="port on 127.0.0.1 (0 picks a free one)")
     a.add_argument("--kubeconfig", required=True, help="kubeconfig file to write")
     a.add_argument("--simulate-workloads", action="store_true", help="act like kubelet for Deployments")
     a.set_defaults(handler=run_apiserver)
-    c = verbs.add_parser("cluster", help="run a real Kubernetes control plane with kwok nodes")
+    c = add_verb(
+        verbs,
+        "cluster",
+        "run a real Kubernetes control plane with kwok nodes",
+        "choreo-dp sandbox cluster --port 6443 --kubeconfig /tmp/kc --nodes 3",
+    )
     c.add_argument("--port", type=port, required=True, help="kube-apiserver port on 127.0.0.1 (0 picks one)")
     c.add_argument("--kubeconfig", required=True, help="admin kubeconfig file to write")
     c.add_argument("--nodes", type=_node_count, default=2, help="simulated kwok nodes (default 2)")
     c.set_defaults(handler=run_cluster)
+    from choreo_sandbox.keyvault.cli import register as register_keyvault
+
+    register_keyvault(verbs)
 
 
 def run_apiserver(args: argparse.Namespace) -> int:

@@ -6,9 +6,12 @@ Kubernetes API is, with ``--kube emulated`` (the default), the emulated API with
 simulator (``sandbox apiserver``); with ``--kube real``, a real control plane with kwok nodes
 (``sandbox cluster``: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, from the
 binaries ``tools/kube/build.py`` caches), whose data directory lives in ``DIR/cluster.tmp`` while
-it runs. The demo then goes through the control plane's REST API only, exactly as a platform
-would, and waits for the cluster to report the app Ready. Once up, the sandbox supervises its
-parts: one that dies is reported and started again.
+it runs. A local Key Vault (``sandbox keyvault serve``: TLS, the secrets REST surface and an Entra
+ID token endpoint for workload identity) holds a few demo secrets, and the operator is configured
+to read it as AKS workload identity would let it. The demo then goes through the control plane's
+REST API only, exactly as a platform would, and waits for the cluster to report the app Ready.
+Once up, the sandbox supervises its parts: one that dies is reported with the end of its log and
+started again, with backoff if it keeps dying.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from choreo_dp.kube import ApiError, KubeClient
 from choreo_dp.kube import resources as R
 from choreo_sandbox.children import Children, DirInUse, DirLock, StepFailed, free_port
 from choreo_sandbox.cluster import BinariesMissing, KubeBinaries, find_binaries
+from choreo_sandbox.keyvault import service as keyvault
 from choreo_sandbox.tls import ensure_tls
 
 T = TypeVar("T")
@@ -47,6 +51,8 @@ TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
 # A part that dies again this soon after it was restarted waits before its next restart.
 RESTART_WINDOW = 30.0
 RESTART_BACKOFF_CAP = 30.0
+LOG_TAIL_LINES = 5
+REPO_EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 DATAPLANE = "sandbox"
 ENVIRONMENT = "dev"
@@ -113,8 +119,11 @@ class Sandbox:
     api_url: str = ""
     cp_url: str = ""
     kube: KubeClient | None = None
+    vault_port: int = 0
+    entra_port: int = 0
     _lock: DirLock = field(init=False)
     _restarts: dict[str, tuple[int, float]] = field(init=False, default_factory=dict)
+    _restart_counts: dict[str, int] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kube_mode not in KUBE_MODES:
@@ -151,21 +160,62 @@ class Sandbox:
 
         ``DirInUse`` when another sandbox runs in the directory (nothing is touched then)."""
         self._lock.acquire()
+        reused = self._reused()
         leftovers = await self.children.stop_leftovers()
         if leftovers:
             self.say(f"stopped {len(leftovers)} process(es) left over by a previous run in {self.directory}")
+        if reused:
+            self.say(f"reusing {self.directory} from an earlier run: {', '.join(reused)}")
         if self.real:
             await self._start_real_cluster()
         else:
             await self._start_apiserver()
         await self._prepare_cluster()
         await self._start_control_plane()
+        await self._say_replayed()
         token = await self._register_dataplane()
         self.dataplane_token_file.write_text(token + "\n")
         self.dataplane_token_file.chmod(0o600)
+        await self._start_keyvault()
         await self._start_operator()
         await self._start_agent()
         return await self._deploy_demo()
+
+    def _reused(self) -> list[str]:
+        """What an earlier run left in the directory that this one keeps using."""
+        found = []
+        if (self.directory / "choreo-cp.db").exists():
+            found.append("the control plane's database (choreo-cp.db)")
+        if (self.directory / "ca.pem").exists():
+            found.append("the CA and TLS certificate (ca.pem, server.pem; new ones if expiring)")
+        if self.admin_token_file.exists():
+            found.append(f"the admin token ({self.admin_token_file.name})")
+        if keyvault.KeyVaultFiles(self.directory).state.exists():
+            found.append("the Key Vault's secrets and their versions (keyvault.json)")
+        return found
+
+    async def _say_replayed(self) -> None:
+        """A control plane store from an earlier run holds apps: say they go to the new cluster."""
+        try:
+            envs = (await self._cp("GET", f"/api/v1/dataplanes/{DATAPLANE}/environments")).get("items") or []
+        except StepFailed:
+            return  # no such dataplane yet: a fresh store
+        apps = []
+        for env in envs:
+            name = (env.get("metadata") or {}).get("name") or env.get("name")
+            if not isinstance(name, str):
+                continue
+            listed = await self._cp("GET", f"/api/v1/dataplanes/{DATAPLANE}/environments/{name}/apps")
+            apps += [
+                f"{name}/{(a.get('metadata') or {}).get('name') or a.get('name')}"
+                for a in listed.get("items") or []
+            ]
+        if envs:
+            self.say(
+                f"the control plane's store from the earlier run holds {len(envs)} environment(s) and "
+                f"{len(apps)} app(s) for dataplane {DATAPLANE!r} ({', '.join(apps) or 'no apps'}); "
+                "the agent applies them to the new, empty Kubernetes API"
+            )
 
     async def _start_apiserver(self) -> None:
         step = "emulated Kubernetes API"
@@ -296,6 +346,30 @@ class Sandbox:
         await self._wait_http(f"{self.cp_url}/healthz", "control-plane", step)
         self.say(f"started control plane on {self.cp_url} (CA {tls.ca_cert})")
 
+    async def _start_keyvault(self) -> None:
+        step = "Key Vault"
+        # Fixed ports, so a restarted vault is where the operator's environment says.
+        self.vault_port, self.entra_port = free_port(), free_port()
+        await self.children.start(
+            "keyvault",
+            [
+                "sandbox", "keyvault", "serve", "--dir", str(self.directory),
+                "--vault-port", str(self.vault_port), "--entra-port", str(self.entra_port),
+            ],
+        )  # fmt: skip
+        await self.children.wait_for_log("keyvault", r"listening on (https://\S+)", 30, step)
+        self.say(
+            f"started Key Vault {keyvault.VAULT!r} on {keyvault.vault_url(self.vault_port)} with "
+            f"{len(keyvault.DEMO_SECRETS)} demo secrets (Entra ID token endpoint "
+            f"{keyvault.authority(self.entra_port)})"
+        )
+
+    def operator_env(self) -> dict[str, str]:
+        env = {"CHOREO_DP_OPERATOR_NAMESPACE": "choreo-system"}
+        if self.vault_port:
+            env |= keyvault.operator_env(self.directory, self.vault_port, self.entra_port)
+        return env
+
     async def _start_operator(self) -> None:
         step = "operator"
         health = free_port()
@@ -305,7 +379,7 @@ class Sandbox:
                 "operator", "--kubeconfig", str(self.kubeconfig),
                 "--health-port", str(health), "--metrics-port", str(free_port()),
             ],
-            env={"CHOREO_DP_OPERATOR_NAMESPACE": "choreo-system"},
+            env=self.operator_env(),
         )  # fmt: skip
         await self._wait_http(f"http://127.0.0.1:{health}/healthz", "operator", step)
         self.say(f"started operator (health http://127.0.0.1:{health}/healthz)")
@@ -492,23 +566,42 @@ class Sandbox:
                 return f"(could not list choreoapps: {resp.status} {table.get('message', '')})"
         return render_table(table, with_namespace=True)
 
+    def choreo_dp(self) -> str:
+        """``choreo-dp`` as a command that works without the venv activated (its absolute path)."""
+        script = Path(sys.executable).parent / "choreo-dp"
+        return str(script) if script.exists() else f"{sys.executable} -m choreo_dp.cli.main"
+
+    def examples(self) -> str:
+        """The examples directory: absolute in a checkout (pasted commands work from anywhere)."""
+        return str(REPO_EXAMPLES) if REPO_EXAMPLES.is_dir() else "examples"
+
     def next_steps(self) -> str:
         d = self.directory
         kubectl = self.kubectl_binary() or "kubectl"
+        cli = self.choreo_dp()
+        examples = self.examples()
         return "\n".join(
             [
                 "",
-                "Next:",
+                "Next (paste into a shell; no venv needed):",
                 f"  export KUBECONFIG={self.kubeconfig}",
-                f"  {kubectl} get choreoapps -A -w",
+                f"  export CHOREO_DP_CP_URL={self.cp_url} CHOREO_DP_CP_TOKEN=$(cat {self.admin_token_file}) "
+                f"CHOREO_DP_CA_FILE={d / 'ca.pem'}",
+                f"  {kubectl} get choreoapps -A",
                 f"  {kubectl} get environments,dataplanes",
-                f"  export CHOREO_DP_CP_URL={self.cp_url} CHOREO_DP_CP_TOKEN=$(cat {self.admin_token_file})",
-                f"  choreo-dp cp apply -f examples/rest-api.yaml --dataplane {DATAPLANE} --ca-file {d / 'ca.pem'}",
-                f"  choreo-dp cp get app {APP} --dataplane {DATAPLANE} --environment {ENVIRONMENT} --ca-file {d / 'ca.pem'}",
-                f"Control plane {self.cp_url} (admin token {self.admin_token_file}, dataplane token {self.dataplane_token_file})",
+                f"  {cli} cp apply -f {examples}/ --dataplane {DATAPLANE} --wait",
+                f"  {cli} cp get apps --dataplane {DATAPLANE}",
+                f"  {cli} sandbox --dir {d} keyvault set payments-db-password rotated-1",
+                f"Watch: {kubectl} get choreoapps -A -w",
+                f"Control plane {self.cp_url} (admin token {self.admin_token_file}, dataplane token "
+                f"{self.dataplane_token_file})",
+                f"Key Vault {keyvault.vault_url(self.vault_port)} (secrets: "
+                f"{', '.join(keyvault.DEMO_SECRETS)})"
+                if self.vault_port
+                else "",
                 f"Logs: {d}/*.log",
             ]
-        )
+        ).rstrip()
 
     # --- supervision ------------------------------------------------------------------------
 
@@ -540,16 +633,20 @@ class Sandbox:
         count = count + 1 if loop.time() - last < RESTART_WINDOW else 1
         self._restarts[name] = (count, loop.time())
         delay = 0.0 if count == 1 else min(RESTART_BACKOFF_CAP, 2.0 ** (count - 1))
+        self._restart_counts[name] = self._restart_counts.get(name, 0) + 1
         self.say(
             f"{name} exited with code {code}; restarting it"
             + (f" in {delay:.0f} s" if delay else "")
             + f" (log: {self.children.log_path(name)})"
+            + "".join(f"\n  | {line}" for line in self.children.log_tail(name, LOG_TAIL_LINES))
         )
+        self.say(self.status_line(down=name))
         if delay:
             await _unless_stopped(stop, asyncio.sleep(delay))
         await self.children.restart(name)
         if name != self.api_child:
             self.say(f"restarted {name}")
+            self.say(self.status_line())
             return
         try:
             timeout = CLUSTER_START_TIMEOUT if self.real else 30
@@ -558,11 +655,24 @@ class Sandbox:
         except Exception:
             await self.children.stop(name)  # the next round starts it again, from the beginning
             raise
-        dependents = [n for n in self.children.pids if n not in (self.api_child, "control-plane")]
+        # The control plane and the Key Vault keep their state on disk and know nothing of the API.
+        dependents = [n for n in self.children.pids if n not in (self.api_child, "control-plane", "keyvault")]
         for dependent in dependents:
             await self.children.restart(dependent)
         also = f", and {', '.join(dependents)} with it" if dependents else ""
         self.say(f"restarted {name} on {self.api_url}{also}")
+        self.say(self.status_line())
+
+    def status_line(self, down: str | None = None) -> str:
+        """One line: what runs, what is down, how often each part was restarted."""
+        parts = [n for n in self.children.pids if n != down]
+        restarts = ", ".join(f"{n} {c}x" for n, c in self._restart_counts.items())
+        head = f"Degraded: {down} is down, being restarted" if down else "Running"
+        return (
+            f"{head}; up: {', '.join(parts)}"
+            + (f"; restarts: {restarts}" if restarts else "")
+            + "; Ctrl-C stops everything."
+        )
 
     async def stop(self) -> None:
         if self.kube is not None:
@@ -664,7 +774,7 @@ async def run_sandbox(directory: Path, once: bool, kube: str = "emulated") -> in
         print(sandbox.next_steps())
         if once:
             return 0
-        print("\nRunning; Ctrl-C stops everything.", flush=True)
+        print("\n" + sandbox.status_line(), flush=True)
         await sandbox.supervise(stop)
         return 0
     finally:

@@ -1,8 +1,8 @@
-"""HTTPS fakes of the Azure services the secrets sync talks to (Entra ID token endpoint, Key Vault).
+"""HTTPS emulators of the Azure services the secrets sync talks to (Entra ID token endpoint, Key Vault).
 
-They speak the real wire protocol closely enough that the real azure-identity
-``WorkloadIdentityCredential`` and the real azure-keyvault-secrets ``SecretClient`` run against them
-unmodified. Used by ``tests/secrets`` and ``bench/bench_secrets.py``.
+The implementation lives in :mod:`choreo_sandbox.keyvault` (the sandbox runs it too); this package
+keeps the names the tests and ``bench/bench_secrets.py`` use, plus what only tests need: a trustme
+CA (:mod:`.pki`) and ``<vault>.localhost`` name resolution (:mod:`.loopback_dns`).
 """
 
 from tests.fakes_azure.entra import FakeEntra

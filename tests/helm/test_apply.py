@@ -123,14 +123,14 @@ def test_installed_crds_serve_and_enforce_the_choreo_kinds(kubectl: Kubectl, tmp
     # The commands NOTES.txt points users at work once the chart is in.
     dataplanes = kubectl("get", "dataplane")
     assert "No resources found" in dataplanes.stdout + dataplanes.stderr
-    env_ns: Manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "choreo-dev"}}
+    env_ns: Manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "choreo-demo"}}
     examples = write_manifests(tmp_path / "ns.yaml", [env_ns])
     kubectl("apply", "-f", str(examples))
-    kubectl("apply", "-f", str(REPO / "examples" / "environment-dev.yaml"))
+    kubectl("apply", "-f", str(REPO / "examples" / "environment-demo.yaml"))
     kubectl("apply", "-f", str(REPO / "examples" / "rest-api.yaml"))
     listing = kubectl("get", "choreoapps", "-A").stdout
     assert "orders-api" in listing
-    assert "dev" in kubectl("get", "environments").stdout
+    assert "demo" in kubectl("get", "environments").stdout
 
     # The CRD schema shipped by the chart is enforced: an invalid Environment is refused.
     bad: Manifest = {

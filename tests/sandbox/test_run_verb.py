@@ -16,9 +16,7 @@ class RunVerbSandbox(Sandbox):
         return None
 
     async def _start_agent(self) -> None:
-        await self.children.start(
-            "run", ["run", *self.agent_argv()], env={"CHOREO_DP_OPERATOR_NAMESPACE": "choreo-system"}
-        )
+        await self.children.start("run", ["run", *self.agent_argv()], env=self.operator_env())
         await self.wait_connected("run")
 
 
@@ -28,7 +26,7 @@ async def test_run_verb_reconciles_and_reports(kube: str, tmp_path: Path) -> Non
     sandbox = RunVerbSandbox(tmp_path / "run", say=lines.append, ready_timeout=60, kube_mode=kube)
     try:
         await sandbox.start()
-        assert list(sandbox.children.pids) == [sandbox.api_child, "control-plane", "run"]
+        assert list(sandbox.children.pids) == [sandbox.api_child, "control-plane", "keyvault", "run"]
         assert any("Ready in" in line for line in lines), lines
         table = await sandbox.kubectl_table()
         assert "hello" in table and "Ready" in table, table

@@ -91,14 +91,22 @@ def test_sandbox_once_runs_the_whole_loop_and_cleans_up(kube: str, binaries: boo
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     out = proc.stdout
-    for step in ("started Kubernetes API", "started control plane", "agent connected", "Ready in"):
+    for step in (
+        "started Kubernetes API",
+        "started control plane",
+        "started Key Vault",
+        "agent connected",
+        "Ready in",
+    ):
         assert step in out, out
     header = re.search(r"^NAMESPACE\s+NAME\s+ENVIRONMENT\s+TYPE\s+READY\s+STATUS\s+URL\s+AGE$", out, re.M)
     assert header, out
     row = re.search(r"^choreo-dev\s+hello\s+dev\s+service\s+2/2\s+Ready\s+(\S+)\s+\S+$", out, re.M)
     assert row, out
     assert row.group(1).startswith("https://dev.sandbox.local/")
-    assert "choreo-dp cp apply -f examples/" in out and str(directory / "kubeconfig") in out
+    assert f"{Path(sys.executable).parent / 'choreo-dp'} cp apply -f " in out, out
+    assert str(directory / "kubeconfig") in out
+    assert "reusing" not in out, "a fresh directory reuses nothing"
     if kube == "real":
         assert "a real cluster (etcd, kube-apiserver" in out, out
 
@@ -149,6 +157,16 @@ def test_sandbox_runs_again_in_the_same_dir(tmp_path: Path) -> None:
     second = _run(directory)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "Ready in" in second.stdout
+    # It says what it keeps from the first run, and that the old apps go to the new cluster.
+    reusing = next(line for line in second.stdout.splitlines() if line.startswith("reusing "))
+    for kept in ("control plane's database", "CA and TLS certificate", "admin token", "Key Vault's secrets"):
+        assert kept in reusing, reusing
+    assert re.search(
+        r"^the control plane's store from the earlier run holds 1 environment\(s\) and 1 app\(s\) for "
+        r"dataplane 'sandbox' \(dev/hello\); the agent applies them to the new, empty Kubernetes API$",
+        second.stdout,
+        re.M,
+    ), second.stdout
     _assert_clean(directory)
 
 
@@ -251,6 +269,8 @@ def test_parts_are_supervised_the_dir_is_guarded_and_ctrl_c_stops_everything(
         second = _run(directory, kube)
         assert second.returncode == 2, second.stdout + second.stderr
         assert len(second.stderr.splitlines()) == 1 and "another running sandbox" in second.stderr
+        holder = proc.pid
+        assert f"(pid {holder}); stop it with Ctrl-C in its terminal or `kill {holder}`" in second.stderr
         assert json.loads((directory / "sandbox.pids").read_text()) == pids
         assert proc.poll() is None
 
@@ -258,6 +278,14 @@ def test_parts_are_supervised_the_dir_is_guarded_and_ctrl_c_stops_everything(
         os.kill(pids["agent"], signal.SIGKILL)
         lines.wait_for("restarted agent", timeout=60)
         assert "agent exited with code -9; restarting it" in lines.text
+        # ... with the end of its log, and the status line says what is down and what was restarted.
+        died = lines.text.split("agent exited with code -9", 1)[1].splitlines()
+        assert died[1].startswith("  | "), lines.text
+        assert "Degraded: agent is down, being restarted" in lines.text
+        lines.wait_for("restarts: agent 1x; Ctrl-C stops everything.", timeout=10)
+        # The Key Vault too (its secrets are on disk).
+        os.kill(pids["keyvault"], signal.SIGKILL)
+        lines.wait_for("restarted keyvault", timeout=60)
         # ... the Kubernetes API too: it comes back empty (a real cluster with a new store and
         # CA), the operator and the agent with it, and the control plane's desired state is
         # applied again until the app is Ready.
