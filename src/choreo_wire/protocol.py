@@ -325,6 +325,85 @@ class GoAway(Body):
     retry_after: float = Field(default=1.0, ge=0, le=3600)
 
 
+# --------------------------------------------------------------------------------------------
+# on-demand streams (logs, events, live state): cp -> agent stream.open / stream.credit /
+# stream.end (cancel); agent -> cp stream.data / stream.end. They never carry desired state and are
+# never stored by the control plane. Flow control is by credit: the agent sends at most ``credit``
+# bytes of stream.data payload (lines + objects, as encoded) before the control plane grants more,
+# and the agent's sender serves stream frames only when no desired-state frame (applied, nack,
+# status, heartbeat, inventory) is waiting, so streams can never starve convergence.
+
+StreamKind = Literal["logs", "events", "live"]
+StreamEndCode = Literal[
+    "done",  # everything asked for was sent (non-follow), or the followed object went away
+    "cancelled",  # the other side asked to stop (client gone)
+    "disabled",  # observability is switched off in this data plane
+    "forbidden",  # the agent may not read it (not an app of its Environments, RBAC)
+    "not_found",  # no such app / pod / container
+    "limit",  # a bound was hit (concurrent streams, bytes, idle time); ``retry_after`` may say when
+    "error",  # anything else; ``message`` says what
+    "disconnected",  # the session ended (the control plane tells its client so)
+]
+# Bounds both ends enforce (the control plane may choose lower ones).
+STREAM_MAX_CONCURRENT = 16  # open streams per session
+STREAM_CHUNK_BYTES = 64 * 1024  # payload of one stream.data frame
+STREAM_INITIAL_CREDIT = 256 * 1024
+STREAM_MAX_LINE_BYTES = 16 * 1024  # longer log lines are cut (and marked) by the agent
+
+
+class StreamParams(BaseModel):
+    """What a stream asks for; fields that do not apply to its kind are ignored."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    follow: bool = False  # logs: keep streaming new lines; events: watch
+    since_seconds: int | None = Field(default=None, ge=1, le=30 * 24 * 3600)
+    tail_lines: int | None = Field(default=None, ge=0, le=100_000)
+    container: str | None = Field(default=None, max_length=253)
+    pod: str | None = Field(default=None, max_length=253)
+    previous: bool = False
+    limit_bytes: int | None = Field(default=None, ge=1, le=1 << 30)
+
+
+class StreamOpen(Body):
+    """cp -> agent: open stream ``id`` of ``kind`` about the app ``key``."""
+
+    TYPE: ClassVar[str] = "stream.open"
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    kind: StreamKind
+    key: str = _KEY_FIELD
+    params: StreamParams = Field(default_factory=StreamParams)
+    credit: int = Field(default=STREAM_INITIAL_CREDIT, ge=0, le=16 << 20)
+
+
+class StreamCredit(Body):
+    """cp -> agent: the agent may send ``bytes`` more payload on stream ``id``."""
+
+    TYPE: ClassVar[str] = "stream.credit"
+    id: str = Field(min_length=1, max_length=64)
+    bytes: int = Field(ge=1, le=16 << 20)
+
+
+class StreamData(Body):
+    """agent -> cp: the next chunk of stream ``id``. Logs come as ``lines`` (``pod/container: text``,
+    in time order per pod); events and live state as ``objects`` (compact JSON objects)."""
+
+    TYPE: ClassVar[str] = "stream.data"
+    id: str = Field(min_length=1, max_length=64)
+    seq: int = Field(ge=0)
+    lines: list[str] = Field(default_factory=list, max_length=10_000)
+    objects: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
+
+
+class StreamEnd(Body):
+    """either way: stream ``id`` is over (cp -> agent: cancel it)."""
+
+    TYPE: ClassVar[str] = "stream.end"
+    id: str = Field(min_length=1, max_length=64)
+    code: StreamEndCode = "done"
+    message: str = Field(default="", max_length=4096)
+    retry_after: float | None = Field(default=None, ge=0, le=3600)
+
+
 BODY_TYPES: dict[str, type[Body]] = {
     cls.TYPE: cls
     for cls in (
@@ -343,6 +422,10 @@ BODY_TYPES: dict[str, type[Body]] = {
         Heartbeat,
         Error,
         GoAway,
+        StreamOpen,
+        StreamCredit,
+        StreamData,
+        StreamEnd,
     )
 }
 
