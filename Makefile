@@ -34,7 +34,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy src
 
 unit: tools
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q --durations=25
+	PATH="$(abspath $(BIN)):$$PATH" tools/run_tests.sh
 
 test: lint typecheck unit
 

@@ -101,7 +101,10 @@ class _Conflict(Exception):
 
 def _refusal(exc: ApiError) -> Exception:
     """What a failed write becomes: a refusal (nack) for a 4xx that will not pass unchanged, else
-    the error itself (retried)."""
+    the error itself (retried). A namespace being deleted (its Environment was deleted by hand and
+    is being put back) refuses with 403 for a while: that waits, like a namespace not yet created."""
+    if exc.namespace_terminating:
+        return NotYetApplicable("namespace_terminating", f"{exc.status} {exc.reason}: {exc.message}"[:2000])
     if exc.status in (400, 403, 422) or (400 <= exc.status < 500 and exc.status not in (404, 409, 429)):
         return ApplyRefused("rejected", f"{exc.status} {exc.reason}: {exc.message}"[:2000])
     return exc

@@ -37,6 +37,15 @@ class ApiError(Exception):
     def retryable(self) -> bool:
         return self.status == 429 or self.status >= 500
 
+    @property
+    def namespace_terminating(self) -> bool:
+        """403 from a namespace being deleted: it refuses new content for seconds and may be created
+        afresh once gone, so this is a wait, not a refusal."""
+        causes = ((self.body.get("details") or {}).get("causes")) or []
+        if any(isinstance(c, dict) and c.get("reason") == "NamespaceTerminating" for c in causes):
+            return True
+        return self.status == 403 and "being terminated" in self.message
+
 
 class ConfigError(Exception):
     """The kubeconfig (or in-cluster environment) cannot be used."""

@@ -38,13 +38,4 @@ class ChildWriteError(ApiError):
         if is_retryable(self.cause) or self.status in (404, 409):
             # 404: the namespace went meanwhile; 409: a write raced ours. Both pass on a retry.
             return False
-        return not _namespace_terminating(self.cause)
-
-
-def _namespace_terminating(exc: ApiError) -> bool:
-    # A namespace being deleted refuses new content with 403 for seconds; it is created afresh
-    # once gone, so this is a wait, not a refusal.
-    causes = ((exc.body.get("details") or {}).get("causes")) or []
-    if any(isinstance(c, dict) and c.get("reason") == "NamespaceTerminating" for c in causes):
-        return True
-    return exc.status == 403 and "being terminated" in exc.message
+        return not self.cause.namespace_terminating
