@@ -9,6 +9,7 @@ from choreo_cp.hub import Hub
 from choreo_cp.insync import DesiredDigests
 from choreo_cp.metrics import Metrics
 from choreo_cp.store import Store
+from choreo_cp.streams import StreamRegistry
 from choreo_dp.observability.health import Liveness
 
 
@@ -49,6 +50,7 @@ class ControlPlane:
     hub: Hub = field(default_factory=Hub)
     metrics: Metrics = field(default_factory=Metrics)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
+    streams: StreamRegistry = field(default_factory=StreamRegistry)
     # Beaten by the periodic store flush: /healthz fails when the store thread stops making progress.
     liveness: Liveness = field(default_factory=lambda: Liveness("store", max_silence=60.0))
     digests: DesiredDigests = field(init=False)

@@ -382,6 +382,7 @@ class TunnelSession:
         self.cp.metrics.sessions.set(len(self.cp.hub))
         reader = asyncio.create_task(self._reader(), name=f"tunnel-reader-{self.dataplane}")
         writer = asyncio.create_task(self._writer(), name=f"tunnel-writer-{self.dataplane}")
+        ended = "session ended"
         try:
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -391,8 +392,11 @@ class TunnelSession:
                         "dataplane %s: session %s failed", self.dataplane, self.session_id, exc_info=failure
                     )
                 elif isinstance(failure, _Closing):
+                    ended = str(failure)
                     log.info("dataplane %s: session %s closing: %s", self.dataplane, self.session_id, failure)
         finally:
+            # Every HTTP client of this session's streams gets a clean end with the reason.
+            self.cp.streams.session_ended(self, ended)
             for task in (reader, writer):
                 task.cancel()
             for task in (reader, writer):
@@ -615,6 +619,9 @@ class TunnelSession:
             log.info(
                 "dataplane %s: agent reports error %s: %s (ref %s)", dp, body.code, body.message, body.ref
             )
+        elif isinstance(body, p.StreamData | p.StreamEnd):
+            # routed by stream id to the waiting HTTP response; never stored, never logged
+            self.cp.streams.deliver(self, body)
         elif isinstance(body, p.GoAway):
             raise _Closing(f"agent goaway: {body.reason}")
         else:

@@ -234,6 +234,7 @@ SCENARIOS: dict[str, Scenario] = {
             (MONITORING_API, ADMISSION_POLICY_API),
         ),
         Scenario("crds-not-kept", merge(REQUIRED, {"crds": {"keep": False}})),
+        Scenario("observability-off", merge(REQUIRED, {"observability": {"enabled": False}})),
         Scenario("no-crds", merge(REQUIRED, {"crds": {"install": False}})),
     ]
 }

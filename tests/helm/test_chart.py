@@ -154,6 +154,9 @@ OPERATOR_RESOURCES = {
     ("", "secrets"),
     ("", "services"),
     ("", "pods"),
+    ("", "pods/log"),  # held only to grant it (below), never read by the operator's code
+    ("apps", "replicasets"),  # the same
+    ("batch", "jobs"),  # the same
     ("", "events"),
     ("apps", "deployments"),
     ("batch", "cronjobs"),
@@ -162,6 +165,8 @@ OPERATOR_RESOURCES = {
     ("networking.k8s.io", "networkpolicies"),
     ("networking.k8s.io", "ingresses"),
     ("gateway.networking.k8s.io", "httproutes"),
+    ("rbac.authorization.k8s.io", "roles"),
+    ("rbac.authorization.k8s.io", "rolebindings"),
     ("apiextensions.k8s.io", "customresourcedefinitions"),
 }
 READ_ONLY = {
@@ -290,6 +295,72 @@ def test_admission_policy_needs_the_api_and_can_be_switched_off() -> None:
         merge(REQUIRED, {"operator": {"admissionPolicy": {"enabled": False}}}), (ADMISSION_POLICY_API,)
     )
     assert not find(off, "ValidatingAdmissionPolicy") and not find(off, "ValidatingAdmissionPolicyBinding")
+
+
+# --- observability on and off -----------------------------------------------------------------
+
+
+def _rules_cover(held: dict[tuple[str, str], set[str]], rules: list[dict[str, Any]]) -> list[str]:
+    """What of ``rules`` ``held`` lacks: the apiserver's RBAC escalation check, for rules without
+    resourceNames (a Role the operator writes must not grant more than the operator holds)."""
+    lacking = []
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    if verb not in held.get((group, resource), set()):
+                        lacking.append(f"{group or 'core'}/{resource}: {verb}")
+    return lacking
+
+
+def test_observability_on_names_the_agent_to_the_operator_who_holds_what_it_grants() -> None:
+    from choreo_dp.operator.config import AGENT_SERVICE_ACCOUNT_ENV, parse_service_account
+    from choreo_dp.render.environment import AGENT_OBSERVE_RULES
+
+    docs = SCENARIOS["defaults"].render()
+    operator_env = env_of(container(deployment(docs, "operator")))
+    named = parse_service_account(operator_env[AGENT_SERVICE_ACCOUNT_ENV])
+    assert named == (NAMESPACE, f"{FULLNAME}-agent")
+    assert one(docs, "ServiceAccount", named[1])["metadata"]["namespace"] == named[0]
+    assert "--no-observability" not in container(deployment(docs, "agent"))["args"]
+    operator = grants(one(docs, "ClusterRole", f"{FULLNAME}-operator"))
+    assert not _rules_cover(operator, [dict(r) for r in AGENT_OBSERVE_RULES])
+    # ... and no more than that: reading logs is the one right it holds only to pass on.
+    assert operator[("", "pods/log")] == {"get"}
+    assert operator[("", "events")] == READ_VERBS | {"create"}
+    assert operator[("apps", "replicasets")] == operator[("batch", "jobs")] == {"list"}
+    # The agent's cluster-wide role stays choreo.dev only; its reads come per namespace.
+    agent = grants(one(docs, "ClusterRole", f"{FULLNAME}-agent"))
+    assert {g for g, _ in agent} == {"choreo.dev"}
+
+
+def test_observability_off_refuses_at_the_agent_and_grants_nothing() -> None:
+    from choreo_dp.operator.config import AGENT_SERVICE_ACCOUNT_ENV
+
+    docs = SCENARIOS["observability-off"].render()
+    assert "--no-observability" in container(deployment(docs, "agent"))["args"]
+    assert AGENT_SERVICE_ACCOUNT_ENV not in env_of(container(deployment(docs, "operator")))
+    operator = grants(one(docs, "ClusterRole", f"{FULLNAME}-operator"))
+    assert not {("", "pods/log"), ("apps", "replicasets"), ("batch", "jobs")} & set(operator)
+    assert operator[("", "events")] == {"create"}
+    # Still allowed to delete the Roles it granted while the feature was on (pruned on the next
+    # reconcile of each Environment).
+    for kind in ("roles", "rolebindings"):
+        assert {"list", "watch", "delete"} <= operator[("rbac.authorization.k8s.io", kind)]
+    defaults = SCENARIOS["defaults"].render()
+    changed = {(d["kind"], d["metadata"]["name"]) for d in docs if d not in defaults}
+    assert changed == {
+        ("ClusterRole", f"{FULLNAME}-operator"),
+        ("Deployment", f"{FULLNAME}-operator"),
+        ("Deployment", f"{FULLNAME}-agent"),
+    }, "observability touches the operator's role and the two Deployments only"
+
+
+def test_observability_must_be_a_boolean() -> None:
+    result = template_result(merge(REQUIRED, {"observability": {"enabled": "no"}}))
+    assert result.returncode != 0 and "observability" in result.stderr
+    result = template_result(merge(REQUIRED, {"observability": {"enable": True}}))
+    assert result.returncode != 0 and "enable" in result.stderr
 
 
 # --- value scenarios ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ OPERATOR_NON_FLAG_ENV = {
     "CHOREO_DP_DEFAULT_KEYVAULT_CLIENT_ID",
     "CHOREO_DP_DEFAULT_KEYVAULT_TENANT_ID",
     "CHOREO_DP_DEFAULT_KEYVAULT_REFRESH_INTERVAL",
+    "CHOREO_DP_AGENT_SERVICE_ACCOUNT",
 }
 
 
@@ -118,6 +119,11 @@ def test_operator_configuration_parses(scenario: str, monkeypatch: pytest.Monkey
     )
     assert not unknown, f"env the operator does not read: {unknown}"
     assert rendered_env(ctr)["CHOREO_DP_OPERATOR_NAMESPACE"] == NAMESPACE
+    # The operator's configuration as it reads its environment (names of the agent's ServiceAccount).
+    from choreo_dp.operator import OperatorConfig
+
+    on = s.values.get("observability", {}).get("enabled", True)
+    assert OperatorConfig().agent_service_account == ((NAMESPACE, "choreo-dp-agent") if on else None)
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))

@@ -15,10 +15,12 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from choreo_dp.kube import resources as R
+from choreo_dp.render.environment import AGENT_OBSERVE_RULES
 from tests.helm.chart import FULLNAME, REPO, SCENARIOS, find, one
 from tests.helm.test_chart import grants
 
@@ -200,6 +202,14 @@ def calls_in(comp: Component) -> Needs:
             elif func.attr in METHOD_VERBS:
                 for res in _resolve(call.args[0], func.attr, scope, tree, comp):
                     needs.setdefault(key_of(res, sub), set()).update(METHOD_VERBS[func.attr])
+            elif func.attr == "stream" and isinstance(call.args[0], ast.Call):
+                # kube.stream(R.PODS.path(ns, name, "log"), query): a GET of a subresource, read
+                # as it arrives (pods/log with follow)
+                path = call.args[0]
+                if isinstance(path.func, ast.Attribute) and path.func.attr == "path":
+                    subs = [a.value for a in path.args[2:3] if isinstance(a, ast.Constant)]
+                    for res in _resolve(path.func.value, "stream", scope, tree, comp):
+                        needs.setdefault(key_of(res, str(subs[0]) if subs else None), set()).add("get")
             elif func.attr == "request" and isinstance(call.args[0], ast.Constant) and len(call.args) > 1:
                 # kube.request("GET", res.path(ns[, name]), ...): a list without a name, else a get.
                 method, path = str(call.args[0].value), call.args[1]
@@ -257,6 +267,9 @@ def _needs(component: str) -> tuple[tuple[Key, frozenset[str]], ...]:
             for res in (R.ENVIRONMENTS, R.CHOREOAPPS):
                 needs.setdefault(key_of(res, "finalizers"), set()).add("update")
         _merge(needs, KOPF_NEEDS)
+        # The apiserver lets the operator write the agent's per-namespace Role only if it holds
+        # every rule of it (RBAC escalation check): granting is a need too.
+        _merge(needs, {k: set(v) for k, v in _rule_grants(AGENT_OBSERVE_RULES).items()})
     return tuple(sorted((k, frozenset(v)) for k, v in needs.items()))
 
 
@@ -271,9 +284,21 @@ def allowed_extra(key: Key, verb: str, needs: Needs) -> bool:
     return verb == "get" and "list" in needs.get(key, set())
 
 
+def _rule_grants(rules: tuple[dict[str, Any], ...]) -> Needs:
+    out: Needs = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
 def role(component: str) -> Needs:
     docs = SCENARIOS["defaults"].render()
     granted = grants(one(docs, "ClusterRole", f"{FULLNAME}-{component}"))
+    if component == "agent":
+        # the Role the operator renders in each Environment's namespace (observability on)
+        _merge(granted, _rule_grants(AGENT_OBSERVE_RULES))
     # the agent's Role in its own namespace (ConfigMaps of its desired copy)
     for local in find(docs, "Role", f"{FULLNAME}-{component}-desired-copy"):
         for key, verbs in grants(local).items():
@@ -308,7 +333,9 @@ def test_the_scan_sees_the_calls() -> None:
     assert {"patch", "create", "delete", "list", "watch"} <= operator[("apps", "deployments")]
     assert {"list", "watch", "patch", "create", "delete", "get"} <= agent[("choreo.dev", "choreoapps")]
     assert {"patch"} <= agent[("choreo.dev", "dataplanes/status")]
-    assert not any(re.match(r"apps|batch", g) for g, _ in agent)
+    assert agent[("", "pods/log")] == {"get"}  # streamed (kube.stream), follow or not
+    # Workloads: the agent only lists them, for live state, in its Environments' namespaces.
+    assert all(verbs == {"list"} for (g, _), verbs in agent.items() if re.match(r"apps|batch", g))
     # R.for_kind(...) deletes resolve to the pruned kinds only: namespaces are created and patched
     # (and deleted by the garbage collector), never deleted by the operator.
     assert (

@@ -37,9 +37,11 @@ import yaml
 
 from choreo_cp.server import ControlPlaneServer
 from choreo_dp.agent.agent import Agent, AgentConfig
+from choreo_dp.api.vocabulary import AGENT_OBSERVE_ROLE
 from choreo_dp.kube import ApiError, KubeClient
 from choreo_dp.kube import resources as R
 from choreo_dp.operator import OperatorConfig, run_operator
+from choreo_dp.render.environment import AGENT_OBSERVE_RULES
 from choreo_dp.secrets import SecretSyncer
 from choreo_sandbox.cluster import find_binaries
 from tests.controlplane.conftest import make_server
@@ -651,6 +653,8 @@ async def test_demo_runs_as_the_charts_service_accounts_without_a_forbidden_requ
                 secrets_factory=secrets_factory,
                 env_resync_seconds=5.0,
                 progressing_requeue_seconds=5.0,
+                # as the chart sets CHOREO_DP_AGENT_SERVICE_ACCOUNT (observability.enabled, the default)
+                agent_service_account=(NAMESPACE, SA["agent"]),
             )
             op_stop, op_ready, agent_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
             agent_kube = await KubeClient.from_kubeconfig(kubeconfigs["agent"])
@@ -669,6 +673,7 @@ async def test_demo_runs_as_the_charts_service_accounts_without_a_forbidden_requ
                     background(agent.run(agent_stop), "agent", agent_stop),
                 ):
                     await run_demo(http, env_spec, kubectl, no_refusal)
+                    agent_reads_only_its_environments(kubectl)
                     await adoption_is_refused(http, kubectl, recorder, no_refusal)
                     await teardown_demo(http, kubectl, no_refusal)
                     DEMO["run"] = DemoRun(list(recorder.calls))
@@ -727,6 +732,33 @@ async def run_demo(
     rows = {line.split()[1]: line.split() for line in listing.splitlines()[1:]}
     for name in APPS:
         assert name in rows and "Ready" in rows[name], listing
+
+
+def agent_reads_only_its_environments(kubectl: Kubectl) -> None:
+    """The Role the operator (as its ServiceAccount, so past the apiserver's escalation check)
+    rendered in the Environment's namespace lets the agent read pods, logs and Events there, as the
+    real authorizer decides, and nowhere else: not kube-system, not a namespace made by hand."""
+    role = json.loads(kubectl("get", "role", AGENT_OBSERVE_ROLE, "-n", ENV_NS, "-o", "json").stdout)
+    owners = role["metadata"]["ownerReferences"]
+    assert [(o["kind"], o["name"]) for o in owners] == [("Environment", ENV)], owners
+    who = f"--as=system:serviceaccount:{NAMESPACE}:{SA['agent']}"
+
+    def can(*what: str, namespace: str) -> bool:
+        got = kubectl("auth", "can-i", *what, "-n", namespace, who, check=False)
+        assert got.stdout.strip() in ("yes", "no"), (what, namespace, got.stdout, got.stderr)
+        return got.stdout.strip() == "yes"
+
+    for what in (
+        ("get", "pods", "--subresource=log"),
+        ("list", "pods"),
+        ("watch", "events"),
+        ("list", "jobs.batch"),
+    ):
+        assert can(*what, namespace=ENV_NS), f"the agent cannot {' '.join(what)} in {ENV_NS}"
+        for elsewhere in ("kube-system", VICTIM, NAMESPACE):
+            assert not can(*what, namespace=elsewhere), f"the agent can {' '.join(what)} in {elsewhere}"
+    for what in (("get", "secrets"), ("list", "configmaps"), ("create", "pods"), ("delete", "pods")):
+        assert not can(*what, namespace=ENV_NS), f"the agent can {' '.join(what)} in {ENV_NS}"
 
 
 async def adoption_is_refused(
@@ -872,6 +904,11 @@ def chart_rules(installed: Installed, component: str, namespace: str) -> Rules:
 
 # Needs the code has only in its own (the release's) namespace.
 OWN_NAMESPACE_ONLY = {("", "configmaps")}
+# The agent's reads (pods, logs, Events, the apps' children) only in its Environments' namespaces,
+# through the Role the operator renders there (proven by agent_reads_only_its_environments).
+ENVIRONMENT_NAMESPACES_ONLY = {
+    (g, r) for rule in AGENT_OBSERVE_RULES for g in rule["apiGroups"] for r in rule["resources"]
+}
 
 
 @pytest.mark.parametrize("component", ["operator", "agent"])
@@ -889,7 +926,9 @@ def test_the_authorizer_grants_the_service_account_exactly_the_charts_role(
     gaps = {
         k: sorted(v - by_resource.get(k, set()))
         for k, v in code_needs(component).items()
-        if v - by_resource.get(k, set()) and (namespace == NAMESPACE or k not in OWN_NAMESPACE_ONLY)
+        if v - by_resource.get(k, set())
+        and (namespace == NAMESPACE or k not in OWN_NAMESPACE_ONLY)
+        and not (component == "agent" and k in ENVIRONMENT_NAMESPACES_ONLY)
     }
     assert not gaps, f"the {component}'s code needs what the authorizer refuses: {gaps}"
 
@@ -917,7 +956,13 @@ NEVER: dict[str, list[tuple[str, ...]]] = {
         ("delete", "namespaces"),  # environment namespaces go with their Environment (garbage collector)
         ("delete", "namespace/kube-system"),
         ("create", "clusterroles.rbac.authorization.k8s.io"),
-        ("create", "rolebindings.rbac.authorization.k8s.io", "-n", ENV_NS),
+        # It writes the agent's Role + RoleBinding in Environment namespaces only by holding their
+        # rules itself: never the right to grant what it does not hold, nor cluster-wide bindings.
+        ("escalate", "roles.rbac.authorization.k8s.io", "-n", ENV_NS),
+        ("bind", "roles.rbac.authorization.k8s.io", "-n", ENV_NS),
+        ("bind", "clusterroles.rbac.authorization.k8s.io"),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+        ("get", "configmaps", "-n", ENV_NS),
         ("impersonate", "serviceaccounts"),
         ("create", "pods", "-n", ENV_NS),
         ("create", "pods", "--subresource=exec", "-n", ENV_NS),
@@ -934,7 +979,9 @@ NEVER: dict[str, list[tuple[str, ...]]] = {
         ("get", "secrets", "-n", NAMESPACE),
         ("list", "secrets", "-n", "kube-system"),
         ("create", "deployments.apps", "-n", ENV_NS),
-        ("get", "pods", "-n", ENV_NS),
+        ("get", "pods", "-n", "kube-system"),  # in its Environments' namespaces only
+        ("get", "pods", "--subresource=log", "-n", NAMESPACE),
+        ("delete", "pods", "-n", ENV_NS),
         ("delete", "namespaces"),
         ("create", "namespaces"),
         ("patch", "choreoapps.choreo.dev", "--subresource=status", "-n", ENV_NS),  # the operator's

@@ -158,7 +158,11 @@ APP_CASES: dict[str, tuple[ChoreoApp, Environment, ClusterCapabilities, str | No
     ),
 }
 
-ENV_CASES: dict[str, tuple[Environment, list[str], dict[str, Any] | None]] = {
+# The agent's ServiceAccount as the chart names it (CHOREO_DP_AGENT_SERVICE_ACCOUNT) when observability is on.
+AGENT_SA = ("choreo-system", "choreo-dp-agent")
+
+# case name -> (environment, projects, pull secret source, agent service account)
+ENV_CASES: dict[str, tuple[Environment, list[str], dict[str, Any] | None, tuple[str, str] | None]] = {
     "environment-full": (
         environment(),
         ["shop", "billing"],
@@ -171,6 +175,7 @@ ENV_CASES: dict[str, tuple[Environment, list[str], dict[str, Any] | None]] = {
             "type": "kubernetes.io/dockerconfigjson",
             "data": {".dockerconfigjson": "e30="},
         },
+        AGENT_SA,
     ),
     "environment-minimal-retain": (
         Environment.model_validate(
@@ -181,6 +186,7 @@ ENV_CASES: dict[str, tuple[Environment, list[str], dict[str, Any] | None]] = {
             }
         ),
         [],
+        None,
         None,
     ),
 }

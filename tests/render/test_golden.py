@@ -45,8 +45,11 @@ def test_app_golden(case: str) -> None:
 
 @pytest.mark.parametrize("case", sorted(ENV_CASES))
 def test_environment_golden(case: str) -> None:
-    env, projects, pull_secret = ENV_CASES[case]
-    _check(case, render_environment(env, projects=projects, pull_secret=pull_secret))
+    env, projects, pull_secret, agent_sa = ENV_CASES[case]
+    _check(
+        case,
+        render_environment(env, projects=projects, pull_secret=pull_secret, agent_service_account=agent_sa),
+    )
 
 
 def test_every_golden_file_has_a_case() -> None:

@@ -27,8 +27,11 @@ def _all_manifests() -> list[tuple[str, dict[str, Any]]]:
     out = []
     for case, (a, env, caps, h) in APP_CASES.items():
         out += [(case, m) for m in render_app(a, env, caps, secrets_hash=h).manifests]
-    for case, (env, projects, secret) in ENV_CASES.items():
-        out += [(case, m) for m in render_environment(env, projects=projects, pull_secret=secret)]
+    for case, (env, projects, secret, agent_sa) in ENV_CASES.items():
+        rendered = render_environment(
+            env, projects=projects, pull_secret=secret, agent_service_account=agent_sa
+        )
+        out += [(case, m) for m in rendered]
     return out
 
 

@@ -27,6 +27,7 @@ KIND_ALIASES = {
     "app": "app", "apps": "app", "choreoapp": "app", "choreoapps": "app",
 }  # fmt: skip
 DELETABLE = ("environment", "env", "chenv", "app", "choreoapp")
+WATCH_INTERVAL = 2.0
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
@@ -116,6 +117,14 @@ def register(sub: Any) -> None:
         "-o", "--output", choices=["table", "wide", "json", "yaml"], default="table",
         help="table (default), wide (more columns), json or yaml",
     )  # fmt: skip
+    g.add_argument(
+        "-w", "--watch", action="store_true",
+        help="keep polling and print the rows that changed (table or wide; Ctrl-C ends)",
+    )  # fmt: skip
+    g.add_argument(
+        "--interval", type=duration, default=WATCH_INTERVAL, metavar="DURATION",
+        help=f"how often --watch polls (default {WATCH_INTERVAL:g}s)",
+    )  # fmt: skip
     _client_args(g)
     g.set_defaults(handler=_handler(get))
 
@@ -132,6 +141,8 @@ def register(sub: Any) -> None:
     _client_args(r)
     r.set_defaults(handler=_handler(register_dataplane))
 
+    _register_observe(verbs)
+
     pr = add_verb(
         verbs,
         "promote",
@@ -144,6 +155,88 @@ def register(sub: Any) -> None:
     pr.add_argument("--project")
     _client_args(pr)
     pr.set_defaults(handler=_handler(promote))
+
+
+def _app_target(p: argparse.ArgumentParser, name: str = "app") -> None:
+    p.add_argument(name, help="the app's name")
+    p.add_argument("--environment", required=True, help="the app's environment")
+    _dataplane_arg(p, required=True)
+
+
+def _register_observe(verbs: Any) -> None:
+    from choreo_cp.cli import observe_cmd
+
+    lg = add_verb(
+        verbs,
+        "logs",
+        "print an app's logs, streamed from its pods through the tunnel (lines prefixed pod/container)",
+        "choreo-dp cp logs orders --environment dev --dataplane edge-1 --tail 100",
+        "choreo-dp cp logs orders --environment dev --dataplane edge-1 -f --since 10m",
+        "choreo-dp cp logs orders --environment dev --dataplane edge-1 --pod orders-7d9c-x2 --previous",
+    )
+    _app_target(lg)
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C ends)")
+    lg.add_argument(
+        "--since", type=observe_cmd.since, metavar="DURATION", help="only lines newer than this (10m, 1h)"
+    )
+    lg.add_argument("--tail", type=_non_negative, metavar="N", help="the last N lines of each container")
+    lg.add_argument("--pod", help="only this pod of the app")
+    lg.add_argument("--container", help="only this container")
+    lg.add_argument("--previous", action="store_true", help="the previous (crashed) container's lines")
+    _client_args(lg)
+    lg.set_defaults(handler=_handler(observe_cmd.logs))
+
+    ev = add_verb(
+        verbs,
+        "events",
+        "list the Kubernetes Events of an app, its children and pods, newest first",
+        "choreo-dp cp events orders --environment dev --dataplane edge-1",
+        "choreo-dp cp events orders --environment dev --dataplane edge-1 -w",
+    )
+    _app_target(ev)
+    ev.add_argument("-w", "--watch", action="store_true", help="keep printing new events (Ctrl-C ends)")
+    _client_args(ev)
+    ev.set_defaults(handler=_handler(observe_cmd.events))
+
+    de = add_verb(
+        verbs,
+        "describe",
+        "one screen about an app: desired spec, revision, reported status, live children, recent events",
+        "choreo-dp cp describe app orders --environment dev --dataplane edge-1",
+    )
+    de.add_argument("kind", choices=["app", "apps", "choreoapp"], metavar="KIND", help="app")
+    _app_target(de, "name")
+    _client_args(de)
+    de.set_defaults(handler=_handler(observe_cmd.describe_app))
+
+    au = add_verb(
+        verbs,
+        "audit",
+        "who read logs, events or live state of which app, newest first (no content is kept)",
+        "choreo-dp cp audit",
+        "choreo-dp cp audit --dataplane edge-1 --limit 20",
+    )
+    add_env_argument(au, "--dataplane", metavar="ID", help="only this dataplane (default: all)")
+    au.add_argument("--limit", type=_audit_limit, default=100, help="at most this many records (1-1000)")
+    _client_args(au)
+    au.set_defaults(handler=_handler(observe_cmd.audit))
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: at least 0")
+    return value
+
+
+def _audit_limit(text: str) -> int:
+    value = _non_negative(text)
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"invalid limit {text!r}: 1 to 1000")
+    return value
 
 
 Command = Callable[[argparse.Namespace, Any, str], int]
@@ -345,6 +438,50 @@ def _print_structured(data: Any, output: str) -> None:
 
 
 def get(args: argparse.Namespace, client: Any, url: str) -> int:
+    if args.watch:
+        if args.output not in ("table", "wide"):
+            raise UsageError("--watch prints tables: use -o table or -o wide")
+        return _watch(args, client)
+    return _get_once(args, client)
+
+
+def _watch(args: argparse.Namespace, client: Any) -> int:
+    """Poll and reprint the rows that changed, kubectl-style; Ctrl-C ends (exit 0, in main)."""
+    import contextlib
+    import io
+    import time
+
+    seen: set[tuple[str, ...]] = set()
+    first = True
+    while True:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            _get_once(args, client)
+        lines = out.getvalue().splitlines()
+        rows = {_row_identity(lines[0], line): line for line in lines[1:]}
+        if first and lines:
+            print(lines[0])
+        for key, line in rows.items():
+            if key not in seen:
+                print(line, flush=True)
+        seen = set(rows)
+        first = False
+        time.sleep(args.interval)
+
+
+# Columns that change with the clock alone: a row is not reprinted because its age grew.
+CLOCK_COLUMNS = frozenset({"REPORTED", "HEARTBEAT", "AGE"})
+
+
+def _row_identity(header: str, line: str) -> tuple[str, ...]:
+    """A table row's cells without the clock columns (cells start where their header starts)."""
+    starts = [i for i, c in enumerate(header) if c != " " and (i == 0 or header[i - 1] == " ")]
+    names = header.split()
+    cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+    return tuple(c for n, c in zip(names, cells, strict=True) if n not in CLOCK_COLUMNS)
+
+
+def _get_once(args: argparse.Namespace, client: Any) -> int:
     kind = KIND_ALIASES[args.kind]
     if kind == "dataplane":
         found = [client.request("GET", _path(args.name))] if args.name else _items(client, _path())

@@ -6,7 +6,7 @@ serialized without locks and the event loop never blocks on disk. Desired-state 
 that, so nothing is ever sent that a crash could take back. The parts live in their own modules:
 ``schema`` (tables, schema version, migrations applied at open), ``tokens`` (dataplanes and their
 tokens), ``revisions`` (desired objects and the revision log), ``reports`` (statuses, acks,
-heartbeats and refusals from the data plane); :class:`Store` puts them together.
+heartbeats and refusals from the data plane), ``audit`` (who asked for logs, events, live state); :class:`Store` puts them together.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Self
 
+from choreo_cp.store.audit import Audit, AuditRecord
 from choreo_cp.store.core import DEFAULT_LOG_LIMIT
 from choreo_cp.store.records import (
     KIND_APP,
@@ -49,6 +50,7 @@ __all__ = [
     "KIND_ENVIRONMENT",
     "SCHEMA_VERSION",
     "TOKEN_PREFIX",
+    "AuditRecord",
     "Change",
     "Dataplane",
     "DesiredObject",
@@ -75,7 +77,7 @@ __all__ = [
 ]
 
 
-class Store(Dataplanes, Revisions, Reports):
+class Store(Dataplanes, Revisions, Reports, Audit):
     """Async facade over one SQLite connection living on one worker thread."""
 
     async def open(self) -> Self:

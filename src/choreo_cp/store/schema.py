@@ -124,9 +124,34 @@ _V2 = (
     "ALTER TABLE status ADD COLUMN observed_at TEXT",
 )
 
+# Migration 3 (issue 16): the audit trail of logs/events/live requests (store/audit.py). Append-only:
+# updates are refused by a trigger; rows leave only through the pruning step (age and count bounds),
+# which runs with every append. ``at`` is fixed-width RFC 3339, so age pruning is a range on its index.
+_V3 = (
+    """CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        who TEXT NOT NULL,
+        client TEXT NOT NULL,
+        dataplane TEXT NOT NULL,
+        app TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        params TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        code TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        duration REAL NOT NULL
+    )""",
+    "CREATE INDEX audit_dataplane ON audit (dataplane, id)",
+    "CREATE INDEX audit_at ON audit (at)",
+    """CREATE TRIGGER audit_append_only BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _V1),
     Migration(2, "inventory summaries, required resyncs, missing objects", _V2),
+    Migration(3, "audit trail of on-demand streams", _V3),
 )
 LATEST = MIGRATIONS[-1].version
 

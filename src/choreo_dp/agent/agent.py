@@ -97,6 +97,9 @@ class AgentConfig:
     # Where the offline copy of the desired specs is kept (ConfigMaps); None:
     # ``desired_copy.default_state_namespace()`` (CHOREO_DP_STATE_NAMESPACE, the pod's namespace, choreo-system).
     state_namespace: str | None = None
+    # On-demand streams (logs, events, live state; issue 16). Off: every stream.open is answered
+    # with stream.end ``disabled`` (the chart's ``observability.enabled``).
+    observability_enabled: bool = True
 
 
 def tunnel_url(control_plane: str, insecure: bool) -> str:
@@ -368,6 +371,7 @@ class Agent:
                 liveness=self.liveness,
                 window=self.cfg.window,
                 unacked_limit=self.cfg.unacked_limit,
+                observability=self.cfg.observability_enabled,
             )
             welcomed_at: float | None = None
 

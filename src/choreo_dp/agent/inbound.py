@@ -20,6 +20,7 @@ from choreo_dp.agent.shared import SessionEnded, SessionState
 from choreo_dp.agent.snapshot import Resync
 from choreo_dp.agent.statusreport import now_ms
 from choreo_dp.agent.stream import Change
+from choreo_dp.agent.streams import StreamManager
 from choreo_dp.kube import ApiError
 from choreo_dp.kube.backoff import Backoff, is_retryable, retrying
 from choreo_wire import protocol as P
@@ -52,8 +53,10 @@ class Inbound:
         store: ClusterStore,
         window: int = APPLY_WINDOW,
         unacked_limit: int = UNACKED_LIMIT,
+        streams: StreamManager | None = None,
     ) -> None:
         self.ws = ws
+        self.streams = streams
         self.shared = shared
         self.out = out
         self.resync = resync
@@ -96,6 +99,8 @@ class Inbound:
             self.resync.on_keys(frame, body)
         elif isinstance(body, P.SnapshotEnd):
             await self.resync.on_end(frame, body)
+        elif isinstance(body, P.StreamOpen | P.StreamCredit | P.StreamEnd):
+            self.on_stream(frame, body)
         elif isinstance(body, P.GoAway):
             self.goaway = body
             raise SessionEnded(f"goaway: {body.reason}")
@@ -105,6 +110,21 @@ class Inbound:
             self.out.send_soon(
                 P.Error(code="protocol", message=f"{frame.type} is not expected by the agent", ref=frame.id)
             )
+
+    def on_stream(self, frame: P.Frame, body: P.StreamOpen | P.StreamCredit | P.StreamEnd) -> None:
+        """On-demand streams: never awaited here, so a stream cannot hold up desired state."""
+        if self.streams is None:
+            if isinstance(body, P.StreamOpen):
+                self.out.send_soon(
+                    P.StreamEnd(id=body.id, code="error", message="this agent serves no streams")
+                )
+            return
+        if isinstance(body, P.StreamOpen):
+            self.streams.open(body)
+        elif isinstance(body, P.StreamCredit):
+            self.streams.credit(body)
+        else:
+            self.streams.end(body)
 
     async def on_change(self, frame: P.Frame, change: Change) -> None:
         if change.revision > G.MAX_REVISION or (change.prev or 0) > G.MAX_REVISION:

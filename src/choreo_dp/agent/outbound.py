@@ -2,6 +2,9 @@
 
 Everything goes through one bounded queue and one sender task, so the order of frames is the
 order they were queued and a slow control plane slows the producers instead of growing memory.
+On-demand streams (logs, events, live state) have a second bounded lane that the sender serves only
+when the first is empty: desired-state traffic (acks, nacks, status, heartbeats, inventory) is
+never queued behind log lines, and a stream's producer blocks on its lane, not on the socket.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import TypeVar
 
 from websockets.asyncio.client import ClientConnection
 
@@ -21,11 +25,26 @@ from choreo_dp.kube.backoff import is_retryable
 from choreo_wire import protocol as P
 
 log = logging.getLogger("choreo_dp.agent.session")
+T = TypeVar("T")
 
 OUTQ_FRAMES = 1024
+# stream.data frames are up to STREAM_CHUNK_BYTES of payload: 16 queued are at most ~1 MiB
+STREAM_LANE_FRAMES = 16
 STATUS_COALESCE = 0.05  # seconds to let a burst of status changes collapse into one batch
 HEARTBEAT_DEFAULT = 15.0
 SUMMARY_SPACING = 1.0  # seconds between heartbeats sent early for an inventory summary
+
+
+class _Lane(asyncio.Queue[T]):
+    """A bounded queue that tells the sender when anything is put on it (either lane)."""
+
+    def __init__(self, maxsize: int, queued: asyncio.Event) -> None:
+        super().__init__(maxsize)
+        self._queued = queued
+
+    def put_nowait(self, item: T) -> None:
+        super().put_nowait(item)
+        self._queued.set()
 
 
 class Outbound:
@@ -37,7 +56,11 @@ class Outbound:
         self.dp = dp
         self.reporter = reporter
         self.seq = P.Sequencer()
-        self.outq: asyncio.Queue[tuple[str, list[P.StatusItem] | None]] = asyncio.Queue(OUTQ_FRAMES)
+        self.queued = asyncio.Event()
+        self.outq: asyncio.Queue[tuple[str, list[P.StatusItem] | None]] = _Lane(OUTQ_FRAMES, self.queued)
+        # the low-priority lane of on-demand streams: served only when outq is empty
+        self.streamq: asyncio.Queue[str] = _Lane(STREAM_LANE_FRAMES, self.queued)
+        self.stream_frames_dropped = 0
         self.ack_wakeup = asyncio.Event()
         self.errors_dropped = 0
         self.heartbeat_interval = HEARTBEAT_DEFAULT
@@ -58,6 +81,20 @@ class Outbound:
             self.outq.put_nowait((self.seq.encode(body, corr=corr), None))
         except asyncio.QueueFull:
             self.errors_dropped += 1
+
+    async def send_stream(self, body: P.Body) -> None:
+        """A frame of an on-demand stream: waits while the stream lane is full."""
+        await self.streamq.put(self.seq.encode(body))
+
+    def send_stream_soon(self, body: P.Body) -> bool:
+        """A stream refusal or cancellation confirmation from the reader: never blocks; False (and
+        counted) when the lane is full."""
+        try:
+            self.streamq.put_nowait(self.seq.encode(body))
+        except asyncio.QueueFull:
+            self.stream_frames_dropped += 1
+            return False
+        return True
 
     def give_back(self) -> None:
         """At the end of a session: status items still queued were never sent."""
@@ -123,9 +160,20 @@ class Outbound:
 
     # --- the session's outbound tasks --------------------------------------------------------
 
+    async def _next(self) -> tuple[str, list[P.StatusItem] | None]:
+        """The next frame: the main lane first, the stream lane only when the main one is empty."""
+        while True:
+            if not self.outq.empty():
+                return self.outq.get_nowait()
+            if not self.streamq.empty():
+                return self.streamq.get_nowait(), None
+            # nothing awaits between the checks and the clear: a put cannot slip through
+            self.queued.clear()
+            await self.queued.wait()
+
     async def sender(self) -> None:
         while True:
-            text, items = await self.outq.get()
+            text, items = await self._next()
             try:
                 await self.ws.send(text)
             except BaseException:

@@ -28,6 +28,7 @@ from choreo_dp.agent.shared import SessionEnded, SessionState, State
 from choreo_dp.agent.snapshot import SNAPSHOT_INCONSISTENT, Resync, Snapshot
 from choreo_dp.agent.statusreport import StatusReporter
 from choreo_dp.agent.stream import ChainBroken, ChangeStream
+from choreo_dp.agent.streams import StreamManager
 from choreo_dp.observability.health import Liveness
 from choreo_wire import protocol as P
 
@@ -68,6 +69,7 @@ class Session:
         liveness: Liveness | None = None,
         window: int = APPLY_WINDOW,
         unacked_limit: int = UNACKED_LIMIT,
+        observability: bool = True,
     ) -> None:
         self.ws = ws
         self.dataplane_id = dataplane_id
@@ -83,6 +85,14 @@ class Session:
         )
         self.outbound = Outbound(ws, self.shared, dp=dp, reporter=reporter)
         self.resync = Resync(self.shared, self.outbound, store=store, dp=dp)
+        # on-demand streams live and die with the session: their frames go nowhere after it
+        self.streams = StreamManager(
+            store.kube,
+            store,
+            self.outbound.send_stream,
+            self.outbound.send_stream_soon,
+            enabled=observability,
+        )
         self.inbound = Inbound(
             ws,
             self.shared,
@@ -91,6 +101,7 @@ class Session:
             store=store,
             window=window,
             unacked_limit=unacked_limit,
+            streams=self.streams,
         )
 
     # read-only views for metrics, tests and introspection
@@ -188,6 +199,7 @@ class Session:
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
+            await self.streams.close()
             self.outbound.give_back()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.ws.close(), 2.0)

@@ -71,6 +71,9 @@ SECRETS_COMPONENT = "choreo-dp-secrets"
 
 # --- names -----------------------------------------------------------------------------------
 APP_SERVICE_ACCOUNT = "choreo-app"
+# The Role (and its RoleBinding, same name) the operator renders in each Environment's namespace so
+# the agent may read that namespace's pods, logs and Events, and nothing of any other namespace.
+AGENT_OBSERVE_ROLE = "choreo-dp-agent-observe"
 
 
 def app_secret_name(app_name: str) -> str:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from typing import Any
 
@@ -15,11 +16,22 @@ from choreo_dp.cli.common import (
     add_env_argument,
     add_logging_arguments,
     add_verb,
+    env_name,
     namespace_patterns,
     port,
 )
 
 log = logging.getLogger(__name__)
+
+
+def env_bool(text: str) -> bool:
+    """true/false, yes/no, on/off, 1/0 (any case)."""
+    value = text.strip().lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def add_agent_arguments(p: Any) -> None:
@@ -39,6 +51,20 @@ def add_agent_arguments(p: Any) -> None:
         default=None,
         help="namespace of the ConfigMaps holding the offline copy of the desired specs "
         "(default: the agent's own namespace, else choreo-system)",
+    )
+    p.set_defaults(observability=True)
+    # the env default is parsed here (not by add_env_argument) because the flag has a --no- form
+    env = env_name("--observability")
+    if env in os.environ:
+        try:
+            p.set_defaults(observability=env_bool(os.environ[env]))
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"{env}={os.environ[env]!r}: {exc}") from None
+    p.add_argument(
+        "--observability",
+        action=argparse.BooleanOptionalAction,
+        help="serve on-demand logs, events and live state of the apps through the tunnel; "
+        f"--no-observability answers every such request 'disabled' (env {env}, default true)",
     )
 
 
@@ -69,6 +95,7 @@ def agent_config(args: argparse.Namespace) -> Any:
         insecure=args.insecure,
         protected_namespaces=default_protected_namespaces(getattr(args, "protected_namespaces", None)),
         state_namespace=getattr(args, "state_namespace", None) or None,
+        observability_enabled=getattr(args, "observability", True),
     )
 
 

@@ -376,6 +376,37 @@ class KubeClient:
                     )
                 yield str(etype), obj
 
+    async def stream(
+        self, path: str, params: Mapping[str, Any] | None = None, *, idle_timeout: float | None
+    ) -> AsyncGenerator[bytes]:
+        """GET a streamed body (``pods/log``) and yield its chunks as they arrive.
+
+        No total timeout: a followed log has no end. ``idle_timeout`` bounds the wait for the next
+        chunk (ApiError 504 ``IdleTimeout``); a broken connection is ApiError 503. Not retried: the
+        caller knows whether reading again from the start is what it wants.
+        """
+        session = self._ensure_session()
+        clean = {
+            k: ("true" if v is True else "false" if v is False else str(v))
+            for k, v in (params or {}).items()
+            if v is not None
+        }
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.request_timeout, sock_read=idle_timeout)
+        headers, options, cred = await self._auth()
+        # pods/log answers text/plain; asking for JSON only would get 406 from some servers
+        headers["Accept"] = "*/*"
+        try:
+            async with session.get(path, params=clean, headers=headers, timeout=timeout, **options) as resp:
+                if resp.status >= 400:
+                    self._refused(resp.status, cred)
+                    raise self._error(resp.status, await resp.read(), resp.headers)
+                async for chunk in resp.content.iter_any():
+                    yield chunk
+        except aiohttp.ServerTimeoutError:
+            raise ApiError(504, "IdleTimeout", f"nothing read for {idle_timeout}s") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+            raise ApiError(503, "ConnectionError", f"{type(exc).__name__}: {exc}") from None
+
     async def served(self, group_version: str) -> bool:
         """Whether the server serves an API group version (e.g. ``gateway.networking.k8s.io/v1``)."""
         if group_version not in self._served_cache:

@@ -41,3 +41,43 @@ async def split_lines(chunks: AsyncIterable[bytes], limit: int = MAX_LINE) -> As
 def _check(line: bytes | bytearray, limit: int) -> None:
     if len(line) > limit:
         raise WatchEventTooLarge(limit)
+
+
+class LineCutter:
+    """Lines of text whose lines may be of any length (container logs), fed chunk by chunk: a line
+    longer than ``limit`` bytes is cut there and the rest of it skipped, never buffered, so memory
+    stays bounded by ``limit``. Each line comes out as ``(line, cut)``; lines come out of the chunk
+    that completes them, so a caller can send everything one chunk held at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._pending = bytearray()
+        self._cut = False
+
+    def feed(self, chunk: bytes) -> list[tuple[bytes, bool]]:
+        out: list[tuple[bytes, bool]] = []
+        start = 0
+        while start < len(chunk):
+            end = chunk.find(b"\n", start)
+            piece = chunk[start:] if end < 0 else chunk[start:end]
+            if not self._cut:
+                room = self.limit - len(self._pending)
+                if len(piece) > room:
+                    self._pending += piece[:room]
+                    self._cut = True
+                else:
+                    self._pending += piece
+            if end < 0:
+                break
+            out.append((bytes(self._pending), self._cut))
+            self._pending, self._cut = bytearray(), False
+            start = end + 1
+        return out
+
+    def finish(self) -> list[tuple[bytes, bool]]:
+        """The unterminated tail, if any."""
+        if not (self._pending or self._cut):
+            return []
+        tail = [(bytes(self._pending), self._cut)]
+        self._pending, self._cut = bytearray(), False
+        return tail

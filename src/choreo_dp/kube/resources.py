@@ -53,6 +53,8 @@ NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "Networ
 INGRESSES = Resource("networking.k8s.io", "v1", "ingresses", "Ingress", True)
 HTTPROUTES = Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", True)
 GATEWAYS = Resource("gateway.networking.k8s.io", "v1", "gateways", "Gateway", True)
+ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", "Role", True)
+ROLEBINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True)
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease", True)
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False)
 ENVIRONMENTS = Resource("choreo.dev", "v1alpha1", "environments", "Environment", False)
@@ -79,6 +81,8 @@ ALL: tuple[Resource, ...] = (
     INGRESSES,
     HTTPROUTES,
     GATEWAYS,
+    ROLES,
+    ROLEBINDINGS,
     LEASES,
     CRDS,
     ENVIRONMENTS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -19,6 +20,25 @@ if TYPE_CHECKING:
     from choreo_dp.kube import KubeClient
 
 DEFAULT_OPERATOR_NAMESPACE = "choreo-system"
+AGENT_SERVICE_ACCOUNT_ENV = "CHOREO_DP_AGENT_SERVICE_ACCOUNT"
+
+
+def parse_service_account(text: str) -> tuple[str, str]:
+    """``namespace:name`` -> (namespace, name); ValueError saying the expected form."""
+    namespace, sep, name = text.strip().partition(":")
+    label = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    subdomain = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    if not sep or not label.match(namespace) or not subdomain.match(name):
+        raise ValueError(
+            f"invalid service account {text!r}: expected namespace:name, e.g. choreo-system:choreo-dp-agent"
+        )
+    return namespace, name
+
+
+# Unset (the sandbox, where the agent runs as admin) or empty: no per-namespace Role for the agent.
+def _agent_service_account_from_env() -> tuple[str, str] | None:
+    raw = os.environ.get(AGENT_SERVICE_ACCOUNT_ENV, "").strip()
+    return parse_service_account(raw) if raw else None
 
 
 # Namespaces no Environment may use (shell-style globs), besides the operator's own namespace
@@ -102,6 +122,9 @@ class OperatorConfig:
     # Globs of namespaces no Environment may use, whether they exist or not. Replaces the default
     # list; the operator's own namespace is protected whatever it says.
     protected_namespaces: tuple[str, ...] = field(default_factory=_protected_from_env)
+    # (namespace, name) of the agent's ServiceAccount, given only when observability is on: each
+    # Environment's namespace then gets a Role + RoleBinding letting it read pods, logs and Events.
+    agent_service_account: tuple[str, str] | None = field(default_factory=_agent_service_account_from_env)
 
     @property
     def protected_patterns(self) -> tuple[str, ...]:

@@ -45,7 +45,9 @@ log = logging.getLogger("choreo_dp.operator.environment")
 # Namespace's ownerReference), so only Retain environments carry this finalizer. It is not
 # kopf's finalizer: kopf removes its own when it has no deletion handlers.
 RETAIN_FINALIZER = vocabulary.RETAIN_FINALIZER
-ENV_CHILD_KINDS = frozenset({"ResourceQuota", "NetworkPolicy", "Secret", "LimitRange", "ServiceAccount"})
+ENV_CHILD_KINDS = frozenset(
+    {"ResourceQuota", "NetworkPolicy", "Secret", "LimitRange", "ServiceAccount", "Role", "RoleBinding"}
+)
 
 
 @dataclass
@@ -309,7 +311,10 @@ async def reconcile(ctx: ReconcileContext, key: EnvKey) -> Result:
     projects = {str(((ctx.cache.app(k) or {}).get("spec") or {}).get("project", "")) for k in app_keys}
     try:
         manifests = render_environment(
-            bound, projects=sorted(p for p in projects if p), pull_secret=pull_secret
+            bound,
+            projects=sorted(p for p in projects if p),
+            pull_secret=pull_secret,
+            agent_service_account=ctx.config.agent_service_account,
         )
     except RenderError as exc:
         await _status(ctx, key, body, "Failed", namespace, exc.reason, exc.message, generation)

@@ -37,6 +37,8 @@ ENV_CHILDREN: tuple[tuple[str, str, str], ...] = (
     ("", "v1", "serviceaccounts"),
     ("", "v1", "secrets"),
     ("networking.k8s.io", "v1", "networkpolicies"),
+    ("rbac.authorization.k8s.io", "v1", "roles"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
 )
 PODS = ("", "v1", "pods")
 MANAGED = {MANAGED_BY: MANAGED_BY_VALUE}

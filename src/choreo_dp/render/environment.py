@@ -1,4 +1,5 @@
-"""Environment -> Namespace, ResourceQuota, LimitRange, NetworkPolicies, app ServiceAccount, pull secret.
+"""Environment -> Namespace, ResourceQuota, LimitRange, NetworkPolicies, app ServiceAccount, pull secret,
+and the agent's read-only Role + RoleBinding for pods, logs and Events.
 
 Also the pure rules of the namespace boundary: which namespaces are protected, which Environment a
 namespace belongs to (its mark), and which Secrets may be copied as pull secrets.
@@ -12,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from choreo_dp.api import API_VERSION, Environment
+from choreo_dp.api.vocabulary import AGENT_OBSERVE_ROLE
 from choreo_dp.render.errors import PolicyViolation, RenderError
 from choreo_dp.render.labels import (
     APP_SERVICE_ACCOUNT,
@@ -35,6 +37,22 @@ DEFAULT_LIMITS = {"cpu": "500m", "memory": "512Mi"}
 DEFAULT_REQUESTS = {"cpu": "50m", "memory": "64Mi"}
 PULL_SECRET_TYPE = "kubernetes.io/dockerconfigjson"
 PULL_SECRET_KEY = ".dockerconfigjson"
+RBAC_API_VERSION = "rbac.authorization.k8s.io/v1"
+# What the agent may read in an Environment's namespace to answer log, event and live-state streams:
+# the pods, their logs and Events, and a list of the apps' children (live state). The operator must
+# hold every one of these itself (the apiserver's RBAC escalation check), so the chart's operator
+# ClusterRole carries them too; pods/log only has "get". Never Secrets or ConfigMaps.
+AGENT_OBSERVE_RULES: tuple[dict[str, Any], ...] = (
+    {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["list"]},
+    {"apiGroups": ["apps"], "resources": ["deployments", "replicasets"], "verbs": ["list"]},
+    {"apiGroups": ["batch"], "resources": ["cronjobs", "jobs"], "verbs": ["list"]},
+    {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": ["list"]},
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["list"]},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["list"]},
+    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"], "verbs": ["list"]},
+)
 
 
 def project_policy_name(project: str) -> str:
@@ -143,12 +161,15 @@ def render_environment(
     *,
     projects: Iterable[str] = (),
     pull_secret: dict[str, Any] | None = None,
+    agent_service_account: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every object the Environment owns, Namespace first.
 
     ``projects``: the projects of the apps living in the environment (one NetworkPolicy each);
     ``pull_secret``: the source registry Secret from the operator's namespace, if configured, found
-    and allowed (:func:`check_pull_secret`; anything else is refused here too).
+    and allowed (:func:`check_pull_secret`; anything else is refused here too);
+    ``agent_service_account``: (namespace, name) of the agent's ServiceAccount when observability is
+    on; then the agent gets read access to pods, pods/log and Events here and nowhere else.
     """
     uid = _uid(env)
     ns = env.target_namespace
@@ -221,7 +242,35 @@ def render_environment(
         }
         out.append(copy)
     out.append(sa)
+    if agent_service_account is not None:
+        out.extend(_agent_observe(meta, agent_service_account))
     return out
+
+
+def _agent_observe(meta: Any, service_account: tuple[str, str]) -> list[dict[str, Any]]:
+    """Role + RoleBinding granting the agent read access in this namespace only.
+
+    Owned by the Environment like every other child, so they go with the namespace and never
+    outlive the Environment that asked for them.
+    """
+    sa_namespace, sa_name = service_account
+    role = {
+        "apiVersion": RBAC_API_VERSION,
+        "kind": "Role",
+        "metadata": meta(AGENT_OBSERVE_ROLE),
+        "rules": [
+            {k: list(v) if isinstance(v, list) else v for k, v in rule.items()}
+            for rule in AGENT_OBSERVE_RULES
+        ],
+    }
+    binding = {
+        "apiVersion": RBAC_API_VERSION,
+        "kind": "RoleBinding",
+        "metadata": meta(AGENT_OBSERVE_ROLE),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": AGENT_OBSERVE_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": sa_namespace}],
+    }
+    return [role, binding]
 
 
 def _network_policies(env: Environment, meta: Any, projects: list[str]) -> list[dict[str, Any]]:
