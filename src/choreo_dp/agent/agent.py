@@ -45,6 +45,7 @@ from choreo_dp.agent.guards import ProtectedNamespaces, default_protected_namesp
 from choreo_dp.agent.restorer import Restorer
 from choreo_dp.agent.session import AGENT_VERSION, UNACKED_LIMIT, Session
 from choreo_dp.agent.statusreport import StatusReporter
+from choreo_dp.agent.streams.budget import DEFAULT_READ_RATE, read_budget
 from choreo_dp.agent.tlsconfig import client_context, describe_server_certificate
 from choreo_dp.agent.tokens import TokenFile
 from choreo_dp.kube import ApiError, KubeClient
@@ -100,6 +101,9 @@ class AgentConfig:
     # On-demand streams (logs, events, live state; issue 16). Off: every stream.open is answered
     # with stream.end ``disabled`` (the chart's ``observability.enabled``).
     observability_enabled: bool = True
+    # The data plane's log-read budget (bytes/s) shared by every log reader of every stream, so that
+    # log traffic never slows the API server's writes much (issue 16); 0 switches it off.
+    stream_read_rate: int = DEFAULT_READ_RATE
 
 
 def tunnel_url(control_plane: str, insecure: bool) -> str:
@@ -139,6 +143,7 @@ class Agent:
         self.watch_liveness = self.liveness.child("status-watch", max_silence=None)
         self.backoff = Backoff(base=cfg.backoff_base, cap=cfg.backoff_cap)
         self.tokens = TokenFile(cfg.token_file)
+        self.read_budget = read_budget(cfg.stream_read_rate)
         protected = (
             cfg.protected_namespaces
             if cfg.protected_namespaces is not None
@@ -373,6 +378,8 @@ class Agent:
                 unacked_limit=self.cfg.unacked_limit,
                 observability=self.cfg.observability_enabled,
             )
+            # the budget outlives the session: it is the data plane's, not the connection's
+            session.streams.budget = self.read_budget
             welcomed_at: float | None = None
 
             def on_welcome() -> None:

@@ -34,6 +34,19 @@ def env_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
+
+
+def byte_rate(text: str) -> int:
+    """Bytes per second: ``2097152``, ``2Mi``, ``500Ki``, ``1M`` (an optional ``/s``); 0 is off."""
+    value = text.strip().lower().removesuffix("/s").removesuffix("b")
+    digits = value.rstrip("kmgi")
+    unit = value[len(digits) :]
+    if unit not in _UNITS or not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"expected bytes per second like 2Mi or 2097152, got {text!r}")
+    return int(digits) * _UNITS[unit]
+
+
 def add_agent_arguments(p: Any) -> None:
     add_env_argument(p, "--control-plane", required=True, help="wss://HOST:PORT of the control plane")
     add_env_argument(p, "--dataplane", required=True, help="this dataplane's id")
@@ -66,6 +79,14 @@ def add_agent_arguments(p: Any) -> None:
         help="serve on-demand logs, events and live state of the apps through the tunnel; "
         f"--no-observability answers every such request 'disabled' (env {env}, default true)",
     )
+    add_env_argument(
+        p,
+        "--stream-read-rate",
+        type=byte_rate,
+        default=None,
+        help="the data plane's log-read budget in bytes/s (e.g. 2Mi), shared by every log stream, "
+        "so that log reads never slow the API server's writes much; 0 switches it off (default 2Mi)",
+    )
 
 
 def agent_config(args: argparse.Namespace) -> Any:
@@ -96,6 +117,11 @@ def agent_config(args: argparse.Namespace) -> Any:
         protected_namespaces=default_protected_namespaces(getattr(args, "protected_namespaces", None)),
         state_namespace=getattr(args, "state_namespace", None) or None,
         observability_enabled=getattr(args, "observability", True),
+        **(
+            {"stream_read_rate": rate}
+            if (rate := getattr(args, "stream_read_rate", None)) is not None
+            else {}
+        ),
     )
 
 

@@ -104,12 +104,26 @@ async def _read(ctx: StreamContext, pod: str, container: str, readers: _Readers)
     }
     cutter = LineCutter(P.STREAM_MAX_LINE_BYTES)
     channel = ctx.channel
+    budget = ctx.budget
+    chunks = ctx.kube.stream(
+        R.PODS.path(ctx.namespace, pod, "log"),
+        query,
+        idle_timeout=FOLLOW_IDLE if params.follow else READ_IDLE,
+    )
     try:
-        async for chunk in ctx.kube.stream(
-            R.PODS.path(ctx.namespace, pod, "log"),
-            query,
-            idle_timeout=FOLLOW_IDLE if params.follow else READ_IDLE,
-        ):
+        while True:
+            # the turn comes before the read: until then the bytes wait in the kernel and TCP
+            # backpressure slows the API server's sending (see budget.py)
+            await budget.turn()
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                budget.settle(0)
+                break
+            except BaseException:
+                budget.settle(0)
+                raise
+            budget.settle(len(chunk))
             lines = [_line(prefix, raw, cut) for raw, cut in cutter.feed(chunk)]
             if lines:
                 async with channel.lock:
@@ -124,6 +138,8 @@ async def _read(ctx: StreamContext, pod: str, container: str, readers: _Readers)
         # one pod's log missing (not started, no previous container) does not end the others
         log.info("stream %s: log of %s/%s: %s", channel.id, pod, container, exc)
         readers.failures.append(exc)
+    finally:
+        await chunks.aclose()
 
 
 def _line(prefix: str, raw: bytes, cut: bool) -> str:

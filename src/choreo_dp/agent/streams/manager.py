@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from choreo_dp.agent.cluster import ClusterStore
+from choreo_dp.agent.streams.budget import ReadBudget
 from choreo_dp.agent.streams.channel import CREDIT_WAIT, Channel, Send, StreamStop
 from choreo_dp.api.vocabulary import KIND_APP
 from choreo_dp.kube import ApiError, KubeClient
@@ -41,6 +42,8 @@ class StreamContext:
     app: str
     params: P.StreamParams
     channel: Channel
+    # the data plane's log-read budget, shared by every reader of every stream
+    budget: ReadBudget
 
 
 Producer = Callable[[StreamContext], Awaitable[None]]
@@ -65,6 +68,7 @@ class StreamManager:
         producers: dict[str, Producer] | None = None,
         max_concurrent: int = P.STREAM_MAX_CONCURRENT,
         credit_wait: float = CREDIT_WAIT,
+        budget: ReadBudget | None = None,
     ) -> None:
         self.kube = kube
         self.store = store
@@ -74,6 +78,8 @@ class StreamManager:
         self.producers = producers if producers is not None else default_producers()
         self.max_concurrent = max_concurrent
         self.credit_wait = credit_wait
+        # per data plane, not per session: the agent hands its own in (a fresh one is a fallback)
+        self.budget = budget if budget is not None else ReadBudget()
         self.streams: dict[str, _Open] = {}
         self.closed = False
         self.refusals_dropped = 0
@@ -184,7 +190,7 @@ class StreamManager:
             if await self._exists_unmanaged(key.environment, key.name):
                 raise StreamStop("forbidden", f"{body.key} is not an app of this data plane")
             raise StreamStop("not_found", f"no app {body.key} on this data plane")
-        return StreamContext(self.kube, managed.namespace, managed.name, body.params, channel)
+        return StreamContext(self.kube, managed.namespace, managed.name, body.params, channel, self.budget)
 
     async def _exists_unmanaged(self, environment: str | None, name: str) -> bool:
         """A ChoreoApp of that name and Environment that someone else wrote."""

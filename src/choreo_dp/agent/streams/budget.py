@@ -1,0 +1,145 @@
+"""The data plane's log-read budget: one token bucket (bytes/s, with a burst) shared by every log
+reader of every stream.
+
+Why at the reader and not at the tunnel: the API server passes every log byte through itself, and
+while it serves ~10 MiB/s of ``pods/log`` its writes slow down (issue 16: push-to-applied p99 went to
+20-45x its idle value). A reader that waits before taking the next chunk off the connection leaves
+the bytes in the kernel's buffers, so TCP backpressure slows the API server's sending too: the
+customer's API server is never asked for more than the budget.
+
+The size of the next chunk is unknown until it is read, so the bucket lends: a reader takes its turn
+when the bucket is not in debt, reserves :data:`RESERVE`, reads, and settles the real size (the
+bucket may go below zero; the next turn waits until the debt is paid). Over any window the bytes read
+are at most ``rate * window + burst`` plus what the readers in flight took beyond their reserve.
+Turns are handed out in arrival order (``asyncio.Lock`` wakes its waiters first come, first served),
+so a reader that just read queues behind every other: no stream starves another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from choreo_dp.agent.streams.channel import StreamStop
+
+# Default aggregate rate: a fifth of what starved the API server's writes in issue 16's benchmark,
+# still ~10k lines of 200 bytes a second, more than a person reads.
+DEFAULT_READ_RATE = 2 << 20
+# What a turn reserves before the read: about one chunk of a busy log connection, so that the turns
+# granted while reads are in flight are counted against the bucket at once.
+RESERVE = 16 << 10
+# The burst never falls below this (one chunk of a busy connection must fit).
+MIN_BURST = 64 << 10
+# A reader waits at most this for its turn; past it the stream ends with ``limit`` (the budget is
+# shared by more readers than it can serve).
+TURN_WAIT = 60.0
+
+
+def default_burst(rate: int) -> int:
+    """Half a second of the rate: a short read (``tail``, a quiet follow) is not slowed at all."""
+    return max(MIN_BURST, rate // 2)
+
+
+class TokenBucket:
+    """The arithmetic only, on the caller's clock: deterministic to test."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError(f"rate and burst must be > 0, got {rate} and {burst}")
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self._last = now
+
+    def _refill(self, now: float) -> None:
+        # a clock that steps back (it should not) never adds tokens
+        elapsed = max(0.0, now - self._last)
+        self._last = max(self._last, now)
+        self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+
+    def wait_time(self, now: float) -> float:
+        """Seconds until the bucket is out of debt (0: a turn may go now)."""
+        self._refill(now)
+        # less than a byte of debt is rounding, and waiting for it could loop: a float clock that
+        # does not move for a wait of 1e-17 s never pays it
+        return 0.0 if self.tokens > -1.0 else -self.tokens / self.rate
+
+    def take(self, n: float, now: float) -> None:
+        """Count ``n`` bytes (negative: give back an unused reservation); may leave a debt."""
+        self._refill(now)
+        self.tokens = min(self.burst, self.tokens - n)
+
+
+class ReadBudget:
+    """The shared budget: ``await turn()`` before reading a chunk, ``settle(len(chunk))`` after."""
+
+    def __init__(
+        self,
+        rate: int = DEFAULT_READ_RATE,
+        burst: int | None = None,
+        *,
+        reserve: int = RESERVE,
+        turn_wait: float = TURN_WAIT,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self._clock = clock or (lambda: asyncio.get_running_loop().time())
+        self._sleep = sleep or asyncio.sleep
+        self.rate = rate
+        self.reserve = reserve
+        self.turn_wait = turn_wait
+        self.bucket: TokenBucket | None = None  # made on first use: the loop's clock needs a loop
+        self._burst = burst if burst is not None else default_burst(rate)
+        self._turns = asyncio.Lock()
+        self.read_bytes = 0
+        self.largest_read = 0  # what one read took at most: the slack of the bound above
+        self.waited = 0.0
+
+    def _bucket(self) -> TokenBucket:
+        if self.bucket is None:
+            self.bucket = TokenBucket(self.rate, self._burst, self._clock())
+        return self.bucket
+
+    async def turn(self) -> None:
+        """Wait (first come, first served; bounded by ``turn_wait``) until the budget allows the next
+        read, and reserve for it. Every ``turn`` is followed by one ``settle``."""
+        try:
+            async with asyncio.timeout(self.turn_wait):
+                async with self._turns:
+                    bucket = self._bucket()
+                    while (delay := bucket.wait_time(self._clock())) > 0:
+                        self.waited += delay
+                        await self._sleep(delay)
+                    bucket.take(self.reserve, self._clock())
+        except TimeoutError:
+            raise StreamStop(
+                "limit",
+                f"the data plane's log-read budget ({self.rate} B/s) had no turn for {self.turn_wait:g}s",
+            ) from None
+
+    def settle(self, n: int) -> None:
+        """The read after a turn returned ``n`` bytes (0 at the end of the log)."""
+        self.read_bytes += n
+        self.largest_read = max(self.largest_read, n)
+        self._bucket().take(n - self.reserve, self._clock())
+
+
+class Unlimited(ReadBudget):
+    """No budget (rate 0 in the configuration): turns never wait; bytes are still counted."""
+
+    def __init__(self) -> None:
+        super().__init__(rate=1)
+
+    async def turn(self) -> None:
+        return None
+
+    def settle(self, n: int) -> None:
+        self.read_bytes += n
+        self.largest_read = max(self.largest_read, n)
+
+
+def read_budget(rate: int) -> ReadBudget:
+    """The budget for a configured rate in bytes/s; 0 switches it off."""
+    if rate < 0:
+        raise ValueError(f"the log-read rate must be >= 0, got {rate}")
+    return Unlimited() if rate == 0 else ReadBudget(rate)
