@@ -60,7 +60,16 @@ def _names(pid: int, directory: Path) -> bool:
 
     Every child of a sandbox does (its kubeconfig, database or token file is in DIR), so a pid
     recorded in ``sandbox.pids`` that was since reused by an unrelated process is left alone."""
-    return os.fsencode(str(directory)) + b"/" in _cmdline(pid)
+    return names_directory(_cmdline(pid).split(b"\0"), directory)
+
+
+def names_directory(args: list[bytes], directory: Path) -> bool:
+    """Whether one of ``args`` is ``directory`` itself (``--dir D``, ``--dir=D``) or a path in it.
+
+    The directory itself counts: the Key Vault part is started with ``--dir D`` and names nothing
+    inside it, and was left running by a killed sandbox because only paths inside were matched."""
+    d = os.fsencode(str(directory))
+    return any(a == d or a.endswith(b"=" + d) or d + b"/" in a for a in args)
 
 
 def _running_under(directory: Path) -> list[int]:

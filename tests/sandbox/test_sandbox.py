@@ -36,11 +36,12 @@ def _ours_running(directory: Path) -> list[str]:
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if f"{directory}/" in cmd or cmd.rstrip().endswith(str(directory)):
-            found.append(cmd)
+        # the directory itself as an argument counts (`--dir D`), not only paths inside it
+        if any(a == str(directory) or a.endswith(f"={directory}") or f"{directory}/" in a for a in args):
+            found.append(" ".join(args))
     return found
 
 
