@@ -104,7 +104,9 @@ async def agent_running(
         yield agent
     finally:
         stop.set()
-        await asyncio.wait_for(task, 10)
+        # the agent's own shutdown steps are each bounded (session close 2 s, the closing handshake
+        # 2 s, the Stopped write 5 s, ...); on a loaded machine they may add up past 10 s
+        await asyncio.wait_for(task, 30)
 
 
 async def dp_view(http: httpx.AsyncClient, names: Names) -> dict[str, Any]:
