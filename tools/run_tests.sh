@@ -12,7 +12,14 @@ soak_log="$soak_tmp/soak.log"
 soak_pid=$!
 # Ctrl-C or a failure of this script must not leave the soak (and its cluster) behind.
 trap 'kill -TERM "$soak_pid" 2>/dev/null; wait "$soak_pid" 2>/dev/null; rm -rf "$soak_tmp"' EXIT
-"$BIN/pytest" -q --durations=25 --ignore=tests/soak "$@"
+# Two workers (pytest-xdist), each with its own emulator and real cluster: most tests wait on
+# controllers, watches and timeouts rather than on the CPU, so two run in about the time of one.
+# Files stay whole on one worker, so a module's fixtures (an operator, a cluster) start once.
+# CHOREO_DP_TEST_WORKERS=0 runs everything in one process.
+workers=${CHOREO_DP_TEST_WORKERS:-2}
+xdist=()
+if [ "$workers" != "0" ]; then xdist=(-n "$workers" --dist loadfile); fi
+"$BIN/pytest" -q --durations=25 --ignore=tests/soak "${xdist[@]}" "$@"
 main_rc=$?
 wait "$soak_pid"
 soak_rc=$?

@@ -255,6 +255,9 @@ class RealCluster:
                 # Job pods finish in milliseconds under kwok; the default sync periods would
                 # make CronJob tests wait for nothing.
                 "--concurrent-deployment-syncs=10",
+                # The default 15 s HPA resync makes every autoscaler change wait up to 15 s; the
+                # controller's decisions are the same at any period.
+                "--horizontal-pod-autoscaler-sync-period=2s",
                 "--kube-api-qps=200",
                 "--kube-api-burst=400",
                 "--v=1",
