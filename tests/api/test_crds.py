@@ -153,6 +153,7 @@ SAMPLE_APP = {
         "phase": "Progressing",
         "image": "ghcr.io/acme/x@sha256:abc",
         "endpoints": [{"name": "http", "visibility": "Public", "url": "https://dev.acme.example/orders"}],
+        "rollout": {"phase": "Progressing", "step": 1, "weight": 25, "summary": "Canary 25%"},
     },
 }
 SAMPLE_ENV = {
@@ -175,7 +176,7 @@ def test_printer_columns_resolve_on_a_sample(kind: str, sample: dict[str, Any]) 
 def test_choreoapp_columns_answer_is_it_healthy() -> None:
     columns = BY_KIND["ChoreoApp"]["spec"]["versions"][0]["additionalPrinterColumns"]
     names = [c["name"].upper() for c in columns if not c.get("priority")]
-    assert names == ["ENVIRONMENT", "TYPE", "READY", "STATUS", "URL", "AGE"]
+    assert names == ["ENVIRONMENT", "TYPE", "READY", "STATUS", "ROLLOUT", "URL", "AGE"]
     assert [c["name"].upper() for c in columns if c.get("priority") == 1] == ["IMAGE"]
 
 

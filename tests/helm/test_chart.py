@@ -153,6 +153,7 @@ OPERATOR_RESOURCES = {
     ("", "serviceaccounts"),
     ("", "secrets"),
     ("", "services"),
+    ("", "configmaps"),  # the plain files of spec.files
     ("", "pods"),
     ("", "pods/log"),  # held only to grant it (below), never read by the operator's code
     ("apps", "replicasets"),  # the same

@@ -134,6 +134,7 @@ async def test_a_retryable_refusal_is_recorded_and_raised_for_backoff(error: Api
 
 
 async def _controller_run(rig: Rig, key: AppKey, reconciled: asyncio.Event) -> None:
+    rig.ctl.cache_synced.set()  # the test feeds the queue itself: no listing to wait for
     await rig.ctl.start()
     try:
         rig.ctl.queue.add(key)
@@ -448,6 +449,7 @@ async def test_healthz_fails_when_every_worker_is_stuck_and_recovers_when_they_m
         return DONE
 
     ctl.register(EnvKey, stuck)
+    ctl.cache_synced.set()  # the test feeds the queue itself: no listing to wait for
     await ctl.start()
     try:
         await polling.eventually(lambda: ctl.liveness.healthy, timeout=5, what="healthy while idle")

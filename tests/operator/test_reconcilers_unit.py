@@ -311,6 +311,7 @@ async def test_gone_app_is_done() -> None:
 
 
 async def _run_once(ctl: Controller, key: EnvKey, ran: asyncio.Event) -> None:
+    ctl.cache_synced.set()  # the test feeds the queue itself: no listing to wait for
     await ctl.start()
     try:
         ctl.queue.add(key)
@@ -385,6 +386,7 @@ async def test_a_gone_object_is_forgotten_and_not_requeued() -> None:
 
     rig.ctl.register(AppKey, reconcile)
     rig.ctl.queue.add(key)
+    rig.ctl.cache_synced.set()  # the test feeds the queue itself: no listing to wait for
     await rig.ctl.start()
     try:
         await asyncio.wait_for(ran.wait(), 5)

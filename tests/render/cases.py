@@ -156,6 +156,32 @@ APP_CASES: dict[str, tuple[ChoreoApp, Environment, ClusterCapabilities, str | No
         GATEWAY_API,
         None,
     ),
+    # spec.files (tests/render/test_files.py): plain and Key Vault files, two mount directories.
+    "service-with-files": (
+        app(
+            endpoints=[endpoint("http", "Project")],
+            files=[
+                {"mountPath": "/config/app.yaml", "content": "level: debug\n"},
+                {"mountPath": "/config/rules/limits.json", "content": '{"rps": 10}'},
+                {"mountPath": "/secrets/tls.key", "keyVaultSecret": "orders-tls-key"},
+                {"mountPath": "/config/ca.pem", "keyVaultSecret": "orders-ca", "version": "0" * 32},
+            ],
+        ),
+        environment(),
+        GATEWAY_API,
+        "sha256:0123456789abcdef",
+    ),
+    "scheduled-task-with-files": (
+        app(
+            "nightly",
+            type="scheduledTask",
+            schedule="0 3 * * *",
+            files=[{"mountPath": "/config/job.ini", "content": "[job]\nbatch = 100\n"}],
+        ),
+        environment(),
+        GATEWAY_API,
+        None,
+    ),
 }
 
 # The agent's ServiceAccount as the chart names it (CHOREO_DP_AGENT_SERVICE_ACCOUNT) when observability is on.

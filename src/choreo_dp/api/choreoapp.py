@@ -18,9 +18,12 @@ from choreo_dp.api.common import (
     PrinterColumn,
     Resource,
 )
+from choreo_dp.api.connections import Connection, ConnectionStatus, connection_problems
 from choreo_dp.api.environment import Quantity
+from choreo_dp.api.files import MAX_FILES, FileSpec, files_problem
 from choreo_dp.api.images import IMAGE_PATTERN, InvalidImage, parse_image
 from choreo_dp.api.quantity import parse_quantity
+from choreo_dp.api.rollout import Rollout, RolloutStatus
 
 AppType = Literal["service", "webhook", "worker", "scheduledTask", "manualTask"]
 Protocol = Literal["REST", "GraphQL", "gRPC", "WS", "TCP"]
@@ -290,6 +293,29 @@ class ChoreoAppSpec(Model):
         default=False,
         description="Stop the app without deleting it: 0 replicas, or no new runs for a scheduledTask. Default false.",
     )
+    connections: list[Connection] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra=LIST_MAP_BY_NAME,
+        description=(
+            "Endpoints of other apps in the same Environment this app calls: each injects <NAME>_URL, "
+            "<NAME>_HOST, <NAME>_PORT and <NAME>_BASE_PATH and allows exactly that traffic, within the "
+            "target endpoint's visibility. Status.connections says whether each resolves."
+        ),
+    )
+    files: list[FileSpec] = Field(
+        default_factory=list,
+        max_length=MAX_FILES,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["mountPath"]},
+        description=(
+            "Files mounted read-only into the container: plain configuration (content) or a Key Vault "
+            "secret (keyVaultSecret). Paths are unique; a change rolls the pods."
+        ),
+    )
+    rollout: Rollout | None = Field(
+        default=None,
+        description="How a new version replaces the running one: rolling update (default) or a canary in steps.",
+    )
 
     @field_validator("image")
     @classmethod
@@ -310,10 +336,24 @@ class ChoreoAppSpec(Model):
         return value
 
     @model_validator(mode="after")
+    def _files(self) -> Self:
+        problem = files_problem(self.files)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _rollout_type(self) -> Self:
+        # A canary splits traffic between Deployments; a CronJob has neither.
+        if self.rollout is not None and self.rollout.canary and self.type in TASK_TYPES:
+            raise ValueError(f"rollout strategy Canary needs a long-running type, not {self.type}")
+        return self
+
+    @model_validator(mode="after")
     def _consistent(self) -> Self:
         if (self.type == "scheduledTask") != (self.schedule is not None):
             raise ValueError("schedule is required when type is scheduledTask and only then")
-        for field in ("env", "secrets", "endpoints"):
+        for field in ("env", "secrets", "endpoints", "connections"):
             names = [item.name for item in getattr(self, field)]
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
@@ -323,6 +363,9 @@ class ChoreoAppSpec(Model):
             raise ValueError(f"names used by both env and secrets: {', '.join(sorted(clash))}")
         if self.endpoints and self.type in TASK_TYPES:
             raise ValueError(f"type {self.type} cannot have endpoints")
+        taken = [e.name for e in self.env] + [s.name for s in self.secrets]
+        if problems := connection_problems(None, self.connections, taken):
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -360,6 +403,13 @@ class ChoreoAppStatus(Model):
     endpoints: list[EndpointStatus] = Field(
         default_factory=list,
         description="The URLs of the app's endpoints (an endpoint with no known URL is left out).",
+    )
+    connections: list[ConnectionStatus] = Field(
+        default_factory=list,
+        description="Each of spec.connections and whether it resolves (target found and visibility allows).",
+    )
+    rollout: RolloutStatus | None = Field(
+        default=None, description="Progress of a canary rollout (spec.rollout.strategy Canary only)."
     )
     message: str | None = Field(
         default=None, description="Why the app is not Ready, in one line (e.g. the container's last error)."
@@ -404,6 +454,7 @@ class ChoreoApp(Resource):
             PrinterColumn(name="Type", type="string", json_path=".spec.type"),
             PrinterColumn(name="Ready", type="string", json_path=".status.ready"),
             PrinterColumn(name="Status", type="string", json_path=".status.phase"),
+            PrinterColumn(name="Rollout", type="string", json_path=".status.rollout.summary"),
             PrinterColumn(name="URL", type="string", json_path=".status.endpoints[0].url"),
             AGE_COLUMN,
             PrinterColumn(name="Image", type="string", json_path=".status.image", priority=1),
@@ -413,3 +464,10 @@ class ChoreoApp(Resource):
     kind: Literal["ChoreoApp"] = "ChoreoApp"
     spec: ChoreoAppSpec
     status: ChoreoAppStatus | None = None
+
+    @model_validator(mode="after")
+    def _no_connection_to_itself(self) -> Self:
+        # Only here is the app's own name known; the spec checks everything else.
+        if problems := connection_problems(self.metadata.name, self.spec.connections, ()):
+            raise ValueError("; ".join(problems))
+        return self

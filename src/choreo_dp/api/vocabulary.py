@@ -7,6 +7,7 @@ that the golden tests and the CRD schemas then show. Pure: imports nothing but t
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 # --- API group and kinds ---------------------------------------------------------------------
@@ -30,6 +31,9 @@ DATAPLANE_LABEL = f"{GROUP}/dataplane"
 # Pod labels the Environment's NetworkPolicies select on to let the gateways in.
 EXPOSE_INTERNAL_LABEL = f"{GROUP}/expose-internal"
 EXPOSE_EXTERNAL_LABEL = f"{GROUP}/expose-external"
+# Egress-side mark of a caller's pods, one per connection target: ``calls.choreo.dev/<app>.<endpoint>``
+# = "true". The target's connection NetworkPolicy admits only pods carrying it (and the caller's app label).
+CALLS_LABEL_PREFIX = f"calls.{GROUP}"
 # The mark of a namespace the operator created for an Environment: this key, with the Environment's
 # uid as value, both as a label (what the operator selects on to find what an Environment owns) and
 # as an annotation. The operator writes into, and lets the garbage collector delete, only a
@@ -106,3 +110,44 @@ DESIRED_COPY_BUCKETS_ANNOTATION = f"{GROUP}/desired-copy-buckets"
 DESIRED_COPY_DATA_KEY = "desired.json.gz"
 # The DataPlane condition saying whether the agent keeps that copy.
 DESIRED_COPY_CONDITION = "DesiredCopy"
+
+
+# --- mounted files (ChoreoApp.spec.files) ------------------------------------------------------
+# On the pod template: a digest of the plain files' paths and contents, so a content change rolls
+# the pods (secret files roll through SECRETS_HASH_ANNOTATION, as env secrets do).
+FILES_HASH_ANNOTATION = f"{GROUP}/files-hash"
+
+
+def app_files_configmap_name(app_name: str) -> str:
+    """The ConfigMap holding an app's plain files (one key per file)."""
+    # Like the Secret's: a DNS-label app name plus the suffix stays within 253 characters.
+    return f"{app_name}-files"
+
+
+# --- canary rollouts (ChoreoApp.spec.rollout) ----------------------------------------------------
+# Pod and Deployment label telling the two sides of a canary apart; per-track Services select on it.
+TRACK_LABEL = f"{GROUP}/track"
+TRACK_STABLE = "stable"
+TRACK_CANARY = "canary"
+# On each Deployment of a canary-strategy app: the hash of the pod template it was rendered from,
+# which is what status.rollout.stableRevision / canaryRevision name.
+TEMPLATE_HASH_ANNOTATION = f"{GROUP}/template-hash"
+# Event reasons of a rollout.
+ROLLOUT_STARTED_REASON = "RolloutStarted"
+ROLLOUT_STEP_REASON = "RolloutStepAdvanced"
+ROLLOUT_PROMOTING_REASON = "RolloutPromoting"
+ROLLOUT_COMPLETED_REASON = "RolloutCompleted"
+ROLLOUT_ABORTED_REASON = "RolloutAborted"
+ROLLOUT_CANCELLED_REASON = "RolloutCancelled"
+
+
+def track_name(app_name: str, track: str) -> str:
+    """The canary Deployment and the per-track Services of an app: ``<app>-<track>``.
+
+    Service names are DNS labels (63 characters); a longer one keeps a prefix plus a stable hash.
+    """
+    name = f"{app_name}-{track}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: 63 - len(digest) - 1].rstrip('-')}-{digest}"

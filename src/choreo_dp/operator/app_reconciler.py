@@ -8,19 +8,24 @@ from typing import Any
 from pydantic import ValidationError
 
 from choreo_dp.api import ChoreoApp, Condition, Environment
+from choreo_dp.api.files import secret_files
+from choreo_dp.api.vocabulary import ROLLOUT_ABORTED_REASON, TRACK_CANARY
 from choreo_dp.kube import resources as R
 from choreo_dp.operator.app_status import AppObservation, Refusal, compute_app_status
 from choreo_dp.operator.changes import Before, Changes, report
 from choreo_dp.operator.child_errors import ChildWriteError
 from choreo_dp.operator.children import apply_children, prune_children
+from choreo_dp.operator.connections import resolve_for, unresolved_message
 from choreo_dp.operator.env_reconciler import check_app_namespace, with_namespace
 from choreo_dp.operator.keys import AppKey, ChildKey
 from choreo_dp.operator.reconcile import DONE, ReconcileContext, Result, TerminalError
+from choreo_dp.operator.rollout_step import announce, render_app_with_rollout
 from choreo_dp.operator.spec_only import without_status
 from choreo_dp.operator.summaries import CronJobSummary, DeploymentSummary
-from choreo_dp.render import PolicyViolation, RenderError, check_app_policy, render_app
+from choreo_dp.render import PolicyViolation, RenderError, check_app_policy
 from choreo_dp.render.endpoints import EndpointExposure
 from choreo_dp.render.labels import REVISION_ANNOTATION
+from choreo_dp.render.rollout_plan import Decision
 
 log = logging.getLogger("choreo_dp.operator.app")
 
@@ -33,6 +38,8 @@ APP_CHILD_KINDS = frozenset(
         "PodDisruptionBudget",
         "HTTPRoute",
         "Ingress",
+        "NetworkPolicy",  # the ingress openings of spec.connections, owned by the caller
+        "ConfigMap",  # the plain files of spec.files
     }
 )
 # SecretsSynced reasons that mean "still trying, not broken".
@@ -72,8 +79,9 @@ async def reconcile(ctx: ReconcileContext, key: AppKey) -> Result:
     )
     changes = Changes()
     refused: ChildWriteError | None = None
+    decision: Decision | None = None
     try:
-        await _reconcile_workload(ctx, key, body, obs, changes)
+        decision = await _reconcile_workload(ctx, key, body, obs, changes)
     except ChildWriteError as exc:
         # Recorded, not only raised: the work queue alone would log it and leave the last phase
         # (possibly Ready) standing on the app forever.
@@ -84,10 +92,16 @@ async def reconcile(ctx: ReconcileContext, key: AppKey) -> Result:
     if obs.refusal is not None and obs.refusal.phase in ("Failed", "Degraded"):
         if not obs.refusal.already_reported:
             await ctx.recorder.warn(key, body, obs.refusal.reason, obs.refusal.message)
+    elif (unresolved := unresolved_message(obs.connections)) is not None:
+        await ctx.recorder.warn(key, body, "ConnectionUnresolved", unresolved)
     elif status["phase"] == "Degraded":
-        await ctx.recorder.warn(key, body, "Degraded", str(status["message"]))
+        aborted = obs.rollout is not None and obs.rollout.phase == "Aborted"
+        reason = ROLLOUT_ABORTED_REASON if aborted else "Degraded"
+        await ctx.recorder.warn(key, body, reason, str(status["message"]))
     else:
         ctx.recorder.clear(key)
+    if refused is None:
+        await announce(ctx, key, body, decision)
     previous = (body.get("status") or {}).get("phase")
     report(
         log, "choreoapp", key, changes, previous, status["phase"], obs.refusal.reason if obs.refusal else None
@@ -97,41 +111,45 @@ async def reconcile(ctx: ReconcileContext, key: AppKey) -> Result:
             # The same write would be refused again: wait for an event (a spec change) or the resync.
             raise TerminalError(refused.summary) from refused
         raise refused  # retried with backoff by the controller
+    # A rollout's timers (pause, next check) come due without any event.
+    timers = [decision.requeue_after] if decision is not None and decision.requeue_after is not None else []
     if status["phase"] in ("Progressing", "Degraded", "Pending"):
-        return Result(requeue_after=ctx.config.progressing_requeue_seconds)
-    return DONE
+        timers.append(ctx.config.progressing_requeue_seconds)
+    return Result(requeue_after=min(timers)) if timers else DONE
 
 
 async def _reconcile_workload(
     ctx: ReconcileContext, key: AppKey, body: dict[str, Any], obs: AppObservation, changes: Changes
-) -> None:
+) -> Decision | None:
+    """Apply what the app needs; returns the canary rollout's decision (None: no canary, or refused)."""
     try:
         app = ChoreoApp.model_validate(without_status(body))
     except ValidationError as exc:
         obs.refusal = Refusal("Failed", "InvalidSpec", _validation_message(exc))
-        return
+        return None
     obs.spec = app.spec
     obs.deployment = ctx.cache.deployment(key)
     obs.cronjob = ctx.cache.cronjob(key)
-    obs.pods = ctx.cache.pods(key)
+    # The app's status is its stable side; a canary's pods are judged by the rollout's gate.
+    obs.pods = [p for p in ctx.cache.pods(key) if p.track != TRACK_CANARY]
     env_body = ctx.cache.env(app.spec.environment)
     if env_body is None:
         obs.refusal = Refusal(
             "Pending", "EnvironmentNotFound", f"environment {app.spec.environment!r} not found"
         )
-        return
+        return None
     try:
         env = Environment.model_validate(without_status(env_body))
     except ValidationError:
         obs.refusal = Refusal(
             "Pending", "EnvironmentInvalid", f"environment {app.spec.environment!r} is invalid"
         )
-        return
+        return None
     if env_body["metadata"].get("deletionTimestamp"):
         obs.refusal = Refusal(
             "Pending", "EnvironmentTerminating", f"environment {env.metadata.name!r} is being deleted"
         )
-        return
+        return None
     # Before anything is written (the Key Vault sync writes a Secret): the app's namespace must be
     # one its Environment owns, as the namespace's mark says, not merely the one it names.
     uid = str(env_body["metadata"].get("uid") or "")
@@ -148,16 +166,16 @@ async def _reconcile_workload(
         )
     if violation is not None:
         obs.refusal = Refusal("Failed", violation.reason, violation.message)
-        return
+        return None
 
     secrets_hash: str | None = None
     # Also with no secrets: the sync then drops a Secret left from refs that were all removed.
-    if app.spec.secrets or ctx.secrets is not None:
+    if app.spec.secrets or secret_files(app.spec.files) or ctx.secrets is not None:
         if ctx.secrets is None:
             obs.refusal = Refusal(
                 "Degraded", "SecretsUnavailable", "Key Vault secret sync is not enabled in this operator"
             )
-            return
+            return None
         result = await ctx.secrets.sync_app(body, env)
         obs.secrets = result.condition
         if not result.ready:
@@ -167,14 +185,20 @@ async def _reconcile_workload(
             obs.refusal = Refusal(
                 phase, cond.reason, f"secrets not synced: {cond.message}", already_reported=True
             )
-            return
+            return None
         secrets_hash = result.values_hash
 
+    # An unresolved connection is reported, not fatal: the workload runs without its variables.
+    obs.connections = resolve_for(ctx.cache, key, app)
     try:
-        rendered = render_app(app, env, ctx.caps, secrets_hash=secrets_hash)
+        step = await render_app_with_rollout(
+            ctx, key, body, app, env, secrets_hash=secrets_hash, connections=tuple(obs.connections)
+        )
     except RenderError as exc:
         obs.refusal = Refusal("Failed", exc.reason, exc.message)
-        return
+        return None
+    rendered = step.rendered
+    obs.rollout, obs.rollout_stale = step.status, step.stale
     obs.exposures = rendered.exposures
     before = Before.of(ctx, key)
     # A refusal (ChildWriteError) leaves what was applied before it recorded; the caller reports it.
@@ -189,6 +213,7 @@ async def _reconcile_workload(
     obs.deployment = ctx.cache.deployment(key) if app.spec.type in ("service", "webhook", "worker") else None
     obs.cronjob = ctx.cache.cronjob(key) if obs.deployment is None else None
     obs.applied_generation = ctx.record.applied_generation.get(key, 0)
+    return step.decision
 
 
 def _note_applied(ctx: ReconcileContext, key: AppKey, child: ChildKey, live: dict[str, Any]) -> None:
@@ -197,7 +222,7 @@ def _note_applied(ctx: ReconcileContext, key: AppKey, child: ChildKey, live: dic
     # write produced, which "Ready" must see observed.
     uid = str((live.get("metadata") or {}).get("uid", ""))
     record = ctx.record
-    if child.kind == "Deployment":
+    if child.kind == "Deployment" and child.name == key.name:  # not a canary's
         record.applied_generation[key] = int((live.get("metadata") or {}).get("generation") or 0)
         current = ctx.cache.deployment(key)
         if current is None or current.uid != uid:

@@ -8,7 +8,10 @@ from typing import Any
 
 from choreo_dp.api import Condition, set_condition
 from choreo_dp.api.choreoapp import LONG_RUNNING_TYPES, ChoreoAppSpec
+from choreo_dp.api.rollout import ACTIVE_PHASES, RolloutStatus
+from choreo_dp.api.vocabulary import ROLLOUT_ABORTED_REASON
 from choreo_dp.operator.summaries import CronJobSummary, DeploymentSummary, PodSummary, running_image
+from choreo_dp.render.connections import ConnectionResolution
 from choreo_dp.render.endpoints import EndpointExposure
 
 
@@ -37,6 +40,11 @@ class AppObservation:
     cronjob: CronJobSummary | None = None
     secrets: Condition | None = None  # the SecretsSynced condition, None when the app has no secrets
     previous_conditions: list[Condition] = field(default_factory=list)
+    connections: list[ConnectionResolution] = field(default_factory=list)
+    # status.rollout as decided this reconcile (canary apps); ``rollout_stale``: the object holds
+    # one its spec no longer asks for. Neither is set when the reconcile stopped before rendering.
+    rollout: RolloutStatus | None = None
+    rollout_stale: bool = False
 
 
 def _cond(obs: AppObservation, type_: str, ok: bool | None, reason: str, message: str) -> Condition:
@@ -48,6 +56,7 @@ def _cond(obs: AppObservation, type_: str, ok: bool | None, reason: str, message
 
 def compute_app_status(obs: AppObservation) -> dict[str, Any]:
     phase, message, ready_text, replicas, ready_replicas, image = _workload_state(obs)
+    phase, message, rollout_reason = _with_rollout(obs, phase, message)
     conditions = list(obs.previous_conditions)
 
     def put(c: Condition) -> None:
@@ -55,8 +64,16 @@ def compute_app_status(obs: AppObservation) -> dict[str, Any]:
         conditions = set_condition(conditions, c)
 
     ready_reason = (
-        obs.refusal.reason if obs.refusal is not None else ("Available" if phase == "Ready" else phase)
+        obs.refusal.reason
+        if obs.refusal is not None
+        else rollout_reason or ("Available" if phase == "Ready" else phase)
     )
+    unresolved = [r.message for r in obs.connections if not r.resolved]
+    if unresolved and obs.refusal is None and phase in ("Ready", "Progressing"):
+        # The workload runs (without those variables) but cannot do its job: not Ready.
+        ready_reason = "ConnectionUnresolved"
+        if phase == "Ready":
+            phase, message = "Degraded", "; ".join(unresolved)
     put(_cond(obs, "Ready", phase == "Ready", ready_reason, message))
     progressing = phase in ("Progressing", "Pending")
     put(_cond(obs, "Progressing", progressing, "RolloutInProgress" if progressing else phase, message))
@@ -75,6 +92,7 @@ def compute_app_status(obs: AppObservation) -> dict[str, Any]:
             for e in obs.exposures
             if e.url is not None and obs.refusal is None
         ],
+        "connections": [r.status() for r in obs.connections],
         "conditions": [c.to_k8s() for c in conditions],
         "ready": ready_text,
         "replicas": replicas,
@@ -82,7 +100,34 @@ def compute_app_status(obs: AppObservation) -> dict[str, Any]:
         "image": image,
         "revision": obs.revision,
     }
+    if obs.rollout is not None:
+        status["rollout"] = obs.rollout.to_k8s()
+    elif obs.rollout_stale:
+        status["rollout"] = None  # a merge patch removes it
     return status
+
+
+def _with_rollout(obs: AppObservation, phase: str, message: str) -> tuple[str, str, str | None]:
+    """The app's phase and message as a canary rollout changes them, and the Ready reason it gives.
+
+    An aborted rollout leaves the spec's version not running: Degraded, reason RolloutAborted, the
+    failing check as the message. One under way is not done yet: Progressing, with its step
+    (what ``cp get apps`` shows upstream, the agent reporting the status as it is).
+    """
+    rollout, spec = obs.rollout, obs.spec
+    if rollout is None or spec is None or obs.refusal is not None or phase not in ("Ready", "Progressing"):
+        return phase, message, None
+    if rollout.phase == "Aborted":
+        return "Degraded", rollout.message or "the canary rollout aborted", ROLLOUT_ABORTED_REASON
+    if rollout.phase not in ACTIVE_PHASES:
+        return phase, message, None
+    steps = len(spec.rollout.steps) if spec.rollout is not None else 0
+    text = f"canary rollout: {rollout.summary}, step {rollout.step}/{steps}"
+    if rollout.message:
+        text += f": {rollout.message}"
+    if phase == "Progressing" and rollout.phase != "Promoting":
+        text += f"; stable: {message}"
+    return "Progressing", text, None
 
 
 def _exposed(obs: AppObservation) -> Condition:

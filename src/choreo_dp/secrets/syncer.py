@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from choreo_dp.api import Condition, Environment
 from choreo_dp.api.choreoapp import SecretRef
 from choreo_dp.api.environment import KeyVaultSpec
+from choreo_dp.api.files import FileSpec
 from choreo_dp.api.vocabulary import API_VERSION, SECRETS_COMPONENT
 from choreo_dp.kube import ApiError, KubeClient
 from choreo_dp.kube import resources as R
@@ -66,7 +67,8 @@ class _App:
     environment: str = ""
     # the slice of the ChoreoApp the Secret manifest and Events need (no spec besides the project)
     ref: dict[str, Any] = field(default_factory=dict)
-    keys: dict[str, SecretKey] = field(default_factory=dict)  # env var -> secret
+    # the Secret's key (env var name, or file key for spec.files) -> the Key Vault secret
+    keys: dict[str, SecretKey] = field(default_factory=dict)
     # what this process knows is in the cluster Secret
     written_hash: str | None = None
     written_keys: frozenset[str] = frozenset()
@@ -191,12 +193,12 @@ class SecretSyncer:
     ) -> SecretSyncResult:
         name = manifest.secret_name(app.name)
         try:
-            refs = [SecretRef.model_validate(r) for r in (app_obj.get("spec") or {}).get("secrets") or []]
+            refs = _references(app_obj.get("spec") or {})
         except ValidationError as exc:
             # The CRD schema should have refused this; report it without echoing the input.
             return self._result(
                 app, name, None, False, "False", "KeyVaultUnavailable",
-                f"spec.secrets is invalid ({exc.error_count()} errors)", generation,
+                f"spec.secrets or spec.files is invalid ({exc.error_count()} errors)", generation,
             )  # fmt: skip
 
         if not refs:
@@ -209,7 +211,7 @@ class SecretSyncer:
         if kv is None:
             self._release(app, set())
             app.keys = {}
-            ready, digest = await self._cluster_lkg(app, {r.name for r in refs})
+            ready, digest = await self._cluster_lkg(app, {r.key for r in refs})
             message = (
                 f"Environment {env.metadata.name} has no keyVault configured; "
                 f"{len(refs)} secret(s) cannot be read"
@@ -218,7 +220,7 @@ class SecretSyncer:
             return self._result(app, name, digest, ready, "False", "NoKeyVault", message, generation)
 
         identity = identity_for(env)
-        keys = {r.name: SecretKey.make(kv.url, identity, r.key_vault_secret, r.version) for r in refs}
+        keys = {r.key: SecretKey.make(kv.url, identity, r.secret, r.version) for r in refs}
         self._release(app, set(keys.values()))
         app.keys = keys
         states = [self.fetcher.state(k, kv.refresh_seconds) for k in keys.values()]
@@ -456,6 +458,26 @@ class SecretSyncer:
             observed_generation=generation,
         )
         return SecretSyncResult(secret_name, digest if ready else None, ready, condition)
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """One Key Vault value the app's Secret holds: an env var, or a file (spec.files)."""
+
+    key: str  # the Secret's key: the env var name, or the file's key (which no env var name can be)
+    secret: str
+    version: str | None
+
+
+def _references(spec: Mapping[str, Any]) -> list[_Reference]:
+    refs = [
+        _Reference(r.name, r.key_vault_secret, r.version)
+        for r in (SecretRef.model_validate(raw) for raw in spec.get("secrets") or [])
+    ]
+    for f in (FileSpec.model_validate(raw) for raw in spec.get("files") or []):
+        if f.key_vault_secret is not None:
+            refs.append(_Reference(f.key, f.key_vault_secret, f.version))
+    return refs
 
 
 def _needs_read(st: KeyState, now: float) -> bool:
