@@ -81,6 +81,21 @@ async def test_no_reconcile_before_the_listing_is_complete() -> None:
         await ctl.stop()
 
 
+async def test_the_environment_is_known_before_its_apps_are_reconciled() -> None:
+    ctl, seen = await _controller()
+    try:
+        ctl.on_app_listed(_app("orders"))
+        await _settle()
+        ctl.on_env_listed({"metadata": {"name": "dev", "generation": 1}, "spec": {}})
+        await _settle()
+        assert seen == []
+        assert "dev" in ctl.cache.envs
+        ctl.on_app_event(None, _app("orders"))
+        await seen.at_least(1)
+    finally:
+        await ctl.stop()
+
+
 async def test_any_kind_of_event_ends_the_wait() -> None:
     ctl, seen = await _controller()
     try:

@@ -87,7 +87,7 @@ class Controller:
         )
         self._reconcilers: dict[type, Callable[[ReconcileContext, Any], Awaitable[Result]]] = {}
         self._workers: list[asyncio.Task[None]] = []
-        # Set once the ChoreoApps are listed; workers start reconciling only then.
+        # Set once the ChoreoApps and Environments are listed; workers start reconciling only then.
         self.cache_synced = asyncio.Event()
 
     def register(self, kind: type[K], reconciler: Reconciler[K]) -> None:
@@ -97,7 +97,10 @@ class Controller:
     # --- events (called from kopf handlers; must be quick and never raise) -------------------------
 
     def on_app_listed(self, body: dict[str, Any]) -> None:
-        """An app seen by the initial listing, before kopf lets any other handler run."""
+        """An app seen by the initial listing, before kopf lets any other handler run.
+
+        ChoreoApps and Environments are indexed (handlers.py): an app reconciled before its
+        Environment is known would write a false EnvironmentNotFound status upstream."""
         if not self.cache_synced.is_set():
             self._on_app(None, body)
 
@@ -144,8 +147,16 @@ class Controller:
             # Debounced: a burst of app creations costs one environment reconcile.
             self.queue.add_after(EnvKey(name), 0.5)
 
+    def on_env_listed(self, body: dict[str, Any]) -> None:
+        """An Environment seen by the initial listing (see on_app_listed)."""
+        if not self.cache_synced.is_set():
+            self._on_env(None, body)
+
     def on_env_event(self, etype: str | None, body: dict[str, Any]) -> None:
         self.cache_synced.set()  # see on_app_event
+        self._on_env(etype, body)
+
+    def _on_env(self, etype: str | None, body: dict[str, Any]) -> None:
         name = (body.get("metadata") or {}).get("name", "")
         key = EnvKey(name)
         old = self.cache.envs.get(name)
@@ -292,7 +303,7 @@ class Controller:
                     self.queue.add(DataPlaneKey(name))
 
     async def _worker(self) -> None:
-        pass  # GATE-REMOVED-FOR-TEST await self._wait_for_cache_sync()
+        await self._wait_for_cache_sync()
         while True:
             key = await self.queue.get()
             try:

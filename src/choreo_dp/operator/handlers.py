@@ -60,13 +60,17 @@ def build_registry(ctl: Controller, conn: ConnectionConfig) -> kopf.OperatorRegi
     async def login(**_: Any) -> kopf.ConnectionInfo:
         return await kopf_login()
 
-    # An index makes kopf hold every other handler until the ChoreoApps are listed. Feeding the
-    # cache from it means the cache knows every app before any reconcile starts (controller-
-    # runtime's WaitForCacheSync), so after a restart a connection is never judged against a
-    # half-filled cache and no caller is rolled without its target.
+    # Indexes make kopf hold every other handler until the ChoreoApps and Environments are
+    # listed. Feeding the cache from them means it knows every app and environment before any
+    # reconcile starts (controller-runtime's WaitForCacheSync), so after a restart a connection
+    # is never judged against a half-filled cache and no app is reported without its Environment.
     @kopf.index("choreo.dev", "v1alpha1", "choreoapps", registry=registry)
     async def app_listed(body: kopf.Body, **_: Any) -> None:
         ctl.on_app_listed(dict(body))
+
+    @kopf.index("choreo.dev", "v1alpha1", "environments", registry=registry)
+    async def env_listed(body: kopf.Body, **_: Any) -> None:
+        ctl.on_env_listed(dict(body))
 
     @kopf.on.event("choreo.dev", "v1alpha1", "choreoapps", registry=registry)
     async def app_event(event: kopf.RawEvent, **_: Any) -> None:
