@@ -5,6 +5,11 @@ Figures:
   before the 202), 8 clients in parallel, against the baseline of bare SQLite inserts with the same
   pragmas and one commit per row (the floor any durable per-change store pays), measured in this run;
   p50/p99 latency of the PUTs.
+- The same on PostgreSQL (``--db postgresql://``, a throwaway server started here as the tests do,
+  fsync on): REST PUTs against bare psycopg inserts with one commit per row on the same server.
+- Store writes in process (no HTTP): 64 concurrent ``put_object`` calls sharing group commits, on
+  SQLite and on PostgreSQL, against the same bare per-row commits: what the group commit gains
+  where the commit, not the HTTP stack, is the bound.
 - Idle agents: N raw WebSocket clients (quick: 100, ``--full``: 1,000), each its own registered
   dataplane, each doing hello + resync (empty inventory) and then heartbeats every second (10x the
   rate the server asks for, so the figure is pessimistic) for a fixed window. Server CPU seconds
@@ -34,11 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import trustme
 import websockets
 
 from choreo_cp.insync import AntiEntropy, DesiredDigests, desired_digest
-from choreo_cp.store import DesiredState
+from choreo_cp.store import DesiredState, Store
 from choreo_wire import protocol as p
 
 CLIENTS = 8
@@ -84,9 +90,44 @@ def _baseline_inserts(path: Path, n: int) -> float:
     return n / elapsed
 
 
+def _baseline_pg_inserts(url: str, n: int) -> float:
+    """Bare psycopg: one row per transaction (autocommit off, COMMIT each), on the benchmark's server."""
+    payload = '{"project":"shop","type":"service","image":"ghcr.io/acme/x:1"}'
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT NOT NULL, r BIGINT NOT NULL)")
+        conn.commit()
+        t0 = time.perf_counter()
+        for i in range(n):
+            conn.execute("INSERT INTO t (k, v, r) VALUES (%s, %s, %s)", (f"app-{i}", payload, i))
+            conn.commit()
+        elapsed = time.perf_counter() - t0
+    return n / elapsed
+
+
+async def _store_puts(db: str, n: int, writers: int = 64) -> dict[str, float]:
+    """In-process store writes: ``writers`` concurrent put_object calls until ``n`` are done."""
+    async with Store(db) as store:
+        await store.register_dataplane("bench")
+        await store.put_object("bench", "Environment", "dev", "dev", {"registry": {"allowedPrefixes": ["*"]}})
+        groups0 = store.writer.groups
+        todo = iter(range(n))
+
+        async def writer() -> None:
+            for i in todo:
+                spec = {"project": "shop", "type": "service", "image": f"ghcr.io/acme/x:{i}", "replicas": 2}
+                await store.put_object("bench", "ChoreoApp", "dev", f"app-{i % 500}", spec)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(writer() for _ in range(writers)))
+        elapsed = time.perf_counter() - t0
+        groups = store.writer.groups - groups0
+    return {"per_s": n / elapsed, "writes_per_commit": n / max(1, groups)}
+
+
 class ServerProcess:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, db: str | None = None) -> None:
         self.dir = workdir
+        self.db = db or str(workdir / "cp.db")
         self.port = _free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.token = secrets.token_urlsafe(24)
@@ -102,7 +143,7 @@ class ServerProcess:
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "choreo_dp.cli.main", "control-plane", "serve",
-            "--listen", f"127.0.0.1:{self.port}", "--db", str(self.dir / "cp.db"),
+            "--listen", f"127.0.0.1:{self.port}", "--db", self.db,
             "--tls-cert", str(self.dir / "cert.pem"), "--tls-key", str(self.dir / "key.pem"),
             "--admin-token-file", str(self.dir / "admin-token"), "--log-level", "WARNING",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
@@ -320,6 +361,32 @@ async def _anti_entropy(keys: int, rounds: int) -> dict[str, Any]:
     }
 
 
+async def _postgres_figures(workdir: Path, puts: int) -> dict[str, Any]:
+    """REST and store writes on PostgreSQL against bare psycopg commits, one throwaway server."""
+    from tests.fixtures.postgres import running_postgres
+
+    with running_postgres() as pg:
+        baseline = _baseline_pg_inserts(pg.database(), puts)
+        store = await _store_puts(pg.database(), puts)
+        server = ServerProcess(workdir, db=pg.database())
+        await server.start()
+        try:
+            rest = await _rest_throughput(server, puts)
+        finally:
+            await server.stop()
+    return {
+        "pg_rest_put_per_s": rest["rest_put_per_s"],
+        "pg_rest_put_p50_ms": rest["rest_put_p50_ms"],
+        "pg_rest_put_p99_ms": rest["rest_put_p99_ms"],
+        "pg_rest_server_cpu_ms_per_put": rest["rest_server_cpu_ms_per_put"],
+        "baseline_pg_insert_commit_per_s": round(baseline, 1),
+        "pg_rest_put_vs_pg_ratio": round(rest["rest_put_per_s"] / baseline, 3),
+        "store_pg_put_per_s": round(store["per_s"], 1),
+        "store_pg_writes_per_commit": round(store["writes_per_commit"], 1),
+        "store_put_vs_pg_ratio": round(store["per_s"] / baseline, 3),
+    }
+
+
 async def run(quick: bool) -> dict[str, Any]:
     puts = 1000 if quick else 5000
     agents = 100 if quick else 1000
@@ -328,6 +395,7 @@ async def run(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-cp-") as tmp:
         workdir = Path(tmp)
         baseline = _baseline_inserts(workdir / "baseline.db", puts)
+        store_lite = await _store_puts(str(workdir / "store.db"), puts)
         server = ServerProcess(workdir)
         await server.start()
         try:
@@ -335,11 +403,16 @@ async def run(quick: bool) -> dict[str, Any]:
             idle = await _idle_agents(server, agents, window)
         finally:
             await server.stop()
+        pg = await _postgres_figures(workdir, puts)
     return {
         "rest_puts": puts,
         **rest,
         "baseline_sqlite_insert_commit_per_s": round(baseline, 1),
         "rest_put_vs_sqlite_ratio": round(rest["rest_put_per_s"] / baseline, 3),
+        "store_sqlite_put_per_s": round(store_lite["per_s"], 1),
+        "store_sqlite_writes_per_commit": round(store_lite["writes_per_commit"], 1),
+        "store_put_vs_sqlite_ratio": round(store_lite["per_s"] / baseline, 3),
+        **pg,
         **idle,
         **anti_entropy,
     }

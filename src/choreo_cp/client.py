@@ -143,6 +143,21 @@ class ControlPlaneClient:
         result: dict[str, Any] = self.request("GET", f"{self._env_path(dp, env)}/apps/{_q(app)}")
         return result
 
+    def app_history(self, dp: str, env: str, app: str) -> dict[str, Any]:
+        """Every accepted spec of the app kept by the control plane, newest first (``items``)."""
+        result: dict[str, Any] = self.request("GET", f"{self._env_path(dp, env)}/apps/{_q(app)}/history")
+        return result
+
+    def rollback_app(
+        self, dp: str, env: str, app: str, *, revision: int | None = None, steps: int | None = None
+    ) -> dict[str, Any]:
+        """Push an earlier spec again as a new revision (``revision``, else ``steps`` back, default 1)."""
+        body: dict[str, Any] = {"revision": revision} if revision is not None else {"steps": steps or 1}
+        result: dict[str, Any] = self.request(
+            "POST", f"{self._env_path(dp, env)}/apps/{_q(app)}/rollback", body
+        )
+        return result
+
     def promote(
         self,
         app: str,
@@ -151,6 +166,7 @@ class ControlPlaneClient:
         *,
         project: str | None = None,
         overrides: dict[str, Any] | None = None,
+        rollout: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "app": app,
@@ -161,5 +177,7 @@ class ControlPlaneClient:
             body["project"] = project
         if overrides:
             body["overrides"] = overrides
+        if rollout is not None:
+            body["rollout"] = rollout
         result: dict[str, Any] = self.request("POST", "/api/v1/promotions", body)
         return result

@@ -12,9 +12,19 @@ for an app that runs ``ghcr.io/acme/shop``) cannot get that image deployed anywh
 from __future__ import annotations
 
 import copy
+import enum
 from typing import Any
 
 from choreo_dp.api.images import InvalidImage, parse_image, same_repository
+
+
+class Unset(enum.Enum):
+    """A field the request left out (distinct from an explicit null)."""
+
+    UNSET = "unset"
+
+
+UNSET = Unset.UNSET
 
 
 class PromotionRefused(Exception):
@@ -55,6 +65,25 @@ def promoted_image(status: dict[str, Any] | None, desired_image: str, app: str, 
     return f"{desired.name}@{running.digest}"
 
 
+def pinned_image(ran_image: str | None, spec_image: str) -> str | None:
+    """``<spec repository>@<digest that ran>``, or None when nothing trustworthy ran.
+
+    What a rollback deploys when the data plane reported the digest that ran the revision: the same
+    rule as a promotion (the digest is trusted, the repository is the spec's own), but not an error
+    when it does not hold, since the spec's own reference is still a valid thing to push again.
+    """
+    if ran_image is None:
+        return None
+    try:
+        ran = parse_image(ran_image)
+        desired = parse_image(spec_image)
+    except InvalidImage:
+        return None
+    if ran.digest is None or not same_repository(ran_image, spec_image):
+        return None
+    return f"{desired.name}@{ran.digest}"
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7396 JSON merge patch: objects merge recursively, null removes, anything else replaces."""
     if not isinstance(patch, dict):
@@ -75,16 +104,24 @@ def promoted_spec(
     image: str,
     environment: str,
     overrides: dict[str, Any] | None,
+    rollout: dict[str, Any] | Unset | None = UNSET,
 ) -> dict[str, Any]:
     """The spec to PUT at the target.
 
     An app that already exists at the target keeps its own configuration (replicas, env, endpoints
     are per environment) and only gets the new image; a first promotion copies the source's spec.
-    Overrides are applied last, as a JSON merge patch; image and environment cannot be overridden.
+    Overrides are applied next, as a JSON merge patch; image and environment cannot be overridden.
+    A ``rollout`` given with the promotion replaces the spec's whole ``rollout`` (None removes it:
+    a plain rolling update), so production can get a canary while dev keeps a plain update; the
+    spec validation of the PUT path judges it afterwards.
     """
     base = copy.deepcopy(target_spec if target_spec is not None else source_spec)
     if overrides:
         base = merge_patch(base, {k: v for k, v in overrides.items() if k not in ("image", "environment")})
+    if rollout is None:
+        base.pop("rollout", None)
+    elif not isinstance(rollout, Unset):
+        base["rollout"] = copy.deepcopy(rollout)
     base["image"] = image
     base["environment"] = environment
     return dict(base)

@@ -25,6 +25,7 @@ from pydantic.alias_generators import to_camel
 
 from choreo_dp.api.choreoapp import AppPhase, Visibility
 from choreo_dp.api.environment import EnvironmentPhase
+from choreo_dp.api.rollout import RolloutPhase
 from choreo_wire import protocol as p
 
 # One object's status, as canonical JSON. The operator's statuses are a few KiB; conditions carry
@@ -126,6 +127,31 @@ class ReportedEndpoint(_Reported):
     url: str = Field(max_length=2048)
 
 
+class ReportedConnection(_Reported):
+    """One entry of status.connections (choreo_dp.api.connections.ConnectionStatus): whether the
+    app's connection resolves, so ``cp describe app`` can say so without a live read."""
+
+    name: str = Field(min_length=1, max_length=48)
+    target: str = Field(min_length=1, max_length=1024)
+    resolved: bool
+    reason: str = Field(min_length=1, max_length=64, pattern=_REASON.pattern)
+    message: LongText | None = None
+    url: str | None = Field(default=None, max_length=2048)
+
+
+class ReportedRollout(_Reported):
+    """status.rollout of a canary app (choreo_dp.api.rollout.RolloutStatus): where it stands, so
+    ``cp promote-rollout`` knows the step it waits at."""
+
+    phase: RolloutPhase
+    step: Count | None = None
+    weight: int | None = Field(default=None, ge=0, le=100)
+    summary: str | None = Field(default=None, max_length=64)
+    message: LongText | None = None
+    stable_revision: str | None = Field(default=None, max_length=64)
+    canary_revision: str | None = Field(default=None, max_length=64)
+
+
 class ReportedAppStatus(_Reported):
     phase: AppPhase | None = None
     ready: str | None = Field(default=None, max_length=32)
@@ -134,6 +160,8 @@ class ReportedAppStatus(_Reported):
     image: str | None = Field(default=None, max_length=1024, pattern=r"^\S+$")
     revision: Generation | None = None
     endpoints: list[ReportedEndpoint] | None = Field(default=None, max_length=64)
+    connections: list[ReportedConnection] | None = Field(default=None, max_length=64)
+    rollout: ReportedRollout | None = None
     message: LongText | None = None
     observed_generation: Generation | None = None
     conditions: list[ReportedCondition] | None = Field(default=None, max_length=32)

@@ -24,10 +24,12 @@ from choreo_cp.api import create_app
 from choreo_cp.context import ControlPlane, TunnelSettings
 from choreo_cp.retry import Backoff
 from choreo_cp.store import DEFAULT_LOG_LIMIT, Store
+from choreo_cp.store.history import DEFAULT_HISTORY_LIMIT
 from choreo_cp.tunnel import add_tunnel_route, shutdown_sessions
 from choreo_wire import protocol
 
 log = logging.getLogger(__name__)
+STORE_CLOSE_TIMEOUT = 30.0
 
 # WebSocket keepalive on the server side too: a dead agent's socket is found within
 # interval + timeout (<= 30 s, the contract's bound) even if it never sends another frame.
@@ -51,6 +53,8 @@ class ServerConfig:
     # signed by this CA: uvicorn verifies at the TLS layer, before any route runs.
     client_ca: str | None = None
     log_limit: int = DEFAULT_LOG_LIMIT
+    # accepted specs kept per app for history and rollback (oldest pruned)
+    history_limit: int = DEFAULT_HISTORY_LIMIT
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     synchronous: str = "FULL"
     # seconds a write waits for another process's lock before the store reports it unavailable
@@ -101,6 +105,7 @@ class ControlPlaneServer:
             synchronous="NORMAL" if config.synchronous == "NORMAL" else "FULL",
             busy_timeout=config.busy_timeout,
         )
+        self.store.history_limit = config.history_limit
         self.cp = ControlPlane(store=self.store, admin_token=config.admin_token, tunnel=config.tunnel)
         self.app: FastAPI = create_app(self.cp)
         add_tunnel_route(self.app, self.cp)
@@ -179,7 +184,7 @@ class ControlPlaneServer:
             "control plane listening on %s (tunnel %s, db %s, epoch per dataplane, store %s)",
             self.url,
             self.tunnel_url,
-            self.config.db,
+            self.store.engine.location,
             self.store.store_id,
         )
 
@@ -219,9 +224,14 @@ class ControlPlaneServer:
                 await asyncio.wait_for(self._serve_task, 10)
         if self._flusher is not None:
             self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-        await self.store.close()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._flusher, 10)
+        try:
+            # Bounded like every other step: a store that cannot close (a wedged connection)
+            # must not hold the process (or a test's teardown) forever.
+            await asyncio.wait_for(self.store.close(), STORE_CLOSE_TIMEOUT)
+        except TimeoutError:
+            log.error("the store did not close within %.0f s; leaving it", STORE_CLOSE_TIMEOUT)
 
     async def __aenter__(self) -> ControlPlaneServer:
         await self.start()

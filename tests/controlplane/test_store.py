@@ -1,9 +1,12 @@
-"""The SQLite store: revisions, the log and its horizon, hashed tokens, persistence."""
+"""The store on both engines (SQLite, PostgreSQL): revisions, the log and its horizon, hashed tokens,
+persistence."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from choreo_cp.store import LogGap, Store, StoreError, hash_token
@@ -11,13 +14,24 @@ from choreo_wire import protocol as p
 
 ENV = {"production": False}
 
+StoreDb = Callable[..., str]
+
+
+def stored_bytes(db: str) -> bytes:
+    """Everything the database holds about its dataplanes: SQLite's files, PostgreSQL's rows."""
+    if db.startswith("postgresql://"):
+        with psycopg.connect(db) as conn:
+            row = conn.execute("SELECT string_agg(d::text, '') FROM dataplanes d").fetchone()
+        return str(row[0] if row else "").encode()
+    return b"".join(f.read_bytes() for f in sorted(Path(db).parent.glob(Path(db).name + "*")))
+
 
 def app(image: str = "ghcr.io/acme/a:1") -> dict[str, object]:
     return {"environment": "dev", "project": "p", "type": "service", "image": image}
 
 
-async def test_revision_strictly_increases_and_identical_put_is_no_change(tmp_path: Path) -> None:
-    async with Store(tmp_path / "s.db") as store:
+async def test_revision_strictly_increases_and_identical_put_is_no_change(store_db: StoreDb) -> None:
+    async with Store(store_db()) as store:
         await store.register_dataplane("dp1")
         seen = []
         seen.append((await store.put_object("dp1", "Environment", "dev", "dev", ENV)).revision)
@@ -33,15 +47,15 @@ async def test_revision_strictly_increases_and_identical_put_is_no_change(tmp_pa
         assert record is not None and record.revision == seen[-1]
 
 
-async def test_spec_hash_is_the_protocol_hash(tmp_path: Path) -> None:
-    async with Store(tmp_path / "s.db") as store:
+async def test_spec_hash_is_the_protocol_hash(store_db: StoreDb) -> None:
+    async with Store(store_db()) as store:
         await store.register_dataplane("dp1")
         result = await store.put_object("dp1", "Environment", "dev", "dev", ENV)
         assert result.spec_hash == p.spec_hash(ENV)
 
 
-async def test_app_needs_its_environment_and_unknown_dataplane_is_not_found(tmp_path: Path) -> None:
-    async with Store(tmp_path / "s.db") as store:
+async def test_app_needs_its_environment_and_unknown_dataplane_is_not_found(store_db: StoreDb) -> None:
+    async with Store(store_db()) as store:
         await store.register_dataplane("dp1")
         with pytest.raises(StoreError) as exc:
             await store.put_object("dp1", "ChoreoApp", "dev", "a", app())
@@ -52,8 +66,8 @@ async def test_app_needs_its_environment_and_unknown_dataplane_is_not_found(tmp_
         assert record is not None and record.revision == 0  # refused writes leave no trace
 
 
-async def test_environment_delete_takes_apps_first_each_with_a_revision(tmp_path: Path) -> None:
-    async with Store(tmp_path / "s.db") as store:
+async def test_environment_delete_takes_apps_first_each_with_a_revision(store_db: StoreDb) -> None:
+    async with Store(store_db()) as store:
         await store.register_dataplane("dp1")
         await store.put_object("dp1", "Environment", "dev", "dev", ENV)
         await store.put_object("dp1", "ChoreoApp", "dev", "a", app())
@@ -70,8 +84,8 @@ async def test_environment_delete_takes_apps_first_each_with_a_revision(tmp_path
         assert await store.list_objects("dp1") == []
 
 
-async def test_changes_since_sends_each_key_once_newest_wins(tmp_path: Path) -> None:
-    async with Store(tmp_path / "s.db") as store:
+async def test_changes_since_sends_each_key_once_newest_wins(store_db: StoreDb) -> None:
+    async with Store(store_db()) as store:
         await store.register_dataplane("dp1")
         await store.put_object("dp1", "Environment", "dev", "dev", ENV)  # 1
         await store.put_object("dp1", "ChoreoApp", "dev", "a", app("ghcr.io/acme/a:1"))  # 2
@@ -91,8 +105,8 @@ async def test_changes_since_sends_each_key_once_newest_wins(tmp_path: Path) -> 
         assert [c.revision for c in await store.changes_since("dp1", 0, limit=2)] == [1, 4]
 
 
-async def test_log_is_compacted_and_older_revisions_hit_the_horizon(tmp_path: Path) -> None:
-    async with Store(tmp_path / "s.db", log_limit=8) as store:
+async def test_log_is_compacted_and_older_revisions_hit_the_horizon(store_db: StoreDb) -> None:
+    async with Store(store_db(), log_limit=8) as store:
         await store.register_dataplane("dp1")
         await store.put_object("dp1", "Environment", "dev", "dev", ENV)
         for i in range(30):
@@ -110,8 +124,8 @@ async def test_log_is_compacted_and_older_revisions_hit_the_horizon(tmp_path: Pa
         assert all(current[k] == h for k, h in replayed.items())
 
 
-async def test_tokens_are_stored_hashed_and_rotation_is_explicit(tmp_path: Path) -> None:
-    db = tmp_path / "s.db"
+async def test_tokens_are_stored_hashed_and_rotation_is_explicit(store_db: StoreDb) -> None:
+    db = store_db()
     async with Store(db) as store:
         record, token, created = await store.register_dataplane("dp1")
         assert created and token is not None
@@ -122,13 +136,13 @@ async def test_tokens_are_stored_hashed_and_rotation_is_explicit(tmp_path: Path)
         assert rotated is not None and rotated != token
         assert await store.authenticate_dataplane(token) is None
         assert await store.authenticate_dataplane(rotated) == "dp1"
-    raw = b"".join(f.read_bytes() for f in sorted(tmp_path.glob("s.db*")))  # noqa: ASYNC240 - test
+    raw = stored_bytes(db)
     assert token.encode() not in raw and rotated.encode() not in raw
     assert hash_token(rotated).encode() in raw
 
 
-async def test_state_survives_reopen(tmp_path: Path) -> None:
-    db = tmp_path / "s.db"
+async def test_state_survives_reopen(store_db: StoreDb) -> None:
+    db = store_db()
     async with Store(db) as store:
         record, token, _ = await store.register_dataplane("dp1")
         await store.put_object("dp1", "Environment", "dev", "dev", ENV)
@@ -145,15 +159,15 @@ async def test_state_survives_reopen(tmp_path: Path) -> None:
         assert (await store.put_object("dp1", "ChoreoApp", "dev", "b", app())).revision == 3
 
 
-async def test_a_new_store_means_a_new_epoch(tmp_path: Path) -> None:
-    async with Store(tmp_path / "one.db") as one, Store(tmp_path / "two.db") as two:
+async def test_a_new_store_means_a_new_epoch(store_db: StoreDb) -> None:
+    async with Store(store_db("one")) as one, Store(store_db("two")) as two:
         a, _, _ = await one.register_dataplane("dp1")
         b, _, _ = await two.register_dataplane("dp1")
         assert a.epoch != b.epoch
 
 
-async def test_status_coalesces_and_never_outlives_its_object(tmp_path: Path) -> None:
-    async with Store(tmp_path / "s.db") as store:
+async def test_status_coalesces_and_never_outlives_its_object(store_db: StoreDb) -> None:
+    async with Store(store_db()) as store:
         await store.register_dataplane("dp1")
         await store.put_object("dp1", "Environment", "dev", "dev", ENV)
         await store.put_object("dp1", "ChoreoApp", "dev", "a", app())
@@ -168,8 +182,8 @@ async def test_status_coalesces_and_never_outlives_its_object(tmp_path: Path) ->
         assert await store.get_status("dp1", "ChoreoApp/dev/a") is None
 
 
-async def test_snapshot_is_consistent(tmp_path: Path) -> None:
-    async with Store(tmp_path / "s.db") as store:
+async def test_snapshot_is_consistent(store_db: StoreDb) -> None:
+    async with Store(store_db()) as store:
         record, _, _ = await store.register_dataplane("dp1")
         await store.put_object("dp1", "Environment", "dev", "dev", ENV)
         await store.put_object("dp1", "ChoreoApp", "dev", "a", app())

@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from choreo_cp import promotion
-from choreo_cp.api import apps, dataplanes, environments, observe, ops, promotions
+from choreo_cp.api import apps, dataplanes, environments, history, observe, ops, promotions
 from choreo_cp.api.deps import require_admin
 from choreo_cp.api.http import (
     AdminAuth,
@@ -102,7 +102,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
     # AdminAuth already answered 401 before routing; the dependency keeps the check next to the
     # routes and declares the bearer scheme in the OpenAPI document.
     api = APIRouter(dependencies=[Depends(require_admin)], responses=documented(401, 413, 503))
-    for resource in (dataplanes, environments, apps, promotions, observe):
+    for resource in (dataplanes, environments, apps, history, promotions, observe):
         api.include_router(resource.router)
     app.include_router(api)
     return app

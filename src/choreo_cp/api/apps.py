@@ -9,10 +9,14 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from choreo_cp.api import objects
+from choreo_cp.api.connections import check_connections
 from choreo_cp.api.deps import API_V1, CP, AppName, DpId, EnvName
 from choreo_cp.api.http import JsonRoute, body_error, strict_body
 from choreo_cp.api.models import Accepted, AppBody, ObjectList, ObjectView, documented
+from choreo_cp.api.observe import WHO
+from choreo_cp.context import ControlPlane
 from choreo_cp.store import KIND_APP
+from choreo_cp.store.history import HistoryNote
 from choreo_dp.api import ChoreoAppSpec
 
 router = APIRouter(prefix=API_V1, route_class=JsonRoute, tags=["apps"], responses=documented(404))
@@ -23,6 +27,14 @@ async def put_app(
     dp: DpId, env: EnvName, app: AppName, body: AppBody, request: Request, cp: CP
 ) -> dict[str, Any]:
     body = await strict_body(request, AppBody)
+    return await accept_app(cp, dp, env, app, body, HistoryNote(author=WHO))
+
+
+async def accept_app(
+    cp: ControlPlane, dp: str, env: str, app: str, body: AppBody, note: HistoryNote
+) -> dict[str, Any]:
+    """The one way an app spec is accepted (a PUT, a rollback): every check, then the store, which
+    adds the spec to the app's history with ``note``."""
     body.check_name(app)
     given = body.spec.environment
     if given is not None and given != env:
@@ -37,7 +49,8 @@ async def put_app(
         spec = ChoreoAppSpec.model_validate(raw)
     except ValidationError as exc:  # pragma: no cover - AppSpecBody already validated everything else
         raise RequestValidationError(exc.errors()) from None
-    return await objects.put_object(cp, dp, KIND_APP, env, app, spec.to_k8s())
+    await check_connections(cp, dp, env, app, spec)
+    return await objects.put_object(cp, dp, KIND_APP, env, app, spec.to_k8s(), note)
 
 
 @router.delete("/dataplanes/{dp}/environments/{env}/apps/{app}", status_code=202, response_model=Accepted)

@@ -21,6 +21,7 @@ from choreo_cp.store import (
     WriteResult,
     object_key,
 )
+from choreo_cp.store.history import HistoryNote
 from choreo_cp.tunnel import FRAME_MARGIN_BYTES, MAX_OBJECT_FRAME_BYTES, put_frame_bytes
 from choreo_dp.api.images import image_refusal
 from choreo_wire.protocol import MAX_FRAME_BYTES
@@ -184,7 +185,13 @@ def object_view(dp: Dataplane, report: ObjectReport) -> dict[str, Any]:
 
 
 async def put_object(
-    cp: ControlPlane, dp: str, kind: Kind, env: str, name: str, spec: dict[str, Any]
+    cp: ControlPlane,
+    dp: str,
+    kind: Kind,
+    env: str,
+    name: str,
+    spec: dict[str, Any],
+    note: HistoryNote | None = None,
 ) -> dict[str, Any]:
     size = put_frame_bytes(kind, env, name, spec, cp.store.spec_hash(spec))
     if size > MAX_OBJECT_FRAME_BYTES:
@@ -211,7 +218,7 @@ async def put_object(
             raise body_error(("body", "spec", "image"), f"{refusal} (Environment {env!r})", image)
 
     result = await cp.store.put_object(
-        dp, kind, env, name, spec, check_environment=allowed_by if kind == KIND_APP else None
+        dp, kind, env, name, spec, check_environment=allowed_by if kind == KIND_APP else None, note=note
     )
     if result.changed:
         cp.metrics.changes.labels(kind, "put").inc()

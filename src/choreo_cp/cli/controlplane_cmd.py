@@ -35,9 +35,16 @@ def register(sub: Any) -> None:
         "choreo-dp control-plane serve --admin-token-file admin.token     # http on 127.0.0.1:8443",
         "choreo-dp control-plane serve --listen 0.0.0.0:8443 --tls-cert tls.crt --tls-key tls.key "
         "--admin-token-file admin.token --db /var/lib/choreo/cp.db",
+        "choreo-dp control-plane serve ... --db postgresql://choreo@db.internal/choreo",
     )
     add_env_argument(s, "--listen", default="127.0.0.1:8443", help="HOST:PORT to listen on")
-    add_env_argument(s, "--db", default="./choreo-cp.db", help="SQLite database path")
+    add_env_argument(
+        s,
+        "--db",
+        default="./choreo-cp.db",
+        help="SQLite database path, or postgresql://USER@HOST/DB (any number of replicas; the password"
+        " from PGPASSWORD or ~/.pgpass rather than the URL)",
+    )
     add_env_argument(s, "--tls-cert", help="TLS certificate (PEM)")
     add_env_argument(s, "--tls-key", help="TLS private key (PEM)")
     add_env_argument(
@@ -46,6 +53,10 @@ def register(sub: Any) -> None:
     add_env_argument(
         s, "--admin-token-file", help="file holding the admin bearer token (or env CHOREO_DP_ADMIN_TOKEN)"
     )
+    add_env_argument(
+        s, "--history-limit", type=_history_limit, default=50, metavar="N",
+        help="accepted specs kept per app for cp history and cp rollback (oldest pruned; default 50)",
+    )  # fmt: skip
     add_logging_arguments(s)
     s.set_defaults(handler=serve)
 
@@ -88,6 +99,16 @@ def _admin_token(path: str | None) -> str:
     return token
 
 
+def _history_limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: a whole number") from None
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: 1 to 10000")
+    return value
+
+
 def _readable(flag: str, path: str | None) -> None:
     if path is not None and not os.access(path, os.R_OK):
         raise UsageError(f"{flag} {path}: not a readable file")
@@ -120,6 +141,7 @@ def serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         client_ca=args.client_ca_file,
+        history_limit=args.history_limit,
     )
     return asyncio.run(_serve(config))
 
@@ -135,7 +157,7 @@ async def _serve(config: Any) -> int:
     try:
         await server.start()
     except sqlite3.Error as exc:
-        sys.stderr.write(f"choreo-dp: error: --db {config.db}: {exc}\n")
+        sys.stderr.write(f"choreo-dp: error: --db {server.store.engine.location}: {exc}\n")
         return 2
     except (OSError, TimeoutError) as exc:
         log.error("%s", exc)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from choreo_cp.cli import manifests, views
+from choreo_cp.cli import history_cmd, manifests, rollout_cmd, views
 from choreo_cp.cli.waiting import DEFAULT_TIMEOUT, Target, duration, human, wait_for_apps
 from choreo_dp.api.environment import default_namespace
 from choreo_dp.cli.common import OneLineParser, UsageError, add_env_argument, add_verb
@@ -142,6 +142,8 @@ def register(sub: Any) -> None:
     r.set_defaults(handler=_handler(register_dataplane))
 
     _register_observe(verbs)
+    history_cmd.register(verbs, _handler, _app_target, _client_args)
+    rollout_cmd.register(verbs, _handler, _app_target, _client_args)
 
     pr = add_verb(
         verbs,

@@ -236,6 +236,8 @@ def describe_app(args: argparse.Namespace, client: Any, url: str) -> int:
     width = max(len(k) for k, _ in lines) + 2
     for key, value in lines:
         print(f"{key + ':':<{width}}{views.NONE if value is None or value == '' else value}")
+    for line in views.files_and_connections(spec, status):
+        print(line)
 
     live, problem = _optional(client, app_path(args.dataplane, args.environment, args.name, "live"))
     print("\nLive:")

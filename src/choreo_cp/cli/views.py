@@ -240,3 +240,63 @@ def _with_dataplane(
         headers = ["DATAPLANE", *headers]
         rows = [[v.get("dataplane"), *row] for v, row in zip(views, rows, strict=True)]
     return table(headers, rows)
+
+
+# -- describe app: files and connections --------------------------------------------------------
+FILE_HEADERS = ("PATH", "SOURCE")
+CONNECTION_HEADERS = ("NAME", "TARGET", "RESOLVED", "REASON", "DETAIL")
+
+
+def file_rows(spec: dict[str, Any]) -> list[list[Any]]:
+    """One row per spec.files entry: its path and where it comes from, never what it holds (a
+    plain file's content is configuration, but the screen is the same for every reader)."""
+    rows = []
+    for f in spec.get("files") or []:
+        if not isinstance(f, dict):
+            continue
+        if f.get("keyVaultSecret"):
+            pinned = f" (version {f['version']})" if f.get("version") else ""
+            source = f"keyVaultSecret {f['keyVaultSecret']}{pinned}"
+        else:
+            source = "content"
+        rows.append([f.get("mountPath"), source])
+    return rows
+
+
+def connection_rows(spec: dict[str, Any], status: dict[str, Any]) -> list[list[Any]]:
+    """One row per spec.connections entry with the operator's last judgement of it.
+
+    The spec is the control plane's desired state and the status what the data plane reported, so a
+    connection the operator has not judged yet (just pushed, or an older operator) says so instead
+    of borrowing another's answer."""
+    judged = {
+        c.get("name"): c for c in status.get("connections") or [] if isinstance(c, dict) and c.get("name")
+    }
+    rows = []
+    for conn in spec.get("connections") or []:
+        if not isinstance(conn, dict):
+            continue
+        name = conn.get("name")
+        target = f"{conn.get('project') or spec.get('project')}/{conn.get('app')}/{conn.get('endpoint')}"
+        seen = judged.get(name)
+        if seen is None:
+            rows.append([name, target, "unknown", None, "not reported by the data plane yet"])
+            continue
+        resolved = seen.get("resolved")
+        detail = seen.get("url") if resolved else seen.get("message")
+        rows.append(
+            [name, seen.get("target") or target, str(bool(resolved)).lower(), seen.get("reason"), detail]
+        )
+    return rows
+
+
+def files_and_connections(spec: dict[str, Any], status: dict[str, Any]) -> list[str]:
+    """The Files and Connections sections of ``cp describe app`` (only those the app has)."""
+    out: list[str] = []
+    for title, headers, rows in (
+        ("Files", FILE_HEADERS, file_rows(spec)),
+        ("Connections", CONNECTION_HEADERS, connection_rows(spec, status)),
+    ):
+        if rows:
+            out += ["", f"{title}:", *(f"  {line}" for line in table(headers, rows).splitlines())]
+    return out

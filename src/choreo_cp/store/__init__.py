@@ -1,10 +1,12 @@
-"""The control plane's SQLite store: desired objects, revision log, status records, token hashes.
+"""The control plane's store: desired objects, revision log, status records, token hashes.
 
-Every call runs on one dedicated worker thread that owns the only connection, so SQLite access is
-serialized without locks and the event loop never blocks on disk. Desired-state changes are committed
-(WAL, ``synchronous=FULL``) before the call returns, and callers only notify tunnel sessions after
-that, so nothing is ever sent that a crash could take back. The parts live in their own modules:
-``schema`` (tables, schema version, migrations applied at open), ``tokens`` (dataplanes and their
+One store, two engines (``engine``): SQLite (the default, a path: one connection on one worker
+thread) and PostgreSQL (a ``postgresql://`` URL: a connection pool, any number of replicas). Writes
+go through one group-commit writer (``groupcommit``): concurrent writes share a transaction and one
+commit, and each call returns only after that commit, so nothing is ever acknowledged or sent to a
+tunnel session that a crash could take back. The parts live in their own modules:
+``schema`` (tables, schema version, migrations applied at open; ``schema_postgres`` the same
+migrations in PostgreSQL's dialect), ``tokens`` (dataplanes and their
 tokens), ``revisions`` (desired objects and the revision log), ``reports`` (statuses, acks,
 heartbeats and refusals from the data plane), ``audit`` (who asked for logs, events, live state); :class:`Store` puts them together.
 """
@@ -16,6 +18,7 @@ from typing import Self
 
 from choreo_cp.store.audit import Audit, AuditRecord
 from choreo_cp.store.core import DEFAULT_LOG_LIMIT
+from choreo_cp.store.engine import StoreUnavailable
 from choreo_cp.store.records import (
     KIND_APP,
     KIND_ENVIRONMENT,
@@ -66,6 +69,7 @@ __all__ = [
     "StatusRecord",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "WriteResult",
     "canonical_json",
     "default_spec_hash",
@@ -78,15 +82,10 @@ __all__ = [
 
 
 class Store(Dataplanes, Revisions, Reports, Audit):
-    """Async facade over one SQLite connection living on one worker thread."""
+    """The control plane's store, on SQLite (a path) or PostgreSQL (a ``postgresql://`` URL)."""
 
     async def open(self) -> Self:
-        try:
-            await self._call(self._open_sync)
-        except BaseException:
-            # A refused database (newer schema, unreadable file) leaves no worker thread behind.
-            self._executor.shutdown(wait=True)
-            raise
+        await self._open_engine()
         return self
 
     async def __aenter__(self) -> Self:

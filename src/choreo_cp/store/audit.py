@@ -9,12 +9,12 @@ request (parameters, byte count, end code), never the content that was streamed.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from choreo_cp.store.core import StoreCore
+from choreo_cp.store.engine import Conn
 from choreo_cp.store.records import now_rfc3339
 
 AUDIT_MAX_ROWS = 100_000
@@ -54,7 +54,7 @@ class AuditRecord:
         }
 
 
-def _row(row: sqlite3.Row) -> AuditRecord:
+def _row(row: Any) -> AuditRecord:
     return AuditRecord(
         id=row["id"],
         at=row["at"],
@@ -82,10 +82,10 @@ class Audit(StoreCore):
         cutoff = (datetime.now(UTC) - timedelta(seconds=self.audit_max_age)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         keep = max(1, self.audit_max_rows)
 
-        def tx(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
+        def tx(conn: Conn) -> int:
+            row = conn.execute(
                 "INSERT INTO audit (at, who, client, dataplane, app, kind, params, status, code, bytes, duration)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     record.at,
                     record.who,
@@ -99,8 +99,8 @@ class Audit(StoreCore):
                     record.bytes,
                     record.duration_seconds,
                 ),
-            )
-            newest = int(cur.lastrowid or 0)
+            ).fetchone()
+            newest = int(row[0])
             pruned = conn.execute("DELETE FROM audit WHERE id <= ?", (newest - keep,)).rowcount
             pruned += conn.execute("DELETE FROM audit WHERE at < ?", (cutoff,)).rowcount
             return int(pruned)

@@ -1,19 +1,16 @@
-"""The store's one connection, on its one thread, and the coalesced reports waiting for a flush."""
+"""The store's engine, its group-commit writer, and the coalesced reports waiting for a flush."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import secrets
-import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from choreo_cp.store.engine import Engine, engine_for
+from choreo_cp.store.groupcommit import GroupCommit
 from choreo_cp.store.records import default_spec_hash
-from choreo_cp.store.schema import migrate
 
 T = TypeVar("T")
 
@@ -68,7 +65,13 @@ class PendingReports:
 
 
 class StoreCore:
-    """Lifecycle and plumbing shared by the store's parts (see :class:`choreo_cp.store.Store`)."""
+    """Lifecycle and plumbing shared by the store's parts (see :class:`choreo_cp.store.Store`).
+
+    ``db`` is a SQLite path or a ``postgresql://`` URL (:func:`~choreo_cp.store.engine.engine_for`).
+    Reads run on the engine (``_call``: the function reads ``self._db``, the connection of the call);
+    writes go through the group commit (``_txn``: the function gets the connection), and return only
+    after their group committed.
+    """
 
     def __init__(
         self,
@@ -79,87 +82,57 @@ class StoreCore:
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         trace: Callable[[str], None] | None = None,
         busy_timeout: float = 5.0,
+        pool_size: int = 8,
     ) -> None:
         if log_limit < 1:
             raise ValueError("log_limit must be >= 1")
         self.path = str(path)
         self.log_limit = log_limit
         self.spec_hash = spec_hash
-        self._synchronous = synchronous
-        # How long a write waits for another process's lock before SQLite raises "database is
-        # locked" (an OperationalError the REST API answers with 503 and the tunnel retries).
-        self._busy_timeout_ms = int(busy_timeout * 1000)
-        # Called with every SQL statement the connection runs (tests count round trips with it).
-        self._trace = trace
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cp-store")
-        self._conn: sqlite3.Connection | None = None
+        self.engine: Engine = engine_for(
+            self.path, synchronous=synchronous, busy_timeout=busy_timeout, trace=trace, pool_size=pool_size
+        )
+        self.dialect = self.engine.dialect
+        self.writer = GroupCommit(self.engine.write_group, max_group=self.engine.max_group)
+        self._open = False
         self._pending = PendingReports()
         self._flush_lock = asyncio.Lock()
         self.store_id = ""
+        # Called with the dataplane after a committed change of its desired state (the seam for
+        # replicas: a notification that the dataplane moved, the data read from the store).
+        self.changed_hooks: list[Callable[[str], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
+    async def _open_engine(self) -> None:
+        self.store_id = await self.engine.open()
+        self.writer.start()
+        self._open = True
+
     async def close(self) -> None:
-        if self._conn is not None:
+        if self._open:
             await self.flush()
-            await self._call(self._close_sync)
-        self._executor.shutdown(wait=True)
+            await self.writer.close()
+            self._open = False
+        await self.engine.close()
 
     async def flush(self) -> int:
         raise NotImplementedError  # the reports part of the store writes the pending reports
 
+    def _changed(self, dp: str) -> None:
+        for hook in self.changed_hooks:
+            hook(dp)
+
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        """Run a read on the engine: one consistent snapshot, ``self._db`` is its connection."""
+        return await self.engine.read(lambda _conn: fn(*args))
 
-    async def _txn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in one write transaction on the store thread."""
-        return await self._call(self._tx, fn)
-
-    def _open_sync(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
-            migrate(conn, self.path)
-            row = conn.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()
-            if row is None:
-                self.store_id = secrets.token_hex(8)
-                conn.execute("INSERT INTO meta(key, value) VALUES ('store_id', ?)", (self.store_id,))
-            else:
-                self.store_id = row["value"]
-        except BaseException:
-            conn.close()
-            raise
-        if self._trace is not None:
-            conn.set_trace_callback(self._trace)
-        self._conn = conn
-
-    def _close_sync(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    async def _txn(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn`` (given the connection) in the next group commit; returns after the commit."""
+        return await self.writer.submit(fn)
 
     @property
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError("store is not open")
-        return self._conn
-
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._db
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            # A failed COMMIT (SQLITE_BUSY, disk I/O) leaves the transaction open: without the
-            # rollback every later BEGIN on this connection would fail too.
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
-        return result
+    def _db(self) -> Any:
+        # Any, not Conn: parts written before the PostgreSQL engine annotate their connection as
+        # sqlite3.Connection; what they use of it (execute, fetchone/fetchall, rowcount, rows by
+        # name and position) is what both engines' connections provide.
+        return self.engine.current()

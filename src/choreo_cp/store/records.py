@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -190,7 +189,7 @@ def inventory_json(count: int, digest: str, revision: int, at: str) -> str:
     return canonical_json({"count": count, "digest": digest, "revision": revision, "at": at})
 
 
-def row_dataplane(row: sqlite3.Row, objects: int = 0) -> Dataplane:
+def row_dataplane(row: Any, objects: int = 0) -> Dataplane:
     return Dataplane(
         id=row["id"],
         epoch=row["epoch"],
@@ -212,7 +211,7 @@ def row_dataplane(row: sqlite3.Row, objects: int = 0) -> Dataplane:
     )
 
 
-def row_object(row: sqlite3.Row) -> DesiredObject:
+def row_object(row: Any) -> DesiredObject:
     return DesiredObject(
         key=row["key"],
         kind=row["kind"],

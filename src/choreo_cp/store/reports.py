@@ -12,6 +12,7 @@ import sqlite3
 from typing import Any
 
 from choreo_cp.store.core import StoreCore
+from choreo_cp.store.engine import Conn
 from choreo_cp.store.records import (
     DesiredState,
     Kind,
@@ -26,7 +27,7 @@ from choreo_cp.store.records import (
 )
 
 
-def _row_nack(row: sqlite3.Row) -> Nack:
+def _row_nack(row: Any) -> Nack:
     return Nack(row["key"], row["revision"], row["code"], row["message"], bool(row["retryable"]), row["at"])
 
 
@@ -87,10 +88,10 @@ class Reports(StoreCore):
             status, applied, beats, agent = batch.status, batch.applied, batch.heartbeat, batch.agent
             inventory = batch.inventory
 
-            def tx(conn: sqlite3.Connection) -> int:
+            def tx(conn: Conn) -> int:
                 known = {r[0] for r in conn.execute("SELECT id FROM dataplanes").fetchall()}
                 n = 0
-                for (dp, key), (text, at, missing, observed) in status.items():
+                for (dp, key), (text, at, missing, observed) in sorted(status.items()):
                     if dp not in known:
                         continue
                     # Only objects that are still desired keep a status (a late report must not
@@ -104,14 +105,14 @@ class Reports(StoreCore):
                         " observed_at=excluded.observed_at",
                         (dp, key, text, at, int(missing), observed, dp, key),
                     ).rowcount
-                for dp, (rev, epoch) in applied.items():
+                for dp, (rev, epoch) in sorted(applied.items()):
                     n += conn.execute(
                         "UPDATE dataplanes SET applied_revision=?, applied_epoch=? WHERE id=?",
                         (rev, epoch, dp),
                     ).rowcount
-                for dp, at in beats.items():
+                for dp, at in sorted(beats.items()):
                     n += conn.execute("UPDATE dataplanes SET last_heartbeat=? WHERE id=?", (at, dp)).rowcount
-                for dp, info in agent.items():
+                for dp, info in sorted(agent.items()):
                     row = conn.execute("SELECT agent FROM dataplanes WHERE id=?", (dp,)).fetchone()
                     if row is None:
                         continue
@@ -119,7 +120,7 @@ class Reports(StoreCore):
                     merged.update(info)
                     conn.execute("UPDATE dataplanes SET agent=? WHERE id=?", (canonical_json(merged), dp))
                     n += 1
-                for dp, text in inventory.items():
+                for dp, text in sorted(inventory.items()):
                     n += conn.execute("UPDATE dataplanes SET inventory=? WHERE id=?", (text, dp)).rowcount
                 return n
 
@@ -209,8 +210,8 @@ class Reports(StoreCore):
         """Remember the agent's refusal of an object; False (nothing stored) when the object is not
         desired on that data plane: an agent cannot make us keep rows for keys of its choosing."""
 
-        def tx(c: sqlite3.Connection) -> bool:
-            return (
+        def tx(c: Conn) -> bool:
+            return bool(
                 c.execute(
                     "INSERT INTO nacks(dataplane, key, revision, code, message, retryable, at)"
                     " SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS"
@@ -269,7 +270,7 @@ class Reports(StoreCore):
         """Persist that the next session of ``dp`` must resync; returns how many requests in a row
         (reset by :meth:`anti_entropy_settled`) this makes."""
 
-        def tx(c: sqlite3.Connection) -> int:
+        def tx(c: Conn) -> int:
             row = c.execute(
                 "UPDATE dataplanes SET resync_required=?, resync_requests=resync_requests+1,"
                 " resync_requested_at=? WHERE id=? RETURNING resync_requests",

@@ -11,11 +11,11 @@ same epoch.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from choreo_cp.store.core import StoreCore
+from choreo_cp.store.engine import Conn
+from choreo_cp.store.history import History, HistoryNote, record_history
 from choreo_cp.store.records import (
     KIND_APP,
     KIND_ENVIRONMENT,
@@ -35,8 +35,9 @@ from choreo_cp.store.records import (
 )
 
 
-class Revisions(StoreCore):
-    """The desired-state part of the store: objects, revisions, the log and its compaction."""
+class Revisions(History):
+    """The desired-state part of the store: objects, revisions, the log and its compaction, and the
+    history of accepted app specs (written with each, kept apart from the compacted log)."""
 
     async def put_object(
         self,
@@ -47,8 +48,11 @@ class Revisions(StoreCore):
         spec: dict[str, Any],
         *,
         check_environment: Callable[[dict[str, Any] | None], None] | None = None,
+        note: HistoryNote | None = None,
     ) -> WriteResult:
         """Store a desired object; a spec identical to the stored one is not a change (no new revision).
+
+        A changed app spec is added to the app's history with ``note`` (author, cause).
 
         ``check_environment`` (apps only) is called with the environment's spec, or None when the
         environment is not defined, inside the write transaction, so a rule of the environment (it
@@ -57,12 +61,16 @@ class Revisions(StoreCore):
         """
         digest = self.spec_hash(spec)
         text = canonical_json(spec)
-        return await self._call(
-            self._tx,
-            lambda c: self._put_sync(c, dp, kind, environment, name, text, digest, check_environment),
+        result = await self._txn(
+            lambda c: self._put_sync(
+                c, dp, kind, environment, name, text, digest, check_environment, note or HistoryNote()
+            ),
         )
+        if result.changed:
+            self._changed(dp)
+        return result
 
-    def _bump(self, conn: sqlite3.Connection, dp: str) -> int:
+    def _bump(self, conn: Conn, dp: str) -> int:
         row = conn.execute(
             "UPDATE dataplanes SET revision = revision + 1 WHERE id=? RETURNING revision", (dp,)
         ).fetchone()
@@ -72,7 +80,7 @@ class Revisions(StoreCore):
 
     def _log(
         self,
-        conn: sqlite3.Connection,
+        conn: Conn,
         dp: str,
         rev: int,
         op: Op,
@@ -88,15 +96,19 @@ class Revisions(StoreCore):
             (dp, rev, key, op, kind, env, name, digest),
         )
 
-    def _current_revision(self, conn: sqlite3.Connection, dp: str) -> int:
-        row = conn.execute("SELECT revision FROM dataplanes WHERE id=?", (dp,)).fetchone()
+    def _current_revision(self, conn: Conn, dp: str) -> int:
+        # Every desired-state write starts here: on PostgreSQL the row lock makes the writers of one
+        # dataplane (any connection, any replica) take their revisions one after another.
+        row = conn.execute(
+            "SELECT revision FROM dataplanes WHERE id=?" + self.dialect.lock_row, (dp,)
+        ).fetchone()
         if row is None:
             raise not_registered(dp)
         return int(row[0])
 
     def _put_sync(
         self,
-        conn: sqlite3.Connection,
+        conn: Conn,
         dp: str,
         kind: Kind,
         env: str,
@@ -104,6 +116,7 @@ class Revisions(StoreCore):
         text: str,
         digest: str,
         check_environment: Callable[[dict[str, Any] | None], None] | None = None,
+        note: HistoryNote | None = None,
     ) -> WriteResult:
         current = self._current_revision(conn, dp)
         key = object_key(kind, env, name)
@@ -130,6 +143,19 @@ class Revisions(StoreCore):
             (dp, key, kind, env, name, text, digest, rev, now_rfc3339()),
         )
         self._log(conn, dp, rev, "put", key, kind, env, name, digest)
+        if kind == KIND_APP:
+            record_history(
+                conn,
+                dp=dp,
+                key=key,
+                revision=rev,
+                environment=env,
+                name=name,
+                spec_text=text,
+                spec_hash=digest,
+                note=note or HistoryNote(),
+                limit=self.history_limit,
+            )
         # A new spec makes any refusal of the old one history.
         conn.execute("DELETE FROM nacks WHERE dataplane=? AND key=?", (dp, key))
         self._compact(conn, dp, rev)
@@ -140,9 +166,10 @@ class Revisions(StoreCore):
         result = await self._txn(lambda c: self._delete_sync(c, dp, kind, environment, name))
         for key in result.removed:
             self._pending.unqueue_status(dp, key)
+        self._changed(dp)
         return result
 
-    def _delete_sync(self, conn: sqlite3.Connection, dp: str, kind: Kind, env: str, name: str) -> WriteResult:
+    def _delete_sync(self, conn: Conn, dp: str, kind: Kind, env: str, name: str) -> WriteResult:
         self._current_revision(conn, dp)
         key = object_key(kind, env, name)
         if conn.execute("SELECT 1 FROM objects WHERE dataplane=? AND key=?", (dp, key)).fetchone() is None:
@@ -169,7 +196,7 @@ class Revisions(StoreCore):
         self._compact(conn, dp, rev)
         return WriteResult(rev, True, None, None, [v[0] for v in victims])
 
-    def _compact(self, conn: sqlite3.Connection, dp: str, rev: int) -> None:
+    def _compact(self, conn: Conn, dp: str, rev: int) -> None:
         """Keep the newest ``log_limit`` entries; compacting in steps of 1/8 keeps deletes rare."""
         row = conn.execute("SELECT horizon FROM dataplanes WHERE id=?", (dp,)).fetchone()
         horizon = int(row[0])

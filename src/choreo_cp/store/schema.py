@@ -148,10 +148,65 @@ _V3 = (
         BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
 )
 
+# Migration 4 (issue 17): every accepted spec of an app (store/history.py), kept apart from the
+# revision log so that its compaction does not take the history with it; bounded per app by the
+# store's pruning, not here. ``ran_image`` is the image the data plane reported Ready at that
+# revision (with its digest): the status triggers below stamp it in the transaction that writes the
+# status, so a report is never lost to a later revision overwriting the one status row. The apps
+# desired at upgrade time seed the history (author unknown), and a Ready status of their current
+# revision seeds what ran. Every statement is idempotent: a store stamped down to an older version
+# (a restored meta row) gets migration 4 again without losing or doubling its history.
+_RAN_WHEN = """json_valid(NEW.status)
+        AND json_extract(NEW.status, '$.phase') = 'Ready'
+        AND json_type(NEW.status, '$.revision') = 'integer'
+        AND json_type(NEW.status, '$.image') = 'text'
+        AND instr(json_extract(NEW.status, '$.image'), '@sha256:') > 0"""
+_RAN_SET = """UPDATE history SET ran_image = json_extract(NEW.status, '$.image'), ran_at = NEW.reported_at
+        WHERE dataplane = NEW.dataplane AND key = NEW.key
+        AND revision = json_extract(NEW.status, '$.revision')"""
+_V4 = (
+    """CREATE TABLE IF NOT EXISTS history (
+        dataplane TEXT NOT NULL,
+        key TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        environment TEXT NOT NULL,
+        name TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        spec_hash TEXT NOT NULL,
+        at TEXT NOT NULL,
+        author TEXT,
+        cause TEXT NOT NULL DEFAULT 'apply',
+        rollback_of INTEGER,
+        ran_image TEXT,
+        ran_at TEXT,
+        PRIMARY KEY (dataplane, key, revision)
+    )""",
+    f"""CREATE TRIGGER IF NOT EXISTS history_ran_insert AFTER INSERT ON status WHEN {_RAN_WHEN}
+        BEGIN {_RAN_SET}; END""",
+    f"""CREATE TRIGGER IF NOT EXISTS history_ran_update AFTER UPDATE OF status ON status WHEN {_RAN_WHEN}
+        BEGIN {_RAN_SET}; END""",
+    """INSERT INTO history (dataplane, key, revision, environment, name, spec, spec_hash, at)
+        SELECT dataplane, key, revision, environment, name, spec, spec_hash, updated_at
+        FROM objects o WHERE kind = 'ChoreoApp' AND NOT EXISTS (SELECT 1 FROM history h
+            WHERE h.dataplane = o.dataplane AND h.key = o.key AND h.revision = o.revision)""",
+    """UPDATE history SET
+        ran_image = (SELECT json_extract(s.status, '$.image') FROM status s
+                     WHERE s.dataplane = history.dataplane AND s.key = history.key),
+        ran_at = (SELECT s.reported_at FROM status s
+                  WHERE s.dataplane = history.dataplane AND s.key = history.key)
+        WHERE EXISTS (SELECT 1 FROM status s WHERE s.dataplane = history.dataplane AND s.key = history.key
+            AND json_valid(s.status)
+            AND json_extract(s.status, '$.phase') = 'Ready'
+            AND json_extract(s.status, '$.revision') = history.revision
+            AND json_type(s.status, '$.image') = 'text'
+            AND instr(json_extract(s.status, '$.image'), '@sha256:') > 0)""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _V1),
     Migration(2, "inventory summaries, required resyncs, missing objects", _V2),
     Migration(3, "audit trail of on-demand streams", _V3),
+    Migration(4, "history of accepted app specs and the images they ran", _V4),
 )
 LATEST = MIGRATIONS[-1].version
 

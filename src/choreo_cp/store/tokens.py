@@ -8,6 +8,7 @@ import secrets
 import sqlite3
 
 from choreo_cp.store.core import StoreCore
+from choreo_cp.store.engine import Conn
 from choreo_cp.store.records import Dataplane, not_registered, now_rfc3339, row_dataplane
 
 TOKEN_PREFIX = "cpdp_"
@@ -26,7 +27,7 @@ def new_epoch() -> str:
     return secrets.token_hex(8)
 
 
-def dataplane_or_none(conn: sqlite3.Connection, dp: str) -> Dataplane | None:
+def dataplane_or_none(conn: Conn, dp: str) -> Dataplane | None:
     row = conn.execute("SELECT * FROM dataplanes WHERE id=?", (dp,)).fetchone()
     if row is None:
         return None
@@ -34,7 +35,7 @@ def dataplane_or_none(conn: sqlite3.Connection, dp: str) -> Dataplane | None:
     return row_dataplane(row, count)
 
 
-def existing_dataplane(conn: sqlite3.Connection, dp: str) -> Dataplane:
+def existing_dataplane(conn: Conn, dp: str) -> Dataplane:
     found = dataplane_or_none(conn, dp)
     if found is None:
         raise not_registered(dp)
@@ -53,17 +54,22 @@ class Dataplanes(StoreCore):
         minted by this call; only its hash is stored.
         """
 
-        def tx(conn: sqlite3.Connection) -> tuple[Dataplane, str | None, bool]:
-            row = conn.execute("SELECT * FROM dataplanes WHERE id=?", (dp,)).fetchone()
-            token: str | None = None
-            created = row is None
-            if created:
-                token = new_token()
+        def tx(conn: Conn) -> tuple[Dataplane, str | None, bool]:
+            minted = new_token()
+            token: str | None = minted
+            # An insert that may find the row there already: two replicas registering one dataplane
+            # at once both succeed, and exactly one of them mints its token and epoch.
+            created = (
                 conn.execute(
-                    "INSERT INTO dataplanes(id, epoch, token_hash, created_at) VALUES (?, ?, ?, ?)",
-                    (dp, new_epoch(), hash_token(token), now_rfc3339()),
-                )
-            elif rotate_token:
+                    "INSERT INTO dataplanes(id, epoch, token_hash, created_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT(id) DO NOTHING RETURNING id",
+                    (dp, new_epoch(), hash_token(minted), now_rfc3339()),
+                ).fetchone()
+                is not None
+            )
+            if not created:
+                token = None
+            if not created and rotate_token:
                 token = new_token()
                 conn.execute(
                     "UPDATE dataplanes SET token_hash=?, token_rotated_at=? WHERE id=?",
@@ -104,8 +110,8 @@ class Dataplanes(StoreCore):
         return None if row is None else str(row["id"])
 
     async def delete_dataplane(self, dp: str) -> bool:
-        def tx(conn: sqlite3.Connection) -> bool:
-            gone = conn.execute("DELETE FROM dataplanes WHERE id=?", (dp,)).rowcount > 0
+        def tx(conn: Conn) -> bool:
+            gone = bool(conn.execute("DELETE FROM dataplanes WHERE id=?", (dp,)).rowcount > 0)
             for table in ("objects", "log", "status", "nacks"):
                 conn.execute(f"DELETE FROM {table} WHERE dataplane=?", (dp,))
             return gone

@@ -247,6 +247,15 @@ def _comparable(status: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in status.items() if v is not None and v != []}
 
 
+def _with_removals(current: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch for ``status``: a merge patch keeps nested fields it does not name, so the
+    ones status.rollout dropped (a new step's lastCheckAt, a finished wait's message) are nulled."""
+    old, new = current.get("rollout"), status.get("rollout")
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return status
+    return {**status, "rollout": {**dict.fromkeys(old.keys() - new.keys()), **new}}
+
+
 async def _write_status(
     ctx: ReconcileContext, key: AppKey, body: dict[str, Any], status: dict[str, Any]
 ) -> None:
@@ -254,7 +263,12 @@ async def _write_status(
     if _comparable(current) == _comparable(status):
         return
     live = await ctx.kube.patch(
-        R.CHOREOAPPS, key.name, {"status": status}, key.namespace, "merge", subresource="status"
+        R.CHOREOAPPS,
+        key.name,
+        {"status": _with_removals(current, status)},
+        key.namespace,
+        "merge",
+        subresource="status",
     )
     if live:
         ctx.record.status_answers[key] = live.get("status") or status

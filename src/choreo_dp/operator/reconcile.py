@@ -11,13 +11,14 @@ retries with backoff, unless it is a :class:`TerminalError` (controller-runtime'
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from choreo_dp.api.vocabulary import OPERATOR_FIELD_MANAGER
 from choreo_dp.kube.resources import Resource
 from choreo_dp.operator.config import OperatorConfig, SecretsPort
 from choreo_dp.operator.keys import AppKey, DataPlaneKey, EnvKey, ObjKey, QueueKey
+from choreo_dp.operator.rollout_probe import RolloutProbe
 from choreo_dp.render import ClusterCapabilities
 
 if TYPE_CHECKING:
@@ -138,6 +139,8 @@ class ReconcileContext:
     caps: ClusterCapabilities
     secrets: SecretsPort | None
     recorder: EventRecorder
+    # The canary rollout's HTTP check and clock (replaceable: tests drive both).
+    rollout_probe: RolloutProbe = field(default_factory=RolloutProbe)
 
 
 K = TypeVar("K", AppKey, EnvKey, DataPlaneKey)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from choreo_dp.api.vocabulary import TEMPLATE_HASH_ANNOTATION, TRACK_LABEL
+
 # Container waiting reasons that mean "this will not fix itself".
 BAD_WAITING_REASONS = frozenset(
     {
@@ -40,10 +42,16 @@ class DeploymentSummary:
     # an admission webhook...): the Deployment's ReplicaFailure condition, copied from its
     # ReplicaSet's and cleared once creation succeeds again.
     replica_failure: str | None = None
+    # Canary-layout Deployments only (they carry the track label): the template hash annotation and
+    # the pod template itself, which a rollout in progress must keep applying to the stable side
+    # (the spec no longer holds it). Other apps do not pay for a copy of their template.
+    template_hash: str | None = None
+    template: dict[str, Any] | None = None
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> DeploymentSummary:
         meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status") or {}
+        tracked = TRACK_LABEL in (meta.get("labels") or {})
         containers = (spec.get("template", {}).get("spec", {}) or {}).get("containers") or [{}]
         stalled, message, failure = False, None, None
         for cond in status.get("conditions") or []:
@@ -64,6 +72,8 @@ class DeploymentSummary:
             progress_deadline_exceeded=stalled,
             progressing_message=message,
             replica_failure=failure,
+            template_hash=(meta.get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION) if tracked else None,
+            template=spec.get("template") if tracked else None,
         )
 
 
@@ -95,6 +105,10 @@ class PodSummary:
     ready: bool
     problem: str | None
     terminating: bool
+    # The rollout track (stable, canary) of a canary-layout app's pod, None for any other pod.
+    track: str | None = None
+    # Container restarts summed over the pod's containers (a canary's health gate counts new ones).
+    restarts: int = 0
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> PodSummary:
@@ -103,6 +117,7 @@ class PodSummary:
         problem = None
         image_id = None
         ready = False
+        restarts = sum(int(cs.get("restartCount") or 0) for cs in status.get("containerStatuses") or [])
         for cs in status.get("containerStatuses") or []:
             if cs.get("name") != containers[0].get("name"):
                 continue
@@ -129,6 +144,8 @@ class PodSummary:
             ready=ready,
             problem=problem,
             terminating=bool(meta.get("deletionTimestamp")),
+            track=(meta.get("labels") or {}).get(TRACK_LABEL),
+            restarts=restarts,
         )
 
 
