@@ -37,6 +37,16 @@ JSON = dict[str, Any]
 GROUP, VERSION = "kwok.x-k8s.io", "v1alpha1"
 FOLLOW_POLL = 0.1  # seconds between looks at a followed file (kwok: fsnotify, forced every 1 s)
 READ_CHUNK = 64 * 1024
+# What a log response gathers before it writes and lets the loop serve other requests: aiohttp's
+# write only yields once the transport is paused, i.e. after the kernel's socket buffers (MBs on
+# loopback) are full, so a reader that kept up was served for up to seconds without a yield, and
+# every other request waited that long (issue 16's starvation tail). A kubelet and kube-apiserver
+# serve each log in its own goroutine: nothing else waits on them.
+WRITE_BATCH = 8 * 1024
+# ... and after a batch, once the response has held the loop this long (seconds). Yielding after
+# every batch was measured too: it let one of three equal followed streams go unserved for seconds
+# in test_streams' budget test (5 of 27 runs); with this bound 0 of 18.
+HOLD = 0.002
 
 # ----- the CRDs -----------------------------------------------------------------------------
 _LOG = {
@@ -418,6 +428,35 @@ class LogFile:
         self.f.close()
 
 
+class _Batch:
+    """Lines gathered into writes of about :data:`WRITE_BATCH`; the loop gets a turn after the
+    write that ends a stretch of :data:`HOLD`."""
+
+    def __init__(self, write: Callable[[bytes], Awaitable[None]]) -> None:
+        self._write = write
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._turn_started = asyncio.get_running_loop().time()
+
+    async def add(self, data: bytes) -> None:
+        self._parts.append(data)
+        self._size += len(data)
+        if self._size >= WRITE_BATCH:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write what is gathered (before any wait for more, and at the end)."""
+        if not self._parts:
+            return
+        data = b"".join(self._parts)
+        self._parts, self._size = [], 0
+        await self._write(data)
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._turn_started >= HOLD:
+            await asyncio.sleep(0)
+            self._turn_started = loop.time()
+
+
 async def stream_file(
     path: str,
     opts: LogOptions,
@@ -426,15 +465,15 @@ async def stream_file(
 ) -> None:
     """The CRI log reader (``ReadLogs``) over ``path``, writing what the kubelet would send."""
     lf = LogFile(path)
+    batch = _Batch(write)
     try:
-        await _read(lf, opts, write, stopped)
+        await _read(lf, opts, batch, stopped)
+        await batch.flush()
     finally:
         lf.close()
 
 
-async def _read(
-    lf: LogFile, opts: LogOptions, write: Callable[[bytes], Awaitable[None]], stopped: Callable[[], bool]
-) -> None:
+async def _read(lf: LogFile, opts: LogOptions, batch: _Batch, stopped: Callable[[], bool]) -> None:
     lf.seek_tail(opts.tail_lines)
     limited = opts.tail_lines is not None and not opts.follow
     remaining_lines = opts.tail_lines or 0
@@ -455,6 +494,7 @@ async def _read(
             line, last = chunk, True  # an incomplete last line is still written, then the end
         else:
             pending += chunk  # wait for the rest of the line, or for more lines
+            await batch.flush()
             if stopped():
                 return
             await asyncio.sleep(FOLLOW_POLL)
@@ -476,7 +516,7 @@ async def _read(
             if remain is not None and len(out) > remain:
                 out = out[:remain]
             if out:
-                await write(out)
+                await batch.add(out)
             if remain is not None:
                 remain -= len(out)
                 if remain <= 0:

@@ -144,3 +144,7 @@ class Channel:
         body = P.StreamData(id=self.id, seq=self.frames, **{field: batch})
         self.frames += 1
         await self._send(body)
+        # sending yields only when the stream lane is full: a reader whose chunks are already
+        # buffered would otherwise cut, encode and queue frame after frame in one turn of the
+        # loop, and the agent's desired-state work (the same loop) would wait for all of them
+        await asyncio.sleep(0)
