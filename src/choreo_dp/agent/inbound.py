@@ -42,6 +42,12 @@ def _retry_apply(exc: BaseException) -> bool:
     return isinstance(exc, NotYetApplicable) or is_retryable(exc)
 
 
+def _log_unexpected(task: asyncio.Task[None]) -> None:
+    # record_heartbeat absorbs API and network errors; anything else is a bug worth a traceback.
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("renewing the heartbeat failed unexpectedly", exc_info=exc)
+
+
 class Inbound:
     def __init__(
         self,
@@ -68,6 +74,8 @@ class Inbound:
         self.key_tail: dict[str, asyncio.Task[None]] = {}
         # set by the session when the cp says go away (the reason and delay end the session)
         self.goaway: P.GoAway | None = None
+        # The DataPlane heartbeat write in flight (see _renew_heartbeat); cancelled with the session.
+        self.heartbeat_renewal: asyncio.Task[None] | None = None
 
     async def reader(self) -> None:
         async for raw in self.ws:
@@ -90,7 +98,7 @@ class Inbound:
                     P.Heartbeat(time=now_ms(), applied_revision=self.shared.persisted), corr=frame.id
                 )
             else:
-                await self.out.record_heartbeat()
+                self._renew_heartbeat()
         elif isinstance(body, P.DesiredPut | P.DesiredDelete):
             await self.on_change(frame, body)
         elif isinstance(body, P.SnapshotBegin):
@@ -110,6 +118,16 @@ class Inbound:
             self.out.send_soon(
                 P.Error(code="protocol", message=f"{frame.type} is not expected by the agent", ref=frame.id)
             )
+
+    def _renew_heartbeat(self) -> None:
+        """Write lastHeartbeatTime off the read path: the reader must not hold the desired changes
+        behind it while a busy API server takes its time with a cosmetic write. One write at a
+        time; an answer arriving while one is in flight is covered by that one."""
+        if self.heartbeat_renewal is None or self.heartbeat_renewal.done():
+            self.heartbeat_renewal = asyncio.create_task(
+                self.out.record_heartbeat(), name="agent-heartbeat-renewal"
+            )
+            self.heartbeat_renewal.add_done_callback(_log_unexpected)
 
     def on_stream(self, frame: P.Frame, body: P.StreamOpen | P.StreamCredit | P.StreamEnd) -> None:
         """On-demand streams: never awaited here, so a stream cannot hold up desired state."""

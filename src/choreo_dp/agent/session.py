@@ -195,7 +195,11 @@ class Session:
         finally:
             if self.inbound.goaway is not None:
                 self.result.retry_after = self.inbound.goaway.retry_after
-            running = [t for t in (reader, *helpers, *self.inbound.tasks) if t is not None]
+            running = [
+                t
+                for t in (reader, *helpers, *self.inbound.tasks, self.inbound.heartbeat_renewal)
+                if t is not None
+            ]
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
