@@ -63,7 +63,7 @@ def test_apply_get_patch_delete(kubectl: Kubectl, api: client.ApiClient, ns: str
     again = kubectl("apply", "-f", "-", input=_manifest(ns, app)).stdout
     assert f"deployment.apps/{app} unchanged" in again
     table = kubectl("get", "capp", "-n", ns).stdout.splitlines()
-    assert table[0].split() == ["NAME", "ENVIRONMENT", "TYPE", "READY", "STATUS", "URL", "AGE"]
+    assert table[0].split() == ["NAME", "ENVIRONMENT", "TYPE", "READY", "STATUS", "ROLLOUT", "URL", "AGE"]
     assert any(line.split()[:3] == [app, "dev", "service"] for line in table[1:])
     wide = kubectl("get", "choreoapps", app, "-n", ns, "-o", "wide").stdout
     assert "IMAGE" in wide.splitlines()[0]
@@ -186,6 +186,7 @@ def test_table_response_evaluates_printer_columns(api: client.ApiClient, ns: str
                 "phase": "Ready",
                 "ready": "1/1",
                 "endpoints": [{"name": "http", "visibility": "Public", "url": "https://x.example"}],
+                "rollout": {"phase": "Progressing", "step": 1, "weight": 25, "summary": "Canary 25%"},
             }
         },
     )
@@ -194,9 +195,9 @@ def test_table_response_evaluates_printer_columns(api: client.ApiClient, ns: str
     )
     assert status == 200 and body["kind"] == "Table" and body["apiVersion"] == "meta.k8s.io/v1"
     cols = [c["name"] for c in body["columnDefinitions"]]
-    assert cols[:6] == ["Name", "Environment", "Type", "Ready", "Status", "URL"]
+    assert cols[:7] == ["Name", "Environment", "Type", "Ready", "Status", "Rollout", "URL"]
     cells = body["rows"][0]["cells"]
-    assert cells[:6] == [name, "dev", "worker", "1/1", "Ready", "https://x.example"]
+    assert cells[:7] == [name, "dev", "worker", "1/1", "Ready", "Canary 25%", "https://x.example"]
     assert body["rows"][0]["object"]["metadata"]["name"] == name
 
 

@@ -962,11 +962,10 @@ NEVER: dict[str, list[tuple[str, ...]]] = {
         ("bind", "roles.rbac.authorization.k8s.io", "-n", ENV_NS),
         ("bind", "clusterroles.rbac.authorization.k8s.io"),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
-        ("get", "configmaps", "-n", ENV_NS),
+        # (ConfigMaps, like Secrets, it reads cluster-wide since spec.files: docs/helm.md "Known width")
         ("impersonate", "serviceaccounts"),
         ("create", "pods", "-n", ENV_NS),
         ("create", "pods", "--subresource=exec", "-n", ENV_NS),
-        ("get", "configmaps", "-n", "kube-system"),
         ("update", "customresourcedefinitions.apiextensions.k8s.io"),
         ("create", "environments.choreo.dev"),  # the agent writes them, the operator reconciles
         ("create", "choreoapps.choreo.dev", "-n", ENV_NS),

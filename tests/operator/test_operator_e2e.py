@@ -396,7 +396,11 @@ async def test_pods_the_quota_refuses_make_the_app_degraded(env: Env, request: p
         # ... once the one pod the quota admits is Ready too (it is scheduled and started meanwhile).
         return app if (refused and status.get("ready") == "1/2") or status.get("phase") == "Ready" else None
 
-    app = await eventually(settled, what="greedy refused by the quota, its one pod Ready (or all Ready)")
+    # The real ReplicaSet controller retries a refused pod with backoff, and the admitted pod has
+    # to be scheduled and started: on a loaded machine that takes longer than the default wait.
+    app = await eventually(
+        settled, what="greedy refused by the quota, its one pod Ready (or all Ready)", timeout=60
+    )
     status = app["status"]
     assert status["phase"] == "Degraded", status
     assert "exceeded quota" in status["message"] and status["ready"] == "1/2"

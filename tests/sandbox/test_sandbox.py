@@ -100,7 +100,9 @@ def test_sandbox_once_runs_the_whole_loop_and_cleans_up(kube: str, binaries: boo
         "Ready in",
     ):
         assert step in out, out
-    header = re.search(r"^NAMESPACE\s+NAME\s+ENVIRONMENT\s+TYPE\s+READY\s+STATUS\s+URL\s+AGE$", out, re.M)
+    header = re.search(
+        r"^NAMESPACE\s+NAME\s+ENVIRONMENT\s+TYPE\s+READY\s+STATUS\s+ROLLOUT\s+URL\s+AGE$", out, re.M
+    )
     assert header, out
     row = re.search(r"^choreo-dev\s+hello\s+dev\s+service\s+2/2\s+Ready\s+(\S+)\s+\S+$", out, re.M)
     assert row, out

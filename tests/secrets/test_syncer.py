@@ -14,7 +14,8 @@ from tests.secrets.conftest import CLIENT_B, TENANT_B, Azure, Names
 
 
 def syncer(kube: Any, azure: Azure, **kwargs: Any) -> SecretSyncer:
-    return SecretSyncer(kube, transport=azure.settings(), failure_backoff=(0.2, 1.0), **kwargs)
+    kwargs.setdefault("failure_backoff", (0.2, 1.0))
+    return SecretSyncer(kube, transport=azure.settings(), **kwargs)
 
 
 async def create_app(kube: Any, env: Environment, name: str, secrets: list[dict[str, str]]) -> dict[str, Any]:
@@ -176,7 +177,8 @@ async def test_first_sync_failures_are_not_ready_and_write_nothing(
     forbidden = await create_app(kube, wrong, "denied", [{"name": "P", "keyVaultSecret": "p"}])
     no_kv = names.environment("bare", None)
     bare = await create_app(kube, no_kv, "bare", [{"name": "P", "keyVaultSecret": "p"}])
-    s = syncer(kube, azure)
+    # A backoff far longer than the test, so "not re-read yet" cannot depend on the machine's speed.
+    s = syncer(kube, azure, failure_backoff=(60.0, 120.0))
     try:
         for app, env_, reason in (
             (missing, env, "SecretNotFound"),

@@ -27,6 +27,7 @@ CHILD_KINDS: tuple[Resource, ...] = (
     R.PDBS,
     R.INGRESSES,
     R.HTTPROUTES,
+    R.NETWORKPOLICIES,  # the ingress openings of the app's connections
 )
 
 
