@@ -10,9 +10,11 @@ import asyncio
 import asyncio.sslproto
 import contextlib
 import logging
+import os
+import socket
 import sqlite3
 import ssl
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,12 @@ from fastapi import FastAPI
 
 from choreo_cp.api import create_app
 from choreo_cp.context import ControlPlane, TunnelSettings
+from choreo_cp.hub import ClusterLink
 from choreo_cp.retry import Backoff
 from choreo_cp.store import DEFAULT_LOG_LIMIT, Store
 from choreo_cp.store.history import DEFAULT_HISTORY_LIMIT
 from choreo_cp.tunnel import add_tunnel_route, shutdown_sessions
+from choreo_dp.observability.health import Liveness
 from choreo_wire import protocol
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,7 @@ STORE_CLOSE_TIMEOUT = 30.0
 # Waiting for uvicorn to listen, and backing off a failing report flush (the store's own backoff).
 STARTUP_POLL = Backoff(base=0.01, cap=0.2)
 FLUSH_BACKOFF = Backoff(base=0.25, cap=10.0)
+SUPERVISE_BACKOFF = Backoff(base=0.5, cap=30.0)
 
 WS_PING_INTERVAL = 10.0
 WS_PING_TIMEOUT = 10.0
@@ -92,6 +97,24 @@ class _Server(uvicorn.Server):
         yield
 
 
+async def _supervised(name: str, run: Callable[[], Awaitable[None]], probe: Liveness) -> None:
+    """Restart ``run`` with backoff whenever it fails, failing ``probe`` meanwhile (choreo_dp's
+    supervise sits above the layer the control plane may import; this is its minimal form)."""
+    failures = 0
+    while True:
+        try:
+            await run()
+            reason = "ended"
+        except Exception as exc:
+            log.exception("%s failed; restarting", name)
+            reason = f"{exc.__class__.__name__}: {exc}"[:300]
+        failures += 1
+        delay = SUPERVISE_BACKOFF.delay(failures - 1)
+        probe.fail(f"{name} {reason} (restart {failures} in {delay:.1f}s)")
+        await asyncio.sleep(delay)
+        probe.beat()
+
+
 class ControlPlaneServer:
     def __init__(self, config: ServerConfig) -> None:
         if bool(config.tls_cert) != bool(config.tls_key):
@@ -112,6 +135,8 @@ class ControlPlaneServer:
         self._server: _Server | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._cluster_tasks: list[asyncio.Task[None]] = []
+        self.cluster: ClusterLink | None = None
         self.port = config.port
 
     @property
@@ -180,6 +205,8 @@ class ControlPlaneServer:
         if sockets:
             self.port = int(sockets[0].getsockname()[1])
         self._flusher = asyncio.create_task(self._flush_loop(), name="control-plane-flush")
+        if self.store.clustered:
+            self._start_cluster_link()
         log.info(
             "control plane listening on %s (tunnel %s, db %s, epoch per dataplane, store %s)",
             self.url,
@@ -187,6 +214,17 @@ class ControlPlaneServer:
             self.store.engine.location,
             self.store.store_id,
         )
+
+    def _start_cluster_link(self) -> None:
+        """Several replicas on one PostgreSQL: changes and newer sessions reach this replica's agents
+        whichever replica they went through (see docs/controlplane.md, "Several replicas")."""
+        self.cp.hub.replica = f"{socket.gethostname()}:{os.getpid()}:{self.port}"
+        link = ClusterLink(self.cp.hub, self.store, str(self.config.db), self.cp.liveness.child("database"))
+        self.store.changed_hooks.append(link.changed)
+        self.cluster = link
+        for name, loop in (("cluster-listener", link.run_listener), ("cluster-notifier", link.run_notifier)):
+            probe = self.cp.liveness.child(name)
+            self._cluster_tasks.append(asyncio.create_task(_supervised(name, loop, probe), name=name))
 
     async def _flush_loop(self) -> None:
         """Write coalesced reports every interval; a failing store backs off (the batch is kept, see
@@ -222,6 +260,10 @@ class ControlPlaneServer:
         if self._serve_task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self._serve_task, 10)
+        for task in self._cluster_tasks:
+            task.cancel()
+        if self._cluster_tasks:
+            await asyncio.wait(self._cluster_tasks, timeout=10)
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):

@@ -156,6 +156,8 @@ class TunnelSession:
         self._resync_requests = 0
         self._resync_requested_at: str | None = None
         self._deferred_logged = False
+        # fencing token of this session in the store (several replicas on PostgreSQL only)
+        self._fence: int | None = None
 
     # -- hub.Session -------------------------------------------------------------------------
     @property
@@ -173,6 +175,10 @@ class TunnelSession:
     @property
     def remote(self) -> str:
         return self._remote
+
+    @property
+    def fence(self) -> int | None:
+        return self._fence
 
     def wake(self) -> None:
         self._wake.set()
@@ -308,6 +314,19 @@ class TunnelSession:
             # Anti-entropy asked for it (persisted, so a restart of either end does not lose it).
             self.mode = "resync"
             self._forced_resync = True
+        if self.cp.store.clustered:
+            # Newest session wins on every replica: the token is bumped before we attach, so an
+            # older session elsewhere is fenced off (and told goaway) from this commit on.
+            self._fence = await self._with_store(
+                "registering the session",
+                lambda: self.cp.store.claim_session(
+                    self.dataplane,
+                    self.session_id,
+                    replica=self.cp.hub.replica,
+                    remote=self.remote,
+                    started_at=self.started_at,
+                ),
+            )
         self.cp.hub.attach(self)
         self.cp.metrics.session_starts.labels(self.mode).inc()
         if self.mode == "incremental":
@@ -413,10 +432,17 @@ class TunnelSession:
 
     async def _mark_connection(self, connected: bool) -> None:
         """Connection times are informational: a store that stays locked costs the record, not the session."""
+        store, fence = self.cp.store, self._fence
         try:
-            await self._with_store(
-                "recording the connection", lambda: self.cp.store.mark_connection(self.dataplane, connected)
-            )
+            if fence is None:
+                await self._with_store(
+                    "recording the connection", lambda: store.mark_connection(self.dataplane, connected)
+                )
+            else:
+                # conditional on the token: a session replaced on another replica records nothing
+                await self._with_store(
+                    "recording the connection", lambda: store.mark_session(self.dataplane, fence, connected)
+                )
         except sqlite3.OperationalError as exc:
             log.warning("dataplane %s: connection time not recorded: %s", self.dataplane, exc)
 

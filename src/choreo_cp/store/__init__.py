@@ -45,6 +45,7 @@ from choreo_cp.store.reports import Reports
 from choreo_cp.store.revisions import Revisions
 from choreo_cp.store.schema import LATEST as SCHEMA_VERSION
 from choreo_cp.store.schema import SchemaTooNew
+from choreo_cp.store.sessions import SessionRecord, Sessions
 from choreo_cp.store.tokens import TOKEN_PREFIX, Dataplanes, hash_token, new_epoch, new_token
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "ObjectReport",
     "Op",
     "SchemaTooNew",
+    "SessionRecord",
     "Snapshot",
     "StatusRecord",
     "Store",
@@ -81,7 +83,7 @@ __all__ = [
 ]
 
 
-class Store(Dataplanes, Revisions, Reports, Audit):
+class Store(Dataplanes, Revisions, Reports, Audit, Sessions):
     """The control plane's store, on SQLite (a path) or PostgreSQL (a ``postgresql://`` URL)."""
 
     async def open(self) -> Self:

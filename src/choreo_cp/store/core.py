@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from choreo_cp.store.engine import Engine, engine_for
+from choreo_cp.store.engine import Engine, StoreUnavailable, engine_for
 from choreo_cp.store.groupcommit import GroupCommit
 from choreo_cp.store.records import default_spec_hash
 
@@ -101,6 +101,11 @@ class StoreCore:
         # Called with the dataplane after a committed change of its desired state (the seam for
         # replicas: a notification that the dataplane moved, the data read from the store).
         self.changed_hooks: list[Callable[[str], None]] = []
+        # Several replicas (store/sessions.py): the fencing token of this process's newest session
+        # per dataplane (its reports are written only while that token is current), and why the
+        # database is known lost (set by the replica's listener: calls fail at once, no 10 s wait).
+        self.fences: dict[str, int] = {}
+        self.unavailable: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def _open_engine(self) -> None:
@@ -122,12 +127,18 @@ class StoreCore:
         for hook in self.changed_hooks:
             hook(dp)
 
+    def _check_available(self) -> None:
+        if self.unavailable is not None:
+            raise StoreUnavailable(self.unavailable)
+
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a read on the engine: one consistent snapshot, ``self._db`` is its connection."""
+        self._check_available()
         return await self.engine.read(lambda _conn: fn(*args))
 
     async def _txn(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn`` (given the connection) in the next group commit; returns after the commit."""
+        self._check_available()
         return await self.writer.submit(fn)
 
     @property

@@ -265,3 +265,11 @@ class PostgresEngine:
 
     async def write_group(self, fns: Sequence[Callable[[Conn], Any]]) -> list[Outcome]:
         return await self._call(self._group_sync, fns)
+
+    async def notify(self, channel: str, payloads: Sequence[str]) -> None:
+        """``NOTIFY channel`` once per payload, in one statement on a pooled (autocommit) connection."""
+
+        def body(conn: PgConn) -> None:
+            conn.execute("SELECT pg_notify(?, p) FROM unnest(?::text[]) AS p", (channel, list(payloads)))
+
+        await self._call(self._run, body)

@@ -12,7 +12,7 @@ import sqlite3
 from typing import Any
 
 from choreo_cp.store.core import StoreCore
-from choreo_cp.store.engine import Conn
+from choreo_cp.store.engine import POSTGRES, Conn
 from choreo_cp.store.records import (
     DesiredState,
     Kind,
@@ -25,6 +25,7 @@ from choreo_cp.store.records import (
     now_rfc3339,
     row_object,
 )
+from choreo_cp.store.sessions import drop_fenced
 
 
 def _row_nack(row: Any) -> Nack:
@@ -88,7 +89,11 @@ class Reports(StoreCore):
             status, applied, beats, agent = batch.status, batch.applied, batch.heartbeat, batch.agent
             inventory = batch.inventory
 
+            fences = dict(self.fences)
+
             def tx(conn: Conn) -> int:
+                # several replicas: nothing from a session another replica has replaced since
+                drop_fenced(conn, fences, batch, share_lock=self.dialect is POSTGRES)
                 known = {r[0] for r in conn.execute("SELECT id FROM dataplanes").fetchall()}
                 n = 0
                 for (dp, key), (text, at, missing, observed) in sorted(status.items()):

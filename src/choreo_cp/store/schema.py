@@ -202,11 +202,27 @@ _V4 = (
             AND instr(json_extract(s.status, '$.image'), '@sha256:') > 0)""",
 )
 
+# Migration 5: one row per dataplane naming its current tunnel session and a fencing token, bumped
+# in the transaction that registers a newer session; writes on behalf of a session are conditional
+# on it, so a session another replica replaced can never overwrite the newer one's reports.
+_V5 = (
+    """CREATE TABLE IF NOT EXISTS sessions (
+        dataplane TEXT PRIMARY KEY,
+        token INTEGER NOT NULL DEFAULT 0,
+        session_id TEXT,
+        replica TEXT,
+        remote TEXT,
+        started_at TEXT,
+        ended_at TEXT
+    )""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _V1),
     Migration(2, "inventory summaries, required resyncs, missing objects", _V2),
     Migration(3, "audit trail of on-demand streams", _V3),
     Migration(4, "history of accepted app specs and the images they ran", _V4),
+    Migration(5, "tunnel sessions with fencing tokens (several replicas)", _V5),
 )
 LATEST = MIGRATIONS[-1].version
 
