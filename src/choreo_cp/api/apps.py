@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
 from choreo_cp.api import objects
 from choreo_cp.api.connections import check_connections
-from choreo_cp.api.deps import API_V1, CP, AppName, DpId, EnvName
+from choreo_cp.api.deps import API_V1, CP, AppName, DpId, EnvName, control_plane
 from choreo_cp.api.http import JsonRoute, body_error, strict_body
 from choreo_cp.api.models import Accepted, AppBody, ObjectList, ObjectView, documented
 from choreo_cp.api.observe import WHO
@@ -23,9 +21,9 @@ router = APIRouter(prefix=API_V1, route_class=JsonRoute, tags=["apps"], response
 
 
 @router.put("/dataplanes/{dp}/environments/{env}/apps/{app}", status_code=202, response_model=Accepted)
-async def put_app(
-    dp: DpId, env: EnvName, app: AppName, body: AppBody, request: Request, cp: CP
-) -> dict[str, Any]:
+async def put_app(dp: DpId, env: EnvName, app: AppName, body: AppBody, request: Request) -> dict[str, Any]:
+    # The hottest write route: the control plane from ``request``, not one more dependency to solve.
+    cp = await control_plane(request)
     body = await strict_body(request, AppBody)
     return await accept_app(cp, dp, env, app, body, HistoryNote(author=WHO))
 
@@ -43,14 +41,12 @@ async def accept_app(
             f"spec.environment {given!r} does not match the environment in the path ({env!r})",
             given,
         )
-    raw = body.spec.model_dump(by_alias=True, exclude_none=True, mode="json")
-    raw["environment"] = env
-    try:
-        spec = ChoreoAppSpec.model_validate(raw)
-    except ValidationError as exc:  # pragma: no cover - AppSpecBody already validated everything else
-        raise RequestValidationError(exc.errors()) from None
+    # The body's spec is a ChoreoAppSpec already validated (strictly) with the body; no validator
+    # reads ``environment``, and the path's has the same pattern, so it is set, not validated again.
+    spec: ChoreoAppSpec = body.spec
     await check_connections(cp, dp, env, app, spec)
-    return await objects.put_object(cp, dp, KIND_APP, env, app, spec.to_k8s(), note)
+    manifest = {**spec.to_k8s(), "environment": env}
+    return await objects.put_object(cp, dp, KIND_APP, env, app, manifest, note)
 
 
 @router.delete("/dataplanes/{dp}/environments/{env}/apps/{app}", status_code=202, response_model=Accepted)

@@ -29,7 +29,9 @@ EnvName = Annotated[
 AppName = Annotated[str, Path(min_length=1, max_length=63, pattern=DNS1123_LABEL, description="App name.")]
 
 
-def control_plane(request: Request) -> ControlPlane:
+# async on purpose: FastAPI runs a plain ``def`` dependency on a worker thread, a thread hop (and
+# two lock handoffs) on every request for one attribute read.
+async def control_plane(request: Request) -> ControlPlane:
     cp: ControlPlane = request.app.state.cp
     return cp
 
@@ -40,7 +42,9 @@ _bearer = HTTPBearer(auto_error=False, description="Admin token")
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-async def require_admin(credentials: BearerCredentials, cp: CP) -> None:
+async def require_admin(credentials: BearerCredentials, request: Request) -> None:
+    # ``request``, not the CP dependency: one dependency fewer to solve on every request.
+    cp = await control_plane(request)
     if credentials is None:
         raise AuthError("missing bearer token")
     if not cp.is_admin(credentials.credentials):
