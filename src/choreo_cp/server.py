@@ -28,6 +28,7 @@ from choreo_cp.hub import ClusterLink
 from choreo_cp.retry import Backoff
 from choreo_cp.store import DEFAULT_LOG_LIMIT, Store
 from choreo_cp.store.history import DEFAULT_HISTORY_LIMIT
+from choreo_cp.streams import Hop
 from choreo_cp.tunnel import add_tunnel_route, shutdown_sessions
 from choreo_dp.observability.health import Liveness
 from choreo_wire import protocol
@@ -64,6 +65,8 @@ class ServerConfig:
     synchronous: str = "FULL"
     # seconds a write waits for another process's lock before the store reports it unavailable
     busy_timeout: float = 5.0
+    # where the other replicas reach this one (several replicas); None: derived from host and port
+    advertise_url: str | None = None
 
 
 # asyncio gives every TLS connection a 256 KiB read buffer (SSLProtocol.max_size); with hundreds of
@@ -148,6 +151,19 @@ class ControlPlaneServer:
         return f"{'https' if self.tls else 'http'}://{self.config.host}:{self.port}"
 
     @property
+    def advertise_url(self) -> str:
+        """What the other replicas dial to hand this one a stream request of an agent it holds."""
+        if self.config.advertise_url:
+            return self.config.advertise_url.rstrip("/")
+        host = self.config.host
+        if host in ("", "0.0.0.0", "::"):
+            # every interface: the host name is the best guess (set --advertise-url in Kubernetes)
+            host = socket.gethostname()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+    @property
     def tunnel_url(self) -> str:
         return f"{'wss' if self.tls else 'ws'}://{self.config.host}:{self.port}{protocol.TUNNEL_PATH}"
 
@@ -206,6 +222,16 @@ class ControlPlaneServer:
             self.port = int(sockets[0].getsockname()[1])
         self._flusher = asyncio.create_task(self._flush_loop(), name="control-plane-flush")
         if self.store.clustered:
+            # recorded with each session this replica claims (the agents may dial in already)
+            self.store.advertise_url = self.advertise_url
+            await self.store.forget_replicas()
+            c = self.config
+            self.cp.streams.hop = Hop(
+                secret=await self.store.hop_secret(),
+                token=c.admin_token,
+                ca_file=c.tls_cert,
+                client_cert=(c.tls_cert, c.tls_key) if c.client_ca and c.tls_cert and c.tls_key else None,
+            )
             self._start_cluster_link()
         log.info(
             "control plane listening on %s (tunnel %s, db %s, epoch per dataplane, store %s)",

@@ -49,6 +49,21 @@ class StreamLimits:
     retry_after: float = 5.0
 
 
+@dataclass(frozen=True)
+class Hop:
+    """How this replica hands a stream request to the replica holding the dataplane's session
+    (several replicas on PostgreSQL; see forward.py)."""
+
+    # shared by the replicas through the store: marks a handed-over request (see Sessions.hop_secret)
+    secret: str
+    # the admin token authenticates the hop like any REST call
+    token: str
+    # verify an https owner with this CA bundle as well as the system's (a self-signed serving cert)
+    ca_file: str | None = None
+    # present this certificate when the owners require client certificates (--client-ca)
+    client_cert: tuple[str, str] | None = None
+
+
 class StreamRefused(Exception):
     """The control plane refuses a stream before asking the agent (429 or 503)."""
 
@@ -84,6 +99,27 @@ def payload_bytes(data: p.StreamData) -> int:
 
 
 Item = p.StreamData | p.StreamEnd
+
+
+class Source(Protocol):
+    """What an HTTP response reads a stream from: a local :class:`Stream` or a stream another
+    replica serves (forward.RemoteStream)."""
+
+    @property
+    def limits(self) -> StreamLimits: ...
+
+    @property
+    def end(self) -> p.StreamEnd | None: ...
+
+    async def answer(self, timeout: float, *, ack_starts: bool) -> Item | None: ...
+
+    async def next(self, timeout: float) -> Item | None: ...
+
+    def consumed(self, size: int) -> None: ...
+
+    def finish(self, code: p.StreamEndCode, message: str) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Stream:
@@ -290,6 +326,9 @@ class StreamRegistry:
     """Every open stream, by dataplane and id; the per-dataplane and per-client slots."""
 
     limits: StreamLimits = field(default_factory=StreamLimits)
+    # set when several replicas share the store: requests of a dataplane whose session is elsewhere
+    # are handed to the replica holding it
+    hop: Hop | None = None
     _by_dp: dict[str, dict[str, Stream]] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 

@@ -6,10 +6,15 @@ request (who, when, which app, kind, parameters, bytes, end code, duration). Wha
 answers before the first byte decides the HTTP status (403 disabled/forbidden, 404 not_found, 429
 limit, 503 disconnected, 502 error, 504 no answer); after it, the end travels in the body (a final
 ``--- stream ended: code: message`` line in text, an ``end`` record in NDJSON).
+
+With several replicas a request for a dataplane whose session another replica holds is handed to
+that replica (forward.py) and answered exactly as if served here; this replica writes the audit
+record, the owner none.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import math
 import re
@@ -27,8 +32,9 @@ from choreo_cp.api.deps import API_V1, CP, AppName, DpId, EnvName, known_datapla
 from choreo_cp.api.http import JsonRoute
 from choreo_cp.api.models import documented
 from choreo_cp.context import ControlPlane
+from choreo_cp.forward import CLIENT_HEADER, CODE_HEADER, HOP_HEADER, HopRefused, hop_record, open_remote
 from choreo_cp.store import AuditRecord, now_rfc3339
-from choreo_cp.streams import Stream, StreamPeer, StreamRefused, payload_bytes
+from choreo_cp.streams import Source, StreamPeer, StreamRefused, payload_bytes
 from choreo_wire import protocol as p
 
 router = APIRouter(prefix=API_V1, route_class=JsonRoute, tags=["observe"])
@@ -101,10 +107,21 @@ class _Request:
         self.client = request.client.host if request.client else "?"
         self.started = time.monotonic()
         self.params = p.StreamParams()
-        self.stream: Stream | None = None
+        self.stream: Source | None = None
         self.bytes = 0
+        query = request.url.query
+        self.path_and_query = request.url.path + (f"?{query}" if query else "")
+        # handed over by the replica the user called (which audits it): answer in raw chunks
+        hop, given = cp.streams.hop, request.headers.get(HOP_HEADER)
+        self.hop = bool(
+            hop is not None and given is not None and hmac.compare_digest(given.encode(), hop.secret.encode())
+        )
+        if self.hop:
+            self.client = request.headers.get(CLIENT_HEADER) or self.client
 
     def audit(self, status: int, code: str) -> None:
+        if self.hop:
+            return
         record = AuditRecord(
             who=WHO,
             client=self.client,
@@ -123,8 +140,10 @@ class _Request:
         self.audit(status, code)
         if self.stream is not None:
             self.stream.close()
-        headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
-        return HTTPException(status, detail, headers=headers)
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else {}
+        if self.hop:
+            headers[CODE_HEADER] = code
+        return HTTPException(status, detail, headers=headers or None)
 
     async def open(self, params: p.StreamParams) -> p.StreamData | None:
         """Admit the request and wait for the agent's answer: its first chunk (None: a quiet follow)."""
@@ -143,14 +162,13 @@ class _Request:
             )
         limits = self.cp.streams.limits
         session = self.cp.hub.get(self.dp)
-        if not isinstance(session, StreamPeer):
-            raise self.refuse(
-                503, "unavailable", f"dataplane {self.dp!r} is not connected", limits.retry_after
-            )
-        try:
-            self.stream = self.cp.streams.open(session, self.kind, self.key, params, self.client)
-        except StreamRefused as exc:
-            raise self.refuse(exc.status, exc.code, exc.message, exc.retry_after) from None
+        if isinstance(session, StreamPeer):
+            try:
+                self.stream = self.cp.streams.open(session, self.kind, self.key, params, self.client)
+            except StreamRefused as exc:
+                raise self.refuse(exc.status, exc.code, exc.message, exc.retry_after) from None
+        else:
+            self.stream = await self._hand_over()
         # a follow starts its 200 on the agent's acknowledgement; anything else waits for the first
         # data or the end, so a refusal found while reading (RBAC) is still an HTTP status
         first = await self.stream.answer(limits.answer_timeout, ack_starts=params.follow)
@@ -168,6 +186,29 @@ class _Request:
             detail = first.message or f"the data plane ended the stream: {first.code}"
             raise self.refuse(status, first.code, detail, retry if status in (429, 503) else None)
         return first
+
+    async def _owner(self) -> str | None:
+        """The advertised URL of the replica holding the session, when it is another replica."""
+        if self.hop or self.cp.streams.hop is None or not self.cp.store.clustered:
+            return None  # a handed-over request is never handed on: no loops between replicas
+        record = await self.cp.store.session_record(self.dp)
+        if record is None or not record.open or not record.advertise or record.replica == self.cp.hub.replica:
+            return None
+        return record.advertise
+
+    async def _hand_over(self) -> Source:
+        retry = self.cp.streams.limits.retry_after
+        try:
+            owner = await self._owner()
+        except Exception:
+            raise self.refuse(503, "unavailable", "the store is unavailable; retry later", retry) from None
+        hop = self.cp.streams.hop
+        if owner is None or hop is None:
+            raise self.refuse(503, "unavailable", f"dataplane {self.dp!r} is not connected", retry)
+        try:
+            return await open_remote(self.cp.streams, hop, owner, self.path_and_query, self.client)
+        except HopRefused as exc:
+            raise self.refuse(exc.status, exc.code, exc.detail, exc.retry_after) from None
 
     async def items(self, first: p.StreamData | None) -> AsyncIterator[p.StreamData | p.StreamEnd]:
         """The chunks in order, then the end (idle and limit bounds applied here)."""
@@ -197,6 +238,18 @@ class _Request:
         stream.close()
         end = stream.end
         self.audit(200, end.code if end is not None else "cancelled")
+
+
+def _hop_response(req: _Request, first: p.StreamData | None) -> Response:
+    """The owner's answer to a handed-over request: every chunk and the end as they come."""
+
+    async def body() -> AsyncIterator[bytes]:
+        async for item in req.items(first):
+            yield _ndjson(hop_record(item))
+            if isinstance(item, p.StreamData):
+                req.consumed(item)
+
+    return _Streamed(body(), req.finished, media_type=NDJSON)
 
 
 class _Streamed(StreamingResponse):
@@ -291,6 +344,8 @@ async def get_logs(
         limit_bytes=limit_bytes,
     )
     first = await req.open(params)
+    if req.hop:
+        return _hop_response(req, first)
     ndjson = NDJSON in request.headers.get("accept", "")
 
     async def body() -> AsyncIterator[bytes]:
@@ -335,6 +390,8 @@ async def get_events(
     req = _Request(cp, request, dp, env, app, "events")
     params = _params(follow=watch, limit_bytes=None if watch else cp.streams.limits.default_limit_bytes)
     first = await req.open(params)
+    if req.hop:
+        return _hop_response(req, first)
     if not watch:
         objects = await _collect(req, first)
         req.finished()
@@ -357,6 +414,8 @@ async def get_live(dp: DpId, env: EnvName, app: AppName, request: Request, cp: C
     _only(request)
     req = _Request(cp, request, dp, env, app, "live")
     first = await req.open(_params(limit_bytes=cp.streams.limits.default_limit_bytes))
+    if req.hop:
+        return _hop_response(req, first)  # type: ignore[return-value]
     objects = await _collect(req, first)
     req.finished()
     return {"app": req.key, "observedAt": now_rfc3339(), "objects": objects}

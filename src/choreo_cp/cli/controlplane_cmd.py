@@ -45,6 +45,12 @@ def register(sub: Any) -> None:
         help="SQLite database path, or postgresql://USER@HOST/DB (any number of replicas; the password"
         " from PGPASSWORD or ~/.pgpass rather than the URL)",
     )
+    add_env_argument(
+        s,
+        "--advertise-url",
+        help="URL the other replicas reach this one at, to hand it stream requests of the agents it"
+        " holds (default: from --listen; in Kubernetes the pod IP, e.g. https://$(POD_IP):8443)",
+    )
     add_env_argument(s, "--tls-cert", help="TLS certificate (PEM)")
     add_env_argument(s, "--tls-key", help="TLS private key (PEM)")
     add_env_argument(
@@ -142,6 +148,7 @@ def serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         client_ca=args.client_ca_file,
         history_limit=args.history_limit,
+        advertise_url=args.advertise_url,
     )
     return asyncio.run(_serve(config))
 

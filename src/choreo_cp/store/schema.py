@@ -217,12 +217,25 @@ _V5 = (
     )""",
 )
 
+# Migration 6: the internal URL of each replica that holds (or held) a session, joined to the
+# session row by replica name, so another replica can hand it a request for a log, event or
+# live-state stream of that dataplane (docs/controlplane.md). A table rather than a column of
+# sessions: migrations re-apply over a stamp, and SQLite has no ADD COLUMN IF NOT EXISTS.
+_V6 = (
+    """CREATE TABLE IF NOT EXISTS replicas (
+        name TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        seen_at TEXT NOT NULL
+    )""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _V1),
     Migration(2, "inventory summaries, required resyncs, missing objects", _V2),
     Migration(3, "audit trail of on-demand streams", _V3),
     Migration(4, "history of accepted app specs and the images they ran", _V4),
     Migration(5, "tunnel sessions with fencing tokens (several replicas)", _V5),
+    Migration(6, "the advertised URL of the replica holding a session", _V6),
 )
 LATEST = MIGRATIONS[-1].version
 

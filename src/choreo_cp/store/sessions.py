@@ -15,8 +15,10 @@ is the whole truth there, and nothing of it changes.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from choreo_cp.store.core import PendingReports, StoreCore
@@ -34,6 +36,15 @@ HEADS_SQL = (
 )
 
 
+# A session row with the advertised URL of the replica it names (migration 6).
+SESSION_SQL = (
+    "SELECT s.dataplane, s.token, s.session_id, s.replica, s.remote, s.started_at, s.ended_at,"
+    " r.url AS advertise FROM sessions s LEFT JOIN replicas r ON r.name = s.replica"
+)
+# Replicas not seen claiming a session for this long, and named by no session, are forgotten.
+REPLICA_RETENTION = timedelta(days=7)
+
+
 @dataclass(frozen=True)
 class SessionRecord:
     dataplane: str
@@ -43,6 +54,8 @@ class SessionRecord:
     remote: str | None
     started_at: str | None
     ended_at: str | None
+    # where the other replicas reach the one holding the session (its streams are served there)
+    advertise: str | None = None
 
     @property
     def open(self) -> bool:
@@ -58,6 +71,7 @@ def _record(row: Any) -> SessionRecord:
         row["remote"],
         row["started_at"],
         row["ended_at"],
+        row["advertise"],
     )
 
 
@@ -93,8 +107,15 @@ def drop_fenced(conn: Conn, fences: dict[str, int], batch: PendingReports, *, sh
         batch.drop(dp)
 
 
+# The meta row holding the secret that marks a stream request one replica hands another.
+HOP_SECRET_KEY = "replica_hop_secret"
+
+
 class Sessions(StoreCore):
     """The session-fencing part of the store (used only on PostgreSQL, see the module docstring)."""
+
+    # This replica's internal URL, recorded with every session it claims (set by the server).
+    advertise_url: str | None = None
 
     @property
     def clustered(self) -> bool:
@@ -116,6 +137,13 @@ class Sessions(StoreCore):
                 (dp, session_id, replica, remote, started_at),
             ).fetchone()
             token = int(row[0])
+            if self.advertise_url:
+                # with the claim, so a session row never names a replica nobody can reach by name
+                conn.execute(
+                    "INSERT INTO replicas(name, url, seen_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT(name) DO UPDATE SET url=excluded.url, seen_at=excluded.seen_at",
+                    (replica, self.advertise_url, started_at),
+                )
             self._announce(conn, dp, token)
             return token
 
@@ -163,11 +191,43 @@ class Sessions(StoreCore):
 
     async def session_record(self, dp: str) -> SessionRecord | None:
         row = await self._call(
-            lambda: self._db.execute("SELECT * FROM sessions WHERE dataplane=?", (dp,)).fetchone()
+            lambda: self._db.execute(SESSION_SQL + " WHERE s.dataplane=?", (dp,)).fetchone()
         )
         return None if row is None else _record(row)
 
     async def session_records(self) -> dict[str, SessionRecord]:
         """Every dataplane's session row (one query, for listings)."""
-        rows = await self._call(lambda: self._db.execute("SELECT * FROM sessions").fetchall())
+        rows = await self._call(lambda: self._db.execute(SESSION_SQL).fetchall())
         return {str(r["dataplane"]): _record(r) for r in rows}
+
+    async def hop_secret(self) -> str:
+        """The secret every replica of this database shares (created by the first that asks).
+
+        It marks a stream request handed from one replica to the one holding the session; REST
+        clients never see it, so only a replica can ask another to skip its audit record.
+        """
+        candidate = secrets.token_urlsafe(32)
+
+        def tx(conn: Conn) -> str:
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
+                (HOP_SECRET_KEY, candidate),
+            )
+            row = conn.execute("SELECT value FROM meta WHERE key=?", (HOP_SECRET_KEY,)).fetchone()
+            return str(row[0])
+
+        return await self._txn(tx)
+
+    async def forget_replicas(self) -> int:
+        """Drop the URLs of replicas long gone (one row per replica process that held a session)."""
+        cutoff = (datetime.now(UTC) - REPLICA_RETENTION).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+        def tx(conn: Conn) -> int:
+            cur = conn.execute(
+                "DELETE FROM replicas WHERE seen_at < ? AND name NOT IN"
+                " (SELECT replica FROM sessions WHERE replica IS NOT NULL)",
+                (cutoff,),
+            )
+            return max(0, int(cur.rowcount))
+
+        return await self._txn(tx)
