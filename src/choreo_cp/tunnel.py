@@ -807,6 +807,12 @@ class TunnelSession:
 def add_tunnel_route(app: FastAPI, cp: ControlPlane) -> None:
     @app.websocket(p.TUNNEL_PATH)
     async def tunnel(websocket: WebSocket) -> None:
+        if cp.store.clustered and not cp.hub.replica:
+            # Listening, but not yet linked to the other replicas (name, advertised URL, NOTIFY):
+            # a session claimed now would be recorded under no replica. The agent retries.
+            cp.metrics.session_rejects.labels("starting").inc()
+            await _deny(websocket, 503, "control plane replica still starting; retry shortly")
+            return
         token = _bearer(websocket)
         if token is None:
             cp.metrics.session_rejects.labels("no_token").inc()
