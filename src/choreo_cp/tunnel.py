@@ -491,8 +491,10 @@ class TunnelSession:
             self.go_away("dataplane no longer registered", GOAWAY_RETRY_REPLACED)
             return False
         for change in changes:
-            await self._send_change(change, prev=self.sent_revision)
-            self.sent_revision = change.revision
+            # Counted as sent before the await: the agent's `applied` for it can arrive while the
+            # send is still returning, and must not be refused as ahead of what was sent.
+            prev, self.sent_revision = self.sent_revision, change.revision
+            await self._send_change(change, prev=prev)
             if self._outbox or self._goaway is not None:
                 break  # replies (heartbeat echoes) must not wait behind a long stream
         return bool(changes)
