@@ -502,7 +502,7 @@ async def _starvation(
         ServerConfig(
             host="127.0.0.1",
             port=0,
-            db=tmp / "starvation-cp.db",
+            db=tmp / f"starvation-cp-{server.kind}.db",  # one per API server: a fresh registration
             admin_token=ADMIN,
             tls_cert=str(tmp / "cp.pem"),
             tls_key=str(tmp / "cp.key"),
