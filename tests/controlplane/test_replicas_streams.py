@@ -10,7 +10,6 @@ emulator's simulator or by kwok on the real cluster; both API servers serve thei
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -40,6 +39,7 @@ from tests.controlplane.test_replicas_agents import (
     replica,
     rest,
 )
+from tests.e2e.test_observe_e2e import Follow
 from tests.polling import eventually
 from tests.tunnel import conftest as tunnel
 from tests.tunnel.conftest import Names, TunnelApi
@@ -91,38 +91,6 @@ async def pods_with_logs(apiserver: TunnelApi, kube: KubeClient, names: Names, t
         previous.write_text(cri(f"p{i} before", OLD - timedelta(hours=1)))
         await _serve_logs(kube, names.ns, pod, pods.files[pod], previous)
     return pods
-
-
-class Follow:
-    """A streamed GET read line by line, closable mid-stream like a client going away."""
-
-    def __init__(self, http: httpx.AsyncClient, path: str, **kw: Any) -> None:
-        self.http, self.path, self.kw = http, path, kw
-        self.lines: list[str] = []
-        self.response: httpx.Response | None = None
-        self._stack = contextlib.AsyncExitStack()
-
-    async def __aenter__(self) -> Follow:
-        self.response = await self._stack.enter_async_context(self.http.stream("GET", self.path, **self.kw))
-        self._iter = self.response.aiter_lines()
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self._stack.aclose()
-
-    async def until(self, n: int, timeout: float = 30.0) -> list[str]:
-        async with asyncio.timeout(timeout):
-            while len(self.lines) < n:
-                try:
-                    self.lines.append(await anext(self._iter))
-                except StopAsyncIteration:
-                    break
-        return self.lines
-
-    async def rest(self, timeout: float = 30.0) -> list[str]:
-        async with asyncio.timeout(timeout):
-            self.lines.extend([line async for line in self._iter])
-        return self.lines
 
 
 def manager(agent: Agent) -> StreamManager:
