@@ -429,7 +429,11 @@ async def test_the_log_read_budget_holds_the_aggregate_rate_of_several_streams(s
     s.manager.budget = budget
     sids = [await s.open(follow=True, pod=p, credit=16 << 20) for p in (p0, p1, p0)]
     # past the burst, the bucket is in its steady state
-    await eventually(lambda: budget.read_bytes > 2 * burst, timeout=20, what="the streams flowing")
+    await eventually(
+        lambda: budget.read_bytes > 2 * burst and all(s.lines(sid) for sid in sids),
+        timeout=20,
+        what="every stream flowing",
+    )
     loop = asyncio.get_running_loop()
     t0, read0 = loop.time(), budget.read_bytes
     sent0 = {sid: _payload(s.lines(sid)) for sid in sids}

@@ -9,7 +9,7 @@ from typing import Any
 from choreo_dp.api import Condition, set_condition
 from choreo_dp.api.choreoapp import LONG_RUNNING_TYPES, ChoreoAppSpec
 from choreo_dp.api.rollout import ACTIVE_PHASES, RolloutStatus
-from choreo_dp.api.vocabulary import ROLLOUT_ABORTED_REASON
+from choreo_dp.api.vocabulary import APP_SERVICE_ACCOUNT, ROLLOUT_ABORTED_REASON
 from choreo_dp.operator.summaries import CronJobSummary, DeploymentSummary, PodSummary, running_image
 from choreo_dp.render.connections import ConnectionResolution
 from choreo_dp.render.endpoints import EndpointExposure
@@ -213,7 +213,7 @@ def _deployment_state(obs: AppObservation, spec: ChoreoAppSpec) -> _Workload:
         shown = "; ".join(sorted(problems)[:3])
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         return "Degraded", shown + more, ready_text, desired, dep.ready_replicas, image
-    if dep.replica_failure:
+    if dep.replica_failure and not _awaits_app_service_account(dep.replica_failure):
         # Not "rolling out": nothing will roll until the cause (a quota, most often) changes.
         msg = f"pods cannot be created: {dep.replica_failure[:300]}"
         return "Degraded", msg, ready_text, desired, dep.ready_replicas, image
@@ -231,3 +231,10 @@ def _deployment_state(obs: AppObservation, spec: ChoreoAppSpec) -> _Workload:
     else:
         msg = f"rolling out: {dep.updated_replicas}/{desired} updated, {dep.available_replicas}/{desired} available"
     return "Progressing", msg, ready_text, desired, dep.ready_replicas, image
+
+
+def _awaits_app_service_account(failure: str) -> bool:
+    """Pods refused because the namespace's app ServiceAccount is not there yet: the Environment's
+    reconcile creates it and the ReplicaSet controller retries, so this is progress, not damage
+    (a lasting absence still ends as Degraded through the progress deadline)."""
+    return "service account " in failure and f"/{APP_SERVICE_ACCOUNT}" in failure
