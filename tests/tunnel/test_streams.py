@@ -418,7 +418,7 @@ async def test_switched_off_answers_disabled(switched_off: Setup) -> None:
 async def test_the_log_read_budget_holds_the_aggregate_rate_of_several_streams(setup: Setup) -> None:
     """Three followed streams read one shared budget: the bytes read from the API over a window stay
     within rate * window + burst + one read per reader in flight, at least 70 % of the rate is used
-    (the API serves far faster), and no stream starves (turns go first come, first served)."""
+    (the API serves far faster), and the streams share it evenly (turns go first come, first served)."""
     s = setup
     p0, p1 = s.pods
     for pod in s.pods:  # ~2 MiB per file: no reader reaches the end within the window
@@ -444,12 +444,13 @@ async def test_the_log_read_budget_holds_the_aggregate_rate_of_several_streams(s
     assert all(s.end(sid) is None for sid in sids), [s.end(sid) for sid in sids]
     assert read <= rate * window + burst + readers * budget.largest_read, (read, window)
     assert read >= 0.7 * rate * window, (read, window)
+    assert budget.largest_read <= budget.reserve, budget.largest_read
     shares = [_payload(s.lines(sid)) - sent0[sid] for sid in sids]
-    # Every stream is served. How evenly is not asserted here: a turn reads what the connection
-    # holds, and a stream whose kubelet log connection opens late gets few turns in a short window
-    # (a fresh-clone run saw 308 bytes against 0.6 and 1.2 MB on the real apiserver). Turn order is
-    # proven deterministically in test_streams_budget.py (arrival order with a greedy reader).
-    assert min(shares) > 0, shares
+    # Every stream gets its share: reads are at most one reservation, turns go round in arrival
+    # order, so the shares differ by a few reservations (~600 KB each here). Unbounded reads (a
+    # whole buffered connection, half a second of the rate at once) gave [603747, 603747, 0] in a
+    # loaded fresh-clone run.
+    assert min(shares) >= 0.6 * max(shares), shares
 
 
 def _payload(lines: list[str]) -> int:

@@ -377,13 +377,21 @@ class KubeClient:
                 yield str(etype), obj
 
     async def stream(
-        self, path: str, params: Mapping[str, Any] | None = None, *, idle_timeout: float | None
+        self,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        idle_timeout: float | None,
+        max_chunk: int | None = None,
     ) -> AsyncGenerator[bytes]:
         """GET a streamed body (``pods/log``) and yield its chunks as they arrive.
 
         No total timeout: a followed log has no end. ``idle_timeout`` bounds the wait for the next
         chunk (ApiError 504 ``IdleTimeout``); a broken connection is ApiError 503. Not retried: the
-        caller knows whether reading again from the start is what it wants.
+        caller knows whether reading again from the start is what it wants. ``max_chunk`` bounds
+        what one chunk holds (the rest stays buffered, and past aiohttp's buffer limit the socket is
+        no longer read): without it a chunk is whatever the connection buffered, hundreds of KiB on
+        a fast one, which a caller that paces its reads cannot pace.
         """
         session = self._ensure_session()
         clean = {
@@ -400,7 +408,8 @@ class KubeClient:
                 if resp.status >= 400:
                     self._refused(resp.status, cred)
                     raise self._error(resp.status, await resp.read(), resp.headers)
-                async for chunk in resp.content.iter_any():
+                chunks = resp.content.iter_any() if max_chunk is None else resp.content.iter_chunked(max_chunk)
+                async for chunk in chunks:
                     yield chunk
         except aiohttp.ServerTimeoutError:
             raise ApiError(504, "IdleTimeout", f"nothing read for {idle_timeout}s") from None

@@ -7,12 +7,14 @@ while it serves ~10 MiB/s of ``pods/log`` its writes slow down (issue 16: push-t
 the bytes in the kernel's buffers, so TCP backpressure slows the API server's sending too: the
 customer's API server is never asked for more than the budget.
 
-The size of the next chunk is unknown until it is read, so the bucket lends: a reader takes its turn
-when the bucket is not in debt, reserves :data:`RESERVE`, reads, and settles the real size (the
-bucket may go below zero; the next turn waits until the debt is paid). Over any window the bytes read
-are at most ``rate * window + burst`` plus what the readers in flight took beyond their reserve.
-Turns are handed out in arrival order (``asyncio.Lock`` wakes its waiters first come, first served),
-so a reader that just read queues behind every other: no stream starves another.
+A turn reserves :data:`RESERVE` and its read takes at most that much (the reader asks the
+connection for chunks of at most the reserve; the rest waits in aiohttp's bounded buffer and then in
+the kernel). So the bucket's debt never exceeds one reservation, turns come round at the rate's pace,
+and over any window the bytes read are at most ``rate * window + burst`` plus one reservation per
+reader in flight. Turns are handed out in arrival order (``asyncio.Lock`` wakes its waiters first
+come, first served), so a reader that just read queues behind every other: with reads of equal size
+the readers share the rate evenly. (Reads of whatever the connection held, up to half a second of the
+rate in one chunk, once left a reader without a turn for seconds.)
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from choreo_dp.agent.streams.channel import StreamStop
 # Default aggregate rate: a fifth of what starved the API server's writes in issue 16's benchmark,
 # still ~10k lines of 200 bytes a second, more than a person reads.
 DEFAULT_READ_RATE = 2 << 20
-# What a turn reserves before the read: about one chunk of a busy log connection, so that the turns
-# granted while reads are in flight are counted against the bucket at once.
+# What a turn reserves before the read, and the most one read takes: small enough that turns come
+# round many times a second at the default rate, large enough that a turn is not mostly overhead.
 RESERVE = 16 << 10
 # The burst never falls below this (one chunk of a busy connection must fit).
 MIN_BURST = 64 << 10

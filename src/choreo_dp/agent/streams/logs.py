@@ -109,6 +109,10 @@ async def _read(ctx: StreamContext, pod: str, container: str, readers: _Readers)
         R.PODS.path(ctx.namespace, pod, "log"),
         query,
         idle_timeout=FOLLOW_IDLE if params.follow else READ_IDLE,
+        # one read is at most what a turn reserves: the bucket's debt stays within one reservation,
+        # so turns come round at the rate's pace and every reader gets its share (an unbounded read
+        # took half a second of the rate at once and left another reader without a turn for seconds)
+        max_chunk=budget.reserve,
     )
     try:
         while True:
