@@ -408,7 +408,9 @@ class KubeClient:
                 if resp.status >= 400:
                     self._refused(resp.status, cred)
                     raise self._error(resp.status, await resp.read(), resp.headers)
-                chunks = resp.content.iter_any() if max_chunk is None else resp.content.iter_chunked(max_chunk)
+                chunks = (
+                    resp.content.iter_any() if max_chunk is None else resp.content.iter_chunked(max_chunk)
+                )
                 async for chunk in chunks:
                     yield chunk
         except aiohttp.ServerTimeoutError:
