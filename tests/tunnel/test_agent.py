@@ -217,6 +217,40 @@ async def test_control_plane_restart(
         assert fake_cp.modes[-1] == "incremental"
 
 
+async def test_statuses_a_control_plane_lost_come_again_with_the_next_session(
+    fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any], names: Names
+) -> None:
+    """Status reports are not acknowledged: a control plane killed before writing them, or a
+    session that died with them in its socket, loses them. Every session starts by sending every
+    current status again, also in incremental mode where nothing in the cluster changes."""
+    await seed(fake_cp, 2, names)
+    async with running(config(fake_cp, token_file, tls, names), kube) as r:
+        await eventually(lambda: converged(fake_cp, kube, names))
+        for i in range(2):
+            await kube.patch(
+                R.CHOREOAPPS,
+                f"app-{i}",
+                {"status": {"phase": "Ready", "ready": "1/1"}},
+                names.ns,
+                subresource="status",
+            )
+        keys = [names.app_key(f"app-{i}") for i in range(2)]
+        await eventually(
+            lambda: all(fake_cp.statuses.get(k, {}).get("phase") == "Ready" for k in keys), what="statuses"
+        )
+        port = fake_cp.port
+        await fake_cp.kill_link()
+        await fake_cp.stop()
+        await eventually(lambda: r.agent.dp.connected is False, what="disconnect noticed")
+        fake_cp.statuses.clear()  # killed before it wrote them
+        await fake_cp.start(port)
+        await eventually(
+            lambda: all(fake_cp.statuses.get(k, {}).get("phase") == "Ready" for k in keys),
+            what="statuses sent again",
+        )
+        assert fake_cp.modes[-1] == "incremental"
+
+
 async def test_duplicated_and_reordered_frames(
     fake_cp: FakeControlPlane, kube: KubeClient, token_file: Path, tls: dict[str, Any], names: Names
 ) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from choreo_cp.cli import history_cmd, manifests, rollout_cmd, views
+from choreo_cp.cli.verbs import Command
 from choreo_cp.cli.waiting import DEFAULT_TIMEOUT, Target, duration, human, wait_for_apps
 from choreo_dp.api.environment import default_namespace
 from choreo_dp.cli.common import OneLineParser, UsageError, add_env_argument, add_verb
@@ -239,9 +240,6 @@ def _audit_limit(text: str) -> int:
     if not 1 <= value <= 1000:
         raise argparse.ArgumentTypeError(f"invalid limit {text!r}: 1 to 1000")
     return value
-
-
-Command = Callable[[argparse.Namespace, Any, str], int]
 
 
 def _handler(command: Command) -> Callable[[argparse.Namespace], int]:

@@ -13,13 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 from choreo_cp.cli import views
+from choreo_cp.cli.verbs import Handler
 from choreo_dp.cli.common import add_verb
 
 HEADERS = ("REVISION", "AGE", "AUTHOR", "DIGEST", "IMAGE")
 # sha256: and 12 hex digits, as `docker images` shortens ids: enough to tell revisions apart
 DIGEST_SHOWN = len("sha256:") + 12
-
-Handler = Callable[[Callable[[argparse.Namespace, Any, str], int]], Callable[[argparse.Namespace], int]]
 
 
 def register(

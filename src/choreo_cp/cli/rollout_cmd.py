@@ -15,10 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from choreo_cp.cli import views
+from choreo_cp.cli.verbs import Handler
 from choreo_dp.api.rollout import MAX_STEPS
 from choreo_dp.cli.common import add_verb
-
-Handler = Callable[[Callable[[argparse.Namespace, Any, str], int]], Callable[[argparse.Namespace], int]]
 
 
 def register(

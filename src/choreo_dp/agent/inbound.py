@@ -269,4 +269,8 @@ class Inbound:
             log.exception("unexpected failure applying %s r%d", change.key, change.revision)
             await self._nack(change, "internal", f"{type(exc).__name__}: {exc}", retryable=False)
             return
+        if isinstance(change, P.DesiredPut):
+            # A control plane that deleted and re-created the object dropped its status, and when
+            # the cluster's object did not change no new status would come: send the current one.
+            self.out.reporter.resend(change.key)
         self.shared.beat()

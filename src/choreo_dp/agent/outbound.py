@@ -180,8 +180,6 @@ class Outbound:
                 if items:
                     self.reporter.requeue(items)
                 raise
-            if items:
-                self.reporter.mark_sent(items)
 
     async def acker(self) -> None:
         while True:
@@ -201,14 +199,22 @@ class Outbound:
                 if not items:
                     break
                 try:
-                    text = self.seq.encode(P.StatusBatch(items=items))
-                except P.FrameTooLarge:
-                    # statuses are small; if not, send them one by one and drop any still too big
-                    for item in items:
-                        with contextlib.suppress(P.FrameTooLarge):
-                            await self.outq.put((self.seq.encode(P.StatusBatch(items=[item])), [item]))
-                    continue
-                await self.outq.put((text, items))
+                    await self._queue_statuses(items)
+                except BaseException:
+                    # cancelled (the session ends) while the queue was full: not lost, queued again
+                    self.reporter.requeue(items)
+                    raise
+
+    async def _queue_statuses(self, items: list[P.StatusItem]) -> None:
+        try:
+            text = self.seq.encode(P.StatusBatch(items=items))
+        except P.FrameTooLarge:
+            # statuses are small; if not, send them one by one and drop any still too big
+            for item in items:
+                with contextlib.suppress(P.FrameTooLarge):
+                    await self.outq.put((self.seq.encode(P.StatusBatch(items=[item])), [item]))
+            return
+        await self.outq.put((text, items))
 
     async def heartbeats(self) -> None:
         loop = asyncio.get_running_loop()

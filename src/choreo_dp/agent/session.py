@@ -168,7 +168,9 @@ class Session:
             self.shared.state = "incremental"
         else:
             self.shared.state = "await_snapshot"
-            self.reporter.resend_all()
+        # Statuses are not acknowledged: what the last session sent may have died with it (in its
+        # socket, or in a control plane killed before writing it). Every session starts level-based.
+        self.reporter.resend_all()
         await self.outbound.mark_connected(welcome.epoch)
         helpers = [
             asyncio.create_task(self.outbound.sender(), name="tunnel-sender"),
