@@ -14,7 +14,7 @@ import os
 import socket
 import sqlite3
 import ssl
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from choreo_cp.store import DEFAULT_LOG_LIMIT, Store
 from choreo_cp.store.history import DEFAULT_HISTORY_LIMIT
 from choreo_cp.streams import Hop
 from choreo_cp.tunnel import add_tunnel_route, shutdown_sessions
-from choreo_dp.observability.health import Liveness
+from choreo_dp.observability.supervise import supervise
 from choreo_wire import protocol
 
 log = logging.getLogger(__name__)
@@ -98,24 +98,6 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
-
-
-async def _supervised(name: str, run: Callable[[], Awaitable[None]], probe: Liveness) -> None:
-    """Restart ``run`` with backoff whenever it fails, failing ``probe`` meanwhile (choreo_dp's
-    supervise sits above the layer the control plane may import; this is its minimal form)."""
-    failures = 0
-    while True:
-        try:
-            await run()
-            reason = "ended"
-        except Exception as exc:
-            log.exception("%s failed; restarting", name)
-            reason = f"{exc.__class__.__name__}: {exc}"[:300]
-        failures += 1
-        delay = SUPERVISE_BACKOFF.delay(failures - 1)
-        probe.fail(f"{name} {reason} (restart {failures} in {delay:.1f}s)")
-        await asyncio.sleep(delay)
-        probe.beat()
 
 
 class ControlPlaneServer:
@@ -250,7 +232,11 @@ class ControlPlaneServer:
         self.cluster = link
         for name, loop in (("cluster-listener", link.run_listener), ("cluster-notifier", link.run_notifier)):
             probe = self.cp.liveness.child(name)
-            self._cluster_tasks.append(asyncio.create_task(_supervised(name, loop, probe), name=name))
+            self._cluster_tasks.append(
+                asyncio.create_task(
+                    supervise(name, loop, liveness=probe, backoff=SUPERVISE_BACKOFF), name=name
+                )
+            )
 
     async def _flush_loop(self) -> None:
         """Write coalesced reports every interval; a failing store backs off (the batch is kept, see

@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 from choreo_cp.retry import Backoff
 from choreo_cp.store.engine import Conn, Outcome, StoreUnavailable
 from choreo_dp.observability.health import Liveness
+from choreo_dp.observability.supervise import supervise
 
 T = TypeVar("T")
 
@@ -37,7 +38,7 @@ COMMIT_TIMEOUT = 120.0
 # How long closing the store waits for queued writes to commit.
 DRAIN_TIMEOUT = 30.0
 # Restarting a writer loop that crashed (a bug: every failure of a group is caught and handed to
-# its callers). choreo_dp's ``supervise`` is off limits here (it pulls in the data plane's client).
+# its callers).
 RESTART_BACKOFF = Backoff(base=0.05, cap=5.0)
 
 _Pending = tuple[Callable[[Conn], Any], "asyncio.Future[Any]"]
@@ -63,7 +64,12 @@ class GroupCommit:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._supervised(), name="store-group-commit")
+            self._task = asyncio.create_task(
+                supervise(
+                    "store group commit writer", self._run, liveness=self.liveness, backoff=RESTART_BACKOFF
+                ),
+                name="store-group-commit",
+            )
 
     async def submit(self, fn: Callable[[Conn], T]) -> T:
         """Run ``fn`` in the next group; returns its result once the group committed."""
@@ -83,17 +89,6 @@ class GroupCommit:
         except TimeoutError:
             # Not known to be committed, so not acknowledged: the caller answers 503, not 202.
             raise StoreUnavailable(f"the store did not commit within {COMMIT_TIMEOUT:.0f} s") from None
-
-    async def _supervised(self) -> None:
-        crashes = 0
-        while True:
-            try:
-                await self._run()
-            except Exception as exc:
-                crashes += 1
-                self.liveness.fail(f"store writer crashed {crashes} time(s): {exc}"[:300])
-                log.exception("store group commit writer crashed; restarting it")
-                await asyncio.sleep(RESTART_BACKOFF.delay(crashes - 1))
 
     async def _run(self) -> None:
         while True:

@@ -1,54 +1,29 @@
-"""One backoff policy and one retry helper for every retry loop of the data plane.
+"""The data plane's retry policy: which failures of the Kubernetes API a later attempt can cure.
 
-Only failures that a later attempt can cure are retried: 429, 5xx, connection errors and timeouts.
-A 4xx other than 429 (403 RBAC, 404, 409, 422 ...) says the request itself is wrong or forbidden and
-will be again: retrying it only hides the failure behind info logs, so it is raised at once.
+Only those are retried: 429, 5xx, connection errors and timeouts. A 4xx other than 429 (403 RBAC,
+404, 409, 422 ...) says the request itself is wrong or forbidden and will be again: retrying it only
+hides the failure behind info logs, so it is raised at once. The backoff and the retry loop are the
+one pair both ends share (:mod:`choreo_wire.retry`); this module gives them the data plane's
+defaults.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 
 from choreo_dp.kube.errors import ApiError
+from choreo_wire import retry as _retry
+from choreo_wire.retry import RETRY_AFTER_CAPS, Backoff
+
+__all__ = ["RETRY_AFTER_CAPS", "Backoff", "is_retryable", "retry_after_of", "retrying"]
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
-
-# Retry-After larger than this many caps is not believed (a hostile or broken server could park us).
-RETRY_AFTER_CAPS = 3.0
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter: attempt ``n`` waits ``uniform(0, min(cap, base*factor**n))``."""
-
-    base: float = 0.2
-    cap: float = 10.0
-    factor: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.base <= 0 or self.cap < self.base or self.factor < 1:
-            raise ValueError(f"bad backoff: base={self.base} cap={self.cap} factor={self.factor}")
-
-    def ceiling(self, attempt: int) -> float:
-        # min() on the exponent first: factor**1000 would overflow a float
-        return min(self.cap, self.base * self.factor ** min(attempt, 64))
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before retry number ``attempt`` (0-based); Retry-After is a floor."""
-        delay = random.uniform(0.0, self.ceiling(attempt))
-        if retry_after is not None and retry_after > 0:
-            delay = max(delay, min(retry_after, self.cap * RETRY_AFTER_CAPS))
-        return delay
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -65,48 +40,10 @@ def retry_after_of(exc: BaseException) -> float | None:
     return exc.retry_after if isinstance(exc, ApiError) else None
 
 
-async def retrying(
-    fn: Callable[[], Awaitable[T]],
-    *,
-    retry_on: Callable[[BaseException], bool] = is_retryable,
-    backoff: Backoff = Backoff(),
-    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
-    attempts: int | None = None,
-    deadline: float | None = None,
-    clock: Callable[[], float] = time.monotonic,
-    on_retry: Callable[[int, BaseException], Awaitable[None]] | None = None,
-    what: str = "operation",
-    logger: logging.Logger = log,
-) -> T:
-    """Await ``fn()`` until it succeeds; retry only what ``retry_on`` accepts.
-
-    A failure ``retry_on`` refuses is raised at once (the caller decides how to end: a nack, an
-    ended session, an error log). ``attempts`` bounds the number of calls, ``deadline`` the seconds
-    spent; past either the last failure is raised. Neither: retry for as long as it takes (the
-    caller is cancelled to stop). ``on_retry(attempt, exc)`` runs before each wait.
-    """
-    if attempts is not None and attempts < 1:
-        raise ValueError("attempts must be >= 1")
-    end = None if deadline is None else clock() + deadline
-    attempt = 0
-    while True:
-        try:
-            return await fn()
-        except Exception as exc:
-            if not retry_on(exc):
-                raise
-            attempt += 1
-            if attempts is not None and attempt >= attempts:
-                raise
-            delay = backoff.delay(attempt - 1, retry_after_of(exc))
-            if end is not None:
-                remaining = end - clock()
-                if remaining <= 0:
-                    raise
-                delay = min(delay, remaining)
-            # the first retries are routine (a 429, a rolling apiserver); a long streak is worth a warning
-            level = logging.INFO if attempt < 5 else logging.WARNING
-            logger.log(level, "retrying %s in %.2fs (attempt %d): %s", what, delay, attempt, exc)
-            if on_retry is not None:
-                await on_retry(attempt, exc)
-        await sleep(delay)
+async def retrying(fn: Callable[[], Awaitable[T]], **options: Any) -> T:
+    """:func:`choreo_wire.retry.retrying` with the data plane's defaults: retry what
+    :func:`is_retryable` accepts, honour the API server's Retry-After, log here."""
+    options.setdefault("retry_on", is_retryable)
+    options.setdefault("retry_after", retry_after_of)
+    options.setdefault("logger", log)
+    return await _retry.retrying(fn, **options)

@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import Counter
 
-from choreo_dp.kube.backoff import Backoff
 from choreo_dp.observability.health import Liveness
+from choreo_wire.retry import Backoff
 
 log = logging.getLogger(__name__)
 
