@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -43,10 +44,17 @@ READ_CHUNK = 64 * 1024
 # every other request waited that long (issue 16's starvation tail). A kubelet and kube-apiserver
 # serve each log in its own goroutine: nothing else waits on them.
 WRITE_BATCH = 8 * 1024
-# ... and after a batch, once the response has held the loop this long (seconds). Yielding after
-# every batch was measured too: it let one of three equal followed streams go unserved for seconds
-# in test_streams' budget test (5 of 27 runs); with this bound 0 of 18.
-HOLD = 0.002
+# ... and after a batch, once the response has held the loop this long (seconds). Ten streams
+# holding it 2 ms each made every loop turn of a write request wait up to 20 ms (issue 16's
+# benchmark: writes' p99 3-4x idle while 10 streams were read); a batch is ~0.3 ms of parsing.
+# (A starved stream once blamed on yielding after every batch was the agent's unbounded reads.)
+HOLD = 0.0
+# The send buffer of a log response's connection. Left to Linux, it grows to tcp_wmem's maximum
+# (4 MiB): a new stream's reader that paces itself (the agent's log-read budget) would have this
+# process read and parse megabytes of log per stream before backpressure reached it, on the loop
+# every other request waits on (issue 16: 10 streams opening held writes for 250 ms). The kubelet's
+# and kube-apiserver's cost for the same bytes is far lower and off any other request's path.
+LOG_SEND_BUFFER = 64 << 10
 
 # ----- the CRDs -----------------------------------------------------------------------------
 _LOG = {
@@ -562,6 +570,10 @@ async def serve(
         await resp.write(data)
 
     transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, LOG_SEND_BUFFER)
 
     def gone() -> bool:
         return transport is None or transport.is_closing()

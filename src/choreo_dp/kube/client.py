@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import ssl
 from collections.abc import AsyncGenerator, Mapping
 from datetime import UTC, datetime
@@ -57,6 +58,20 @@ def _label_selector(selector: str | Mapping[str, str] | None) -> str | None:
     return ",".join(f"{k}={v}" for k, v in selector.items())
 
 
+# The receive buffer of a paced stream's connection (Linux doubles it for bookkeeping): a few
+# chunks of a busy log stream.
+PACED_RECEIVE_BUFFER = 32 << 10
+
+
+def _paced_socket(addr_info: Any) -> socket.socket:
+    """A socket whose receive buffer is fixed small before it connects (set later, the window the
+    kernel already advertised is not taken back)."""
+    family, type_, proto = addr_info[0], addr_info[1], addr_info[2]
+    sock = socket.socket(family=family, type=type_, proto=proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, PACED_RECEIVE_BUFFER)
+    return sock
+
+
 class KubeClient:
     def __init__(
         self,
@@ -77,6 +92,8 @@ class KubeClient:
         self.max_watch_event = max_watch_event
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
+        # streams whose reader paces itself (pods/log under the log-read budget): see stream()
+        self._paced_session: aiohttp.ClientSession | None = None
         self._served_cache: dict[str, bool] = {}
         self._exec_ssl: tuple[ExecCredential, ssl.SSLContext | bool] | None = None
 
@@ -93,19 +110,30 @@ class KubeClient:
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self.config.ssl_context(), limit=self._max_connections)
-            self._session = aiohttp.ClientSession(
-                base_url=self.config.server,
-                connector=connector,
-                proxy=self.config.proxy_url,
-                headers={"User-Agent": self._user_agent, "Accept": "application/json"},
-            )
+            self._session = self._new_session()
         return self._session
 
+    def _ensure_paced_session(self) -> aiohttp.ClientSession:
+        if self._paced_session is None or self._paced_session.closed:
+            self._paced_session = self._new_session(socket_factory=_paced_socket)
+        return self._paced_session
+
+    def _new_session(self, **connector_options: Any) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            ssl=self.config.ssl_context(), limit=self._max_connections, **connector_options
+        )
+        return aiohttp.ClientSession(
+            base_url=self.config.server,
+            connector=connector,
+            proxy=self.config.proxy_url,
+            headers={"User-Agent": self._user_agent, "Accept": "application/json"},
+        )
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._paced_session):
+            if session is not None:
+                await session.close()
+        self._session = self._paced_session = None
         for name in self.config._tempfiles:
             with contextlib.suppress(OSError):
                 os.unlink(name)
@@ -388,12 +416,16 @@ class KubeClient:
 
         No total timeout: a followed log has no end. ``idle_timeout`` bounds the wait for the next
         chunk (ApiError 504 ``IdleTimeout``); a broken connection is ApiError 503. Not retried: the
-        caller knows whether reading again from the start is what it wants. ``max_chunk`` bounds
-        what one chunk holds (the rest stays buffered, and past aiohttp's buffer limit the socket is
-        no longer read): without it a chunk is whatever the connection buffered, hundreds of KiB on
-        a fast one, which a caller that paces its reads cannot pace.
+        caller knows whether reading again from the start is what it wants.
+
+        ``max_chunk`` is for a caller that paces its reads: a chunk holds at most that much (without
+        it a chunk is whatever the connection buffered, hundreds of KiB on a fast one), and the
+        connection's receive buffer is kept at :data:`PACED_RECEIVE_BUFFER` instead of growing to
+        tens of MiB (Linux autotuning), so a reader that waits stops the server's sending within
+        about that much: on a new stream the server would otherwise push megabytes before the
+        pacing had any effect.
         """
-        session = self._ensure_session()
+        session = self._ensure_session() if max_chunk is None else self._ensure_paced_session()
         clean = {
             k: ("true" if v is True else "false" if v is False else str(v))
             for k, v in (params or {}).items()
