@@ -81,8 +81,12 @@ class Certs:
 
 
 class Replica:
-    def __init__(self, index: int, db: str, certs: Certs, workdir: Path) -> None:
+    def __init__(
+        self, index: int, db: str, certs: Certs, workdir: Path, rebalance_interval: float | None = None
+    ) -> None:
         self.index = index
+        # None: the server's default (30 s)
+        self.rebalance_interval = rebalance_interval
         self.db = db
         self.certs = certs
         self.port = free_port()
@@ -107,6 +111,7 @@ class Replica:
                 "--listen", f"127.0.0.1:{self.port}", "--db", self.db,
                 "--tls-cert", str(self.certs.cert), "--tls-key", str(self.certs.key),
                 "--admin-token-file", str(self.certs.admin_token_file), "--log-level", "WARNING",
+                *(() if self.rebalance_interval is None else ("--rebalance-interval", str(self.rebalance_interval))),
                 stdout=asyncio.subprocess.DEVNULL, stderr=log,
             )  # fmt: skip
         self.starts += 1
@@ -176,12 +181,18 @@ class Rig:
     """``replicas`` control planes on one database behind one balancer."""
 
     def __init__(
-        self, db: str, replicas: int, workdir: Path, certs: Certs, balancer: str = "haproxy"
+        self,
+        db: str,
+        replicas: int,
+        workdir: Path,
+        certs: Certs,
+        balancer: str = "haproxy",
+        rebalance_interval: float | None = None,
     ) -> None:
         self.db = db
         self.certs = certs
         self.workdir = workdir
-        self.replicas = [Replica(i, db, certs, workdir) for i in range(replicas)]
+        self.replicas = [Replica(i, db, certs, workdir, rebalance_interval) for i in range(replicas)]
         self.balancer: Balancer = make_balancer([r.port for r in self.replicas], workdir, balancer)
         self.ssl = certs.client_context()
 

@@ -36,6 +36,9 @@ class TunnelSettings:
     # How long a session retries a store operation that fails with "database is locked" / disk I/O
     # before it gives up on that operation (a read ends the session with a goaway; a report is kept).
     store_retry_seconds: float = 10.0
+    # Several replicas: every this many seconds (jittered) a replica holding more than its share of
+    # the agents sends a few away (choreo_cp/rebalance.py); 0 switches it off.
+    rebalance_interval: float = 30.0
 
     @property
     def dead_link_after(self) -> float:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import sqlite3
 from typing import Any, Protocol
 
 import psycopg
 
+from choreo_cp.rebalance import fair_share, to_shed
 from choreo_cp.retry import Backoff
 from choreo_cp.store import Store
 from choreo_cp.store.postgres_engine import CONNECTION_OPTIONS
@@ -138,6 +140,8 @@ LISTEN_OPTIONS = {k: v for k, v in CONNECTION_OPTIONS.items() if k != "options"}
 # another replica (this one refuses them with 503 until its database is back).
 LOST_DATABASE_RETRY_AFTER = 1.0
 LOST_DATABASE_REASON = "control plane lost its database"
+# An agent sent away to rebalance reconnects after this (plus its own jitter).
+REBALANCE_RETRY_AFTER = 1.0
 
 
 class ClusterLink:
@@ -237,6 +241,32 @@ class ClusterLink:
             if self._revisions.get(dataplane) != revision:
                 session.wake()  # the session reads what the store has beyond what it sent
         self._revisions = {dp: rev for dp, (rev, _) in heads.items()}
+
+    # -- rebalancing -------------------------------------------------------------------------
+    async def run_balancer(self, interval: float) -> None:
+        """Every ``interval`` (jittered, so replicas do not act in step), send away the agents this
+        replica holds beyond its share (:mod:`choreo_cp.rebalance`); they reconnect through the load
+        balancer. A replica seen by no round for three intervals no longer counts."""
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+            if not self.up:
+                continue  # without the database it is sending its agents away already
+            loads = await asyncio.wait_for(
+                self.store.replica_loads(self.hub.replica, alive_within=3 * interval), PROBE_TIMEOUT
+            )
+            local = self.hub.sessions()
+            loads[self.hub.replica] = len(local)
+            count = to_shed(len(local), loads)
+            if not count:
+                continue
+            fair = fair_share(loads)
+            log.info(
+                "rebalancing: this replica holds %d of %d agents on %d replicas (share %d); moving %d",
+                len(local), sum(loads.values()), len(loads), fair, count,
+            )  # fmt: skip
+            # the newest first: they have the least to lose (and the oldest stay put across rounds)
+            for session in sorted(local, key=lambda s: s.started_at, reverse=True)[:count]:
+                session.go_away(f"rebalancing: {len(local)} agents here, share {fair}", REBALANCE_RETRY_AFTER)
 
     def _found(self) -> None:
         self.up = True

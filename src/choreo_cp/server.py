@@ -14,7 +14,7 @@ import os
 import socket
 import sqlite3
 import ssl
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,7 +230,14 @@ class ControlPlaneServer:
         link = ClusterLink(self.cp.hub, self.store, str(self.config.db), self.cp.liveness.child("database"))
         self.store.changed_hooks.append(link.changed)
         self.cluster = link
-        for name, loop in (("cluster-listener", link.run_listener), ("cluster-notifier", link.run_notifier)):
+        loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("cluster-listener", link.run_listener),
+            ("cluster-notifier", link.run_notifier),
+        ]
+        interval = self.config.tunnel.rebalance_interval
+        if interval > 0:
+            loops.append(("cluster-balancer", lambda: link.run_balancer(interval)))
+        for name, loop in loops:
             probe = self.cp.liveness.child(name)
             self._cluster_tasks.append(
                 asyncio.create_task(

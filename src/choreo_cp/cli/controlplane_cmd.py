@@ -63,6 +63,11 @@ def register(sub: Any) -> None:
         s, "--history-limit", type=_history_limit, default=50, metavar="N",
         help="accepted specs kept per app for cp history and cp rollback (oldest pruned; default 50)",
     )  # fmt: skip
+    add_env_argument(
+        s, "--rebalance-interval", type=_seconds, default=30.0, metavar="SECONDS",
+        help="several replicas: every SECONDS a replica holding more than its share of the agents sends"
+        " a few away to reconnect through the load balancer (0: never; default 30)",
+    )  # fmt: skip
     add_logging_arguments(s)
     s.set_defaults(handler=serve)
 
@@ -115,12 +120,23 @@ def _history_limit(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: seconds, e.g. 30") from None
+    if not 0 <= value <= 86_400:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: 0 to 86400 seconds")
+    return value
+
+
 def _readable(flag: str, path: str | None) -> None:
     if path is not None and not os.access(path, os.R_OK):
         raise UsageError(f"{flag} {path}: not a readable file")
 
 
 def serve(args: argparse.Namespace) -> int:
+    from choreo_cp.context import TunnelSettings
     from choreo_cp.server import ServerConfig
 
     host, port = _listen(args.listen)
@@ -149,6 +165,7 @@ def serve(args: argparse.Namespace) -> int:
         client_ca=args.client_ca_file,
         history_limit=args.history_limit,
         advertise_url=args.advertise_url,
+        tunnel=TunnelSettings(rebalance_interval=args.rebalance_interval),
     )
     return asyncio.run(_serve(config))
 

@@ -218,6 +218,31 @@ class Sessions(StoreCore):
 
         return await self._txn(tx)
 
+    async def replica_loads(self, replica: str, alive_within: float) -> dict[str, int]:
+        """Mark ``replica`` alive now and return the live sessions of every replica seen within
+        ``alive_within`` seconds (a replica that died without ending its sessions is not counted:
+        its agents are reconnecting elsewhere)."""
+        now = datetime.now(UTC)
+        seen = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        cutoff = (now - timedelta(seconds=alive_within)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        url = self.advertise_url or ""
+
+        def tx(conn: Conn) -> dict[str, int]:
+            conn.execute(
+                "INSERT INTO replicas(name, url, seen_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET seen_at=excluded.seen_at",
+                (replica, url, seen),
+            )
+            rows = conn.execute(
+                "SELECT r.name, COUNT(s.dataplane) FROM replicas r"
+                " LEFT JOIN sessions s ON s.replica = r.name AND s.ended_at IS NULL"
+                " WHERE r.seen_at >= ? GROUP BY r.name",
+                (cutoff,),
+            ).fetchall()
+            return {str(r[0]): int(r[1]) for r in rows}
+
+        return await self._txn(tx)
+
     async def forget_replicas(self) -> int:
         """Drop the URLs of replicas long gone (one row per replica process that held a session)."""
         cutoff = (datetime.now(UTC) - REPLICA_RETENTION).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
