@@ -17,6 +17,9 @@ Figures:
   must be received and written exactly once (``lost``, ``duplicate_*``); time to move. Then one
   more revision per dataplane with nobody moving (``after_*``: it reaches agents held by another
   replica than the one that took the PUT).
+- rebalancing (replicas started with ``--rebalance-interval 5``): after the rolling restart the
+  replica restarted last holds none; time until no replica holds more than its share plus the
+  rule's tolerance, the spread then, and lost/duplicated revisions over the whole run after it.
 - baseline in the same run: the same N agents on ONE replica behind the same balancer; the ratios
   replicas/one for server CPU per agent and heartbeat p99.
 
@@ -49,12 +52,17 @@ from bench.replica_rig import (
     steady_state,
     wait_applied,
 )
+from choreo_cp.rebalance import to_shed
 
 REPLICAS = 3
 IDLE_WINDOW = 5.0
 CONNECT_TIMEOUT = 300.0
 # Agents of a stopped replica synced elsewhere within this (a figure when not).
 MOVE_TIMEOUT = 300.0
+# Replicas even out their agents every this many seconds in this benchmark (the default is 30).
+REBALANCE_INTERVAL = 5.0
+# ... and must within this long after the rolling restart.
+REBALANCE_TIMEOUT = 180.0
 
 
 def _fresh(agents: list[SimAgent]) -> list[SimAgent]:
@@ -66,7 +74,7 @@ async def _phase(
     db: str, agents: list[SimAgent], replicas: int, workdir: Path, certs: Certs, window: float, restart: bool
 ) -> dict[str, Any]:
     balancer = os.environ.get("CHOREO_BENCH_BALANCER", "haproxy")
-    async with Rig(db, replicas, workdir, certs, balancer) as rig:
+    async with Rig(db, replicas, workdir, certs, balancer, rebalance_interval=REBALANCE_INTERVAL) as rig:
         idle_rss = [rss_mib(r.pid) for r in rig.replicas]
         # The replicas' own floor (flush loop, LISTEN, health checks of the balancer), no agents.
         idle0 = [cpu_seconds(r.pid) for r in rig.replicas]
@@ -175,7 +183,34 @@ async def _restart_figures(rig: Rig, sim: Simulator, n: int) -> dict[str, Any]:
             "sessions_per_replica_after": await rig.sessions(),
         }
     )
+    out.update(await _rebalance_figures(rig, sim, n, after))
     return out
+
+
+async def _rebalance_figures(rig: Rig, sim: Simulator, n: int, after: Any) -> dict[str, Any]:
+    """Time until the replicas hold their shares again (choreo_cp.rebalance), and the invariants
+    over the whole run once the moved agents are back in sync."""
+    t0 = time.monotonic()
+    spread = await rig.sessions()
+    while not (
+        sum(spread) == n and all(to_shed(k, {str(i): c for i, c in enumerate(spread)}) == 0 for k in spread)
+    ):
+        if time.monotonic() - t0 > REBALANCE_TIMEOUT:
+            return {"rebalanced": False, "sessions_per_replica_rebalance_timeout": spread}
+        await asyncio.sleep(0.5)
+        spread = await rig.sessions()
+    took = time.monotonic() - t0
+    synced = await wait_applied(sim, after, timeout=60)
+    final = invariants(sim.agents, after)
+    return {
+        "rebalanced": True,
+        "rebalance_s": round(took, 1),
+        "sessions_per_replica_rebalanced": spread,
+        "rebalance_all_applied": synced,
+        "rebalance_lost": final["lost"],
+        "rebalance_duplicate_effects": final["duplicate_effects"],
+        "rebalance_resyncs_after_first": sum(max(0, a.resyncs - 1) for a in sim.agents),
+    }
 
 
 async def _guarded(phase: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
