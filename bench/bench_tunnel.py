@@ -49,6 +49,7 @@ from bench.bench_controlplane import ServerProcess
 from choreo_cp.context import TunnelSettings
 from choreo_cp.server import ControlPlaneServer, ServerConfig
 from choreo_dp.agent.agent import Agent, AgentConfig
+from choreo_dp.agent.streams.budget import ReadBudget
 from choreo_dp.api.vocabulary import APP_LABEL
 from choreo_dp.kube import ApiError, KubeClient
 from choreo_dp.kube import resources as R
@@ -690,7 +691,7 @@ async def _log_served(kube: KubeClient, pod: str) -> None:
     await wait_for(served, 60, f"the log of {pod} served")
 
 
-async def _reads_stopped(budget: Any) -> None:
+async def _reads_stopped(budget: ReadBudget) -> None:
     """Every log stream ended: the agent's log-read budget counts no new bytes for a second."""
     last = -1
     while budget.read_bytes != last:

@@ -26,7 +26,7 @@ CASES: list[tuple[str, list[str], dict[str, str], int, str]] = [
     ("run-no-kubeconfig", ["run", *AGENT], {}, 2, "kubeconfig: "),
     ("serve-listen", ["control-plane", "serve", "--listen", "nowhere"], {"CHOREO_DP_ADMIN_TOKEN": "t"}, 2, "HOST:PORT"),
     ("serve-no-verb", ["control-plane"], {}, 2, "required: VERB"),
-    ("serve-rebalance", ["control-plane", "serve", "--rebalance-interval", "-1"], {"CHOREO_DP_ADMIN_TOKEN": "t"}, 2, "0 to 86400 seconds"),
+    ("serve-rebalance", ["control-plane", "serve", "--rebalance-interval", "-1"], {"CHOREO_DP_ADMIN_TOKEN": "t"}, 2, "must be above 0 and at most 24h"),
     ("serve-rebalance-env", ["control-plane", "serve"], {"CHOREO_DP_REBALANCE_INTERVAL": "soon"}, 2, "CHOREO_DP_REBALANCE_INTERVAL='soon'"),
     ("cp-no-url", ["cp", "get", "apps"], {}, 2, "no control plane URL"),
     ("cp-kind", ["cp", "get", "bogus"], {}, 2, "invalid choice: 'bogus'"),

@@ -251,9 +251,14 @@ class ClusterLink:
             await asyncio.sleep(interval * random.uniform(0.8, 1.2))
             if not self.up:
                 continue  # without the database it is sending its agents away already
-            loads = await asyncio.wait_for(
-                self.store.replica_loads(self.hub.replica, alive_within=3 * interval), PROBE_TIMEOUT
-            )
+            try:
+                loads = await asyncio.wait_for(
+                    self.store.replica_loads(self.hub.replica, alive_within=3 * interval), PROBE_TIMEOUT
+                )
+            except (sqlite3.OperationalError, TimeoutError) as exc:
+                # a round skipped, not a failed replica: the listener judges the database
+                log.warning("rebalancing skipped this round: %s", exc)
+                continue
             local = self.hub.sessions()
             loads[self.hub.replica] = len(local)
             count = to_shed(len(local), loads)

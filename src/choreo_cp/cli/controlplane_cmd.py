@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from choreo_cp.cli.waiting import duration
 from choreo_dp.cli.common import OneLineParser, UsageError, add_env_argument, add_logging_arguments, add_verb
 from choreo_dp.observability.logging import configure_logging
 
@@ -64,9 +66,9 @@ def register(sub: Any) -> None:
         help="accepted specs kept per app for cp history and cp rollback (oldest pruned; default 50)",
     )  # fmt: skip
     add_env_argument(
-        s, "--rebalance-interval", type=_seconds, default=30.0, metavar="SECONDS",
-        help="several replicas: every SECONDS a replica holding more than its share of the agents sends"
-        " a few away to reconnect through the load balancer (0: never; default 30)",
+        s, "--rebalance-interval", type=_interval, default=30.0, metavar="DURATION",
+        help="several replicas: every DURATION (30, 30s, 5m) a replica holding more than its share of the"
+        " agents sends a few away to reconnect through the load balancer (0: never; default 30s)",
     )  # fmt: skip
     add_logging_arguments(s)
     s.set_defaults(handler=serve)
@@ -120,14 +122,12 @@ def _history_limit(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: seconds, e.g. 30") from None
-    if not 0 <= value <= 86_400:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: 0 to 86400 seconds")
-    return value
+def _interval(text: str) -> float:
+    """A duration as ``cp apply --wait`` takes it (``30``, ``30s``, ``5m``), or ``0``: never."""
+    with contextlib.suppress(ValueError):
+        if float(text.strip().removesuffix("s")) == 0:
+            return 0.0
+    return duration(text)
 
 
 def _readable(flag: str, path: str | None) -> None:
