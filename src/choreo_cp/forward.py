@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import ssl
@@ -58,12 +59,16 @@ class HopRefused(Exception):
         self.retry_after = retry_after
 
 
-def _ssl_context(hop: Hop) -> ssl.SSLContext:
+@functools.cache
+def _ssl_context(ca_file: str | None, client_cert: tuple[str, str] | None) -> ssl.SSLContext:
+    """One context per process: building it reads the system's CA bundle and these files, blocking
+    I/O that need not run on the event loop for every handed-over stream. The files are this
+    replica's own configuration, read once like its serving certificate."""
     context = ssl.create_default_context()
-    if hop.ca_file:
-        context.load_verify_locations(cafile=hop.ca_file)
-    if hop.client_cert:
-        context.load_cert_chain(*hop.client_cert)
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    if client_cert:
+        context.load_cert_chain(*client_cert)
     return context
 
 
@@ -207,7 +212,7 @@ async def open_remote(
     client = httpx.AsyncClient(
         base_url=owner.rstrip("/"),
         timeout=timeout,
-        verify=_ssl_context(hop) if owner.startswith("https:") else True,
+        verify=_ssl_context(hop.ca_file, hop.client_cert) if owner.startswith("https:") else True,
         # the hop is replica to replica: no proxy from the environment belongs in between
         trust_env=False,
         limits=httpx.Limits(max_connections=1, max_keepalive_connections=0),

@@ -44,11 +44,10 @@ READ_CHUNK = 64 * 1024
 # every other request waited that long (issue 16's starvation tail). A kubelet and kube-apiserver
 # serve each log in its own goroutine: nothing else waits on them.
 WRITE_BATCH = 8 * 1024
-# ... and after a batch, once the response has held the loop this long (seconds). Ten streams
-# holding it 2 ms each made every loop turn of a write request wait up to 20 ms (issue 16's
-# benchmark: writes' p99 3-4x idle while 10 streams were read); a batch is ~0.3 ms of parsing.
-# (A starved stream once blamed on yielding after every batch was the agent's unbounded reads.)
-HOLD = 0.0
+# ... and after every batch written, the loop gets a turn (a batch is ~0.3 ms of parsing). Holding
+# it 2 ms per stream made every loop turn of a write request wait up to 20 ms with 10 streams
+# (issue 16's benchmark: writes' p99 3-4x idle); the starved stream once blamed on yielding after
+# every batch was the agent's unbounded reads.
 # The send buffer of a log response's connection. Left to Linux, it grows to tcp_wmem's maximum
 # (4 MiB): a new stream's reader that paces itself (the agent's log-read budget) would have this
 # process read and parse megabytes of log per stream before backpressure reached it, on the loop
@@ -437,14 +436,12 @@ class LogFile:
 
 
 class _Batch:
-    """Lines gathered into writes of about :data:`WRITE_BATCH`; the loop gets a turn after the
-    write that ends a stretch of :data:`HOLD`."""
+    """Lines gathered into writes of about :data:`WRITE_BATCH`; the loop gets a turn after each."""
 
     def __init__(self, write: Callable[[bytes], Awaitable[None]]) -> None:
         self._write = write
         self._parts: list[bytes] = []
         self._size = 0
-        self._turn_started = asyncio.get_running_loop().time()
 
     async def add(self, data: bytes) -> None:
         self._parts.append(data)
@@ -459,10 +456,7 @@ class _Batch:
         data = b"".join(self._parts)
         self._parts, self._size = [], 0
         await self._write(data)
-        loop = asyncio.get_running_loop()
-        if loop.time() - self._turn_started >= HOLD:
-            await asyncio.sleep(0)
-            self._turn_started = loop.time()
+        await asyncio.sleep(0)
 
 
 async def stream_file(
