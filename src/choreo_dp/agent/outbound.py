@@ -221,10 +221,11 @@ class Outbound:
         last = loop.time()
         early = -SUMMARY_SPACING  # when the last early one went out
         while True:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns normally when the task is
+            # cancelled just as the event is set, and this loop would then outlive its session
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.summary_due.wait(), max(0.0, last + self.heartbeat_interval - loop.time())
-                )
+                async with asyncio.timeout(max(0.0, last + self.heartbeat_interval - loop.time())):
+                    await self.summary_due.wait()
             if self.summary_due.is_set():
                 # early ones at most every SUMMARY_SPACING: a burst of acknowledgements sends few
                 await asyncio.sleep(max(0.0, early + SUMMARY_SPACING - loop.time()))
