@@ -132,6 +132,11 @@ class TunnelSession:
         self._remote = f"{client.host}:{client.port}" if client else "?"
         self._seq = p.Sequencer()
         self._wake = asyncio.Event()
+        # The store may hold changes beyond ``sent_revision``: set by :meth:`wake` (a commit here,
+        # a notification or the sweep from another replica), cleared by a read that found none.
+        # Replies and ticks wake the writer too, but only this sends it to the store: an idle
+        # agent's heartbeats cost no read of the change log.
+        self._moved = True
         self._outbox: deque[tuple[p.Body, str | None]] = deque()
         self._goaway: p.GoAway | None = None
         self._close_code = 1000
@@ -181,6 +186,7 @@ class TunnelSession:
         return self._fence
 
     def wake(self) -> None:
+        self._moved = True
         self._wake.set()
 
     @property
@@ -473,6 +479,10 @@ class TunnelSession:
 
     async def _stream_some(self) -> bool:
         """Send the next batch of changes after ``sent_revision``; False when there is nothing new."""
+        if not self._moved:
+            return False
+        # Cleared before the read: a commit announced while it runs sets it again.
+        self._moved = False
         try:
             changes = await self._with_store(
                 "reading changes",
@@ -497,6 +507,8 @@ class TunnelSession:
             await self._send_change(change, prev=prev)
             if self._outbox or self._goaway is not None:
                 break  # replies (heartbeat echoes) must not wait behind a long stream
+        if changes:
+            self._moved = True  # a batch may not be all there is: read again until one is empty
         return bool(changes)
 
     async def _send_change(self, change: Change, prev: int | None) -> None:

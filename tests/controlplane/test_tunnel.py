@@ -207,6 +207,37 @@ async def test_rest_changes_are_pushed_to_the_live_session(
     await agent.close()
 
 
+async def test_an_idle_agents_heartbeats_read_no_change_log(
+    server: ControlPlaneServer, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log is read when a commit is announced, not on every reply the writer sends: thousands of
+    idle agents must not each cost a database read per heartbeat (issue 19's idle CPU)."""
+    token = await seeded(http, apps=2)
+    epoch = (await http.get("/api/v1/dataplanes/dp1")).json()["epoch"]
+    agent = await RawAgent.connect(server.tunnel_url, token)
+    assert (await agent.hello("dp1", epoch=epoch, revision=3)).mode == "incremental"
+    hb = await agent.send(p.Heartbeat(time="now"))
+    assert (await agent.recv()).envelope.corr == hb  # caught up: nothing was pending
+    reads: list[int] = []
+    real = server.store.changes_since
+
+    async def counted(dp: str, since: int, limit: int = 500) -> object:
+        reads.append(since)
+        return await real(dp, since, limit=limit)
+
+    monkeypatch.setattr(server.store, "changes_since", counted)
+    for _ in range(20):
+        hb = await agent.send(p.Heartbeat(time="now"))
+        echo = await agent.recv()
+        assert echo.type == "heartbeat" and echo.envelope.corr == hb
+    assert reads == []
+    await put_app(http, "dp1", "dev", "a9")  # a commit is announced: read, sent
+    pushed = (await agent.recv()).body
+    assert isinstance(pushed, p.DesiredPut) and (pushed.key, pushed.prev) == ("ChoreoApp/dev/a9", 3)
+    assert reads[0] == 3
+    await agent.close()
+
+
 async def test_reports_reach_the_rest_api(server: ControlPlaneServer, http: httpx.AsyncClient) -> None:
     token = await seeded(http, apps=2)
     epoch = (await http.get("/api/v1/dataplanes/dp1")).json()["epoch"]
