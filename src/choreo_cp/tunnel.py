@@ -137,6 +137,9 @@ class TunnelSession:
         # Replies and ticks wake the writer too, but only this sends it to the store: an idle
         # agent's heartbeats cost no read of the change log.
         self._moved = True
+        # The last read found nothing beyond ``sent_revision``: while no commit is announced, that is
+        # the store's head too (every revision writes a log entry in its own transaction).
+        self._caught_up = False
         self._outbox: deque[tuple[p.Body, str | None]] = deque()
         self._goaway: p.GoAway | None = None
         self._close_code = 1000
@@ -509,7 +512,13 @@ class TunnelSession:
                 break  # replies (heartbeat echoes) must not wait behind a long stream
         if changes:
             self._moved = True  # a batch may not be all there is: read again until one is empty
+        self._caught_up = not changes
         return bool(changes)
+
+    def _known_head(self) -> int | None:
+        """The store's revision of this dataplane without asking the store, when it is known."""
+        caught_up = self.phase == "streaming" and self._caught_up and not self._moved
+        return self.sent_revision if caught_up else None
 
     async def _send_change(self, change: Change, prev: int | None) -> None:
         try:
@@ -701,9 +710,14 @@ class TunnelSession:
         dp, store = self.dataplane, self.cp.store
         store.queue_inventory(dp, summary.count, summary.digest, summary.revision)
         try:
-            epoch, revision = await self._with_store(
-                "reading the revision", lambda: store.head(dp), SUMMARY_STORE_SECONDS
-            )
+            known = self._known_head()
+            if known is not None:
+                # an idle agent's heartbeat: judged without a database read
+                epoch, revision = self.epoch, known
+            else:
+                epoch, revision = await self._with_store(
+                    "reading the revision", lambda: store.head(dp), SUMMARY_STORE_SECONDS
+                )
             desired = None
             if summary.revision == revision:
                 desired = await self._with_store(

@@ -207,34 +207,48 @@ async def test_rest_changes_are_pushed_to_the_live_session(
     await agent.close()
 
 
-async def test_an_idle_agents_heartbeats_read_no_change_log(
+async def test_an_idle_agents_heartbeats_read_nothing_from_the_store(
     server: ControlPlaneServer, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The log is read when a commit is announced, not on every reply the writer sends: thousands of
-    idle agents must not each cost a database read per heartbeat (issue 19's idle CPU)."""
+    """The log is read when a commit is announced, not on every reply the writer sends, and a
+    caught-up session judges an inventory summary against the head it knows: thousands of idle
+    agents must not each cost database reads per heartbeat (issue 19's idle CPU)."""
     token = await seeded(http, apps=2)
     epoch = (await http.get("/api/v1/dataplanes/dp1")).json()["epoch"]
     agent = await RawAgent.connect(server.tunnel_url, token)
     assert (await agent.hello("dp1", epoch=epoch, revision=3)).mode == "incremental"
     hb = await agent.send(p.Heartbeat(time="now"))
     assert (await agent.recv()).envelope.corr == hb  # caught up: nothing was pending
-    reads: list[int] = []
-    real = server.store.changes_since
+    reads: list[str] = []
+    real_changes, real_head = server.store.changes_since, server.store.head
 
-    async def counted(dp: str, since: int, limit: int = 500) -> object:
-        reads.append(since)
-        return await real(dp, since, limit=limit)
+    async def changes_since(dp: str, since: int, limit: int = 500) -> object:
+        reads.append(f"changes since {since}")
+        return await real_changes(dp, since, limit=limit)
 
-    monkeypatch.setattr(server.store, "changes_since", counted)
+    async def head(dp: str) -> tuple[str, int]:
+        reads.append("head")
+        return await real_head(dp)
+
+    monkeypatch.setattr(server.store, "changes_since", changes_since)
+    monkeypatch.setattr(server.store, "head", head)
+    desired = dict((await server.store.snapshot("dp1")).hashes)
+    summary = p.InventorySummary(count=len(desired), digest=p.inventory_digest(desired), revision=3)
+    await agent.send(p.Applied(revision=3, epoch=epoch))
     for _ in range(20):
-        hb = await agent.send(p.Heartbeat(time="now"))
+        hb = await agent.send(p.Heartbeat(time="now", inventory=summary))
         echo = await agent.recv()
         assert echo.type == "heartbeat" and echo.envelope.corr == hb
+
+    async def in_sync() -> bool:
+        return bool((await http.get("/api/v1/dataplanes/dp1")).json()["inSync"])
+
+    await eventually(in_sync, what="the summaries judged: in sync")
     assert reads == []
     await put_app(http, "dp1", "dev", "a9")  # a commit is announced: read, sent
     pushed = (await agent.recv()).body
     assert isinstance(pushed, p.DesiredPut) and (pushed.key, pushed.prev) == ("ChoreoApp/dev/a9", 3)
-    assert reads[0] == 3
+    assert reads[0] == "changes since 3"
     await agent.close()
 
 
