@@ -24,9 +24,11 @@ from collections.abc import Awaitable, Callable
 
 from choreo_dp.agent.streams.channel import StreamStop
 
-# Default aggregate rate: a fifth of what starved the API server's writes in issue 16's benchmark,
-# still ~10k lines of 200 bytes a second, more than a person reads.
-DEFAULT_READ_RATE = 2 << 20
+# Default aggregate rate: ~5,000 lines of 200 bytes a second, more than anyone reads, and what the
+# API server can serve beside its writes. In issue 16's benchmark (2 shared cores, 10 streams flat
+# out) push-to-applied p99 was 1.7-3.0x idle at 2 MiB/s and 1.2-1.8x at 1 MiB/s: the server's CPU
+# for the log bytes is what the writes wait behind.
+DEFAULT_READ_RATE = 1 << 20
 # What a turn reserves before the read, and the most one read takes: small enough that turns come
 # round many times a second at the default rate, large enough that a turn is not mostly overhead.
 RESERVE = 16 << 10
