@@ -18,8 +18,8 @@ Figures (quick: 1,000 apps; --full: the issue's 10,000):
 - dead link: the relay silently blackholes the link; time until the agent notices (with the
   bench's ping 1 s / timeout 2 s; the shipped defaults 10 s / 15 s bound it at 25 s).
 - agent RSS: ``choreo-dp agent`` as a subprocess holding N apps, vs a bare Python importing it.
-- starvation (issue 16, each kind): push-to-applied p50/p99 with the tunnel idle (200 samples
-  before the streams and 200 after them), and (400 samples) while 10 follow log streams (``GET .../logs?follow=true`` through the agent, from kwok ``Logs``
+- starvation (issue 16, each kind): push-to-applied p50/p99 with the tunnel idle (500 samples
+  before the streams and 500 after them), and (1,000 samples) while 10 follow log streams (``GET .../logs?follow=true`` through the agent, from kwok ``Logs``
   files) are read flat out by HTTP clients, measured in the same run with the same agent; the
   figure is the ratio to the idle value (the issue's bound: p99 within 2x). Processes as they run
   in production: the agent here, the control plane (``control-plane serve``, SQLite) and the 10
@@ -493,7 +493,7 @@ async def _measure(
 
 
 STREAMS = 10
-STARVATION_SAMPLES = 400
+STARVATION_SAMPLES = 1000
 LOG_LINE = "x" * 180
 
 
@@ -533,7 +533,7 @@ async def _starvation(server: clusters.ApiServerProcess, tmp: Path, samples: int
         log_file = tmp / "flat-out.log"
         stamp = "2026-01-01T00:00:00.000000000Z stdout F "
         await asyncio.to_thread(
-            log_file.write_text, "".join(f"{stamp}{LOG_LINE} {n}\n" for n in range(200_000))
+            log_file.write_text, "".join(f"{stamp}{LOG_LINE} {n}\n" for n in range(300_000))
         )
         for i in range(STREAMS):
             await _deployment(kube, f"app-{i}")
