@@ -16,6 +16,7 @@ from typing import Any
 
 from choreo_cp.cli.waiting import duration
 from choreo_dp.cli.common import OneLineParser, UsageError, add_env_argument, add_logging_arguments, add_verb
+from choreo_dp.observability.gc_tuning import tune_for_server
 from choreo_dp.observability.logging import configure_logging
 
 log = logging.getLogger("choreo_cp")
@@ -186,6 +187,7 @@ async def _serve(config: Any) -> int:
     except (OSError, TimeoutError) as exc:
         log.error("%s", exc)
         return 1
+    tune_for_server()
     try:
         await stop.wait()
         log.info("shutting down")
