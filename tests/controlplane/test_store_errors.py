@@ -122,6 +122,12 @@ async def test_tunnel_session_survives_a_locked_store_and_defers_its_writes(
             async def healthz() -> int:
                 return (await http.get("/healthz")).status_code
 
+            async def connection_recorded() -> bool:
+                return (await http.get("/api/v1/dataplanes/dp1")).json()["lastConnected"] is not None
+
+            # The session records its start after the welcome and before it reads frames: a lock
+            # taken before that write lands would hold the session's first frames, not the flush.
+            await eventually(connection_recorded, what="the session's start recorded")
             with write_locked(db):
                 await agent.send(
                     p.StatusBatch(items=[p.StatusItem(key=key, status={"phase": "Ready"}, observed_at="x")])
