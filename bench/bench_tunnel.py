@@ -19,8 +19,9 @@ Figures (quick: 1,000 apps; --full: the issue's 10,000):
   bench's ping 1 s / timeout 2 s; the shipped defaults 10 s / 15 s bound it at 25 s).
 - agent RSS: ``choreo-dp agent`` as a subprocess holding N apps, vs a bare Python importing it.
 - starvation (issue 16, each kind): push-to-applied p50/p99 with the tunnel idle (500 samples
-  before the streams and 500 after them), and (1,000 samples) while 10 follow log streams (``GET .../logs?follow=true`` through the agent, from kwok ``Logs``
-  files) are read flat out by HTTP clients, measured in the same run with the same agent; the
+  before the streams and 500 after them), and (1,000 samples) while 10 follow log streams
+  (``GET .../logs?follow=true`` through the agent, from kwok ``Logs`` files) are read flat out
+  by HTTP clients, measured in the same run with the same agent; the
   figure is the ratio to the idle value (the issue's bound: p99 within 2x). Processes as they run
   in production: the agent here, the control plane (``control-plane serve``, SQLite) and the 10
   readers (``bench/log_readers.py``) each their own, all sharing the two cores with the API server.

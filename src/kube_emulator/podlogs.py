@@ -42,12 +42,12 @@ READ_CHUNK = 64 * 1024
 # write only yields once the transport is paused, i.e. after the kernel's socket buffers (MBs on
 # loopback) are full, so a reader that kept up was served for up to seconds without a yield, and
 # every other request waited that long (issue 16's starvation tail). A kubelet and kube-apiserver
-# serve each log in its own goroutine: nothing else waits on them.
+# serve each log in its own goroutine: nothing else waits on them. The loop gets a turn after every
+# batch written (a batch is ~0.3 ms of parsing): holding it 2 ms per stream made every loop turn of a
+# write request wait up to 20 ms with 10 streams (issue 16's benchmark: writes' p99 3-4x idle); the
+# starved stream once blamed on yielding after every batch was the agent's unbounded reads.
 WRITE_BATCH = 8 * 1024
-# ... and after every batch written, the loop gets a turn (a batch is ~0.3 ms of parsing). Holding
-# it 2 ms per stream made every loop turn of a write request wait up to 20 ms with 10 streams
-# (issue 16's benchmark: writes' p99 3-4x idle); the starved stream once blamed on yielding after
-# every batch was the agent's unbounded reads.
+
 # The send buffer of a log response's connection. Left to Linux, it grows to tcp_wmem's maximum
 # (4 MiB): a new stream's reader that paces itself (the agent's log-read budget) would have this
 # process read and parse megabytes of log per stream before backpressure reached it, on the loop

@@ -118,11 +118,10 @@ async def snapshot(kube: Any, ns: str) -> dict[str, Any]:
     policies, _ = await kube.list(R.NETWORKPOLICIES, ns, label_selector=f"{APP_LABEL}={CALLER}")
     template = dep["spec"]["template"]["metadata"]
     return {
-        # A status write, even one undone by the next reconcile (a Ready condition's new
-        # lastTransitionTime, the control plane told Pending meanwhile), moves the resourceVersion.
-        "caller resourceVersion": caller["metadata"]["resourceVersion"],
-        "caller status": caller.get("status"),
-        "caller": caller,  # whole, metadata.managedFields included: the failure message's diff
+        # The caller whole, resourceVersion and managedFields included: a status write, even one
+        # undone by the next reconcile (a Ready condition's new lastTransitionTime, the control
+        # plane told Pending meanwhile), moves its resourceVersion; a failure prints the diff.
+        "caller": caller,
         "generation": dep["metadata"]["generation"],
         "annotations": template.get("annotations") or {},
         "labels": template.get("labels") or {},
