@@ -77,8 +77,10 @@ def register(sub: Any) -> None:
 
 def run_apiserver(args: argparse.Namespace) -> int:
     """``choreo-dp sandbox apiserver``: serve the emulated API until SIGINT/SIGTERM."""
+    from choreo_dp.observability.gc_tuning import tune_for_server
     from kube_emulator import serve_forever
 
+    tune_for_server()
     try:
         return asyncio.run(
             serve_forever(args.port, args.kubeconfig, simulate_workloads=args.simulate_workloads)

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from choreo_dp.agent.streams.budget import (
+    DEFAULT_READ_RATE,
     MIN_BURST,
     ReadBudget,
     TokenBucket,
@@ -60,8 +61,9 @@ def test_bucket_ignores_a_clock_that_steps_back_and_refuses_a_zero_rate() -> Non
         TokenBucket(rate=0, burst=100, now=0.0)
 
 
-def test_default_burst_is_half_a_second_but_at_least_one_busy_chunk() -> None:
-    assert default_burst(2 << 20) == 1 << 20
+def test_default_burst_is_a_sixteenth_of_a_second_but_at_least_one_busy_chunk() -> None:
+    assert default_burst(16 << 20) == 1 << 20
+    assert default_burst(DEFAULT_READ_RATE) == MIN_BURST == 64 << 10
     assert default_burst(1000) == MIN_BURST
 
 

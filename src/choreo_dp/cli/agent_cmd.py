@@ -171,10 +171,12 @@ async def run_agent(args: argparse.Namespace, stop: asyncio.Event | None = None)
 
 
 def handle(args: argparse.Namespace) -> int:
+    from choreo_dp.observability.gc_tuning import tune_for_server
     from choreo_dp.observability.logging import configure_logging
 
     agent_config(args)  # flag errors before anything starts
     configure_logging(args.log_format, args.log_level)
+    tune_for_server("choreo_dp.agent.agent")
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run_agent(args))
     return 0

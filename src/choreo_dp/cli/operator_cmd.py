@@ -68,10 +68,12 @@ async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> in
 
 
 def handle(args: argparse.Namespace) -> int:
+    from choreo_dp.observability.gc_tuning import tune_for_server
     from choreo_dp.observability.logging import configure_logging
 
     operator_config(args)  # flag errors before anything starts
     configure_logging(args.log_format, args.log_level)
+    tune_for_server("choreo_dp.operator")
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run(args))
     return 0

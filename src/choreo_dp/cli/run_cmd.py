@@ -125,11 +125,13 @@ async def run_both(args: argparse.Namespace, stop: asyncio.Event | None = None) 
 def handle(args: argparse.Namespace) -> int:
     from choreo_dp.cli.agent_cmd import agent_config
     from choreo_dp.cli.operator_cmd import operator_config
+    from choreo_dp.observability.gc_tuning import tune_for_server
     from choreo_dp.observability.logging import configure_logging
 
     operator_config(args)  # flag errors before anything starts
     agent_config(args)
     configure_logging(args.log_format, args.log_level)
+    tune_for_server("choreo_dp.agent.agent", "choreo_dp.operator")
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run_both(args))
     return 0

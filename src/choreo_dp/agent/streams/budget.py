@@ -32,7 +32,8 @@ DEFAULT_READ_RATE = 1 << 20
 # What a turn reserves before the read, and the most one read takes: small enough that turns come
 # round many times a second at the default rate, large enough that a turn is not mostly overhead.
 RESERVE = 16 << 10
-# The burst never falls below this (one chunk of a busy connection must fit).
+# The burst never falls below this (one chunk of a busy connection must fit; a ``tail`` of a few
+# hundred lines is not slowed).
 MIN_BURST = 64 << 10
 # A reader waits at most this for its turn; past it the stream ends with ``limit`` (the budget is
 # shared by more readers than it can serve).
@@ -40,8 +41,13 @@ TURN_WAIT = 60.0
 
 
 def default_burst(rate: int) -> int:
-    """Half a second of the rate: a short read (``tail``, a quiet follow) is not slowed at all."""
-    return max(MIN_BURST, rate // 2)
+    """A sixteenth of a second of the rate (64 KiB at the default), not more: whenever the readers
+    pause (the control plane's lane is full, a stream starts) the bucket fills up to the burst, and
+    then the API server is asked for all of it at once. With half a second (512 KiB) such bursts
+    came every second or two, and the pushes beside them were the slowest of issue 16's benchmark:
+    push-to-applied p99 ratio 1.45, 1.72, 3.72 (emulated) and 1.80, 2.11 (real) against 0.97, 1.05,
+    1.21 and 1.61, 1.83 with 64 KiB, in alternating runs."""
+    return max(MIN_BURST, rate // 16)
 
 
 class TokenBucket:
