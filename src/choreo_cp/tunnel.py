@@ -405,7 +405,9 @@ class TunnelSession:
                 )
             await self._close(1013, "store unavailable")
             return
-        await self._mark_connection(True)
+        # beside the session, not before it: the record is informational, and a locked store would
+        # hold the agent's first frames (its heartbeats too) until the retry deadline
+        marking = asyncio.create_task(self._mark_connection(True), name=f"tunnel-mark-{self.dataplane}")
         self.cp.store.queue_heartbeat(self.dataplane)
         self.cp.metrics.sessions.set(len(self.cp.hub))
         reader = asyncio.create_task(self._reader(), name=f"tunnel-reader-{self.dataplane}")
@@ -434,6 +436,11 @@ class TunnelSession:
             self.cp.metrics.sessions.set(len(self.cp.hub))
             with contextlib.suppress(Exception):
                 await self._close(self._close_code, "bye")
+            if not still_active:
+                marking.cancel()  # a newer session records its own start
+            # the start's record lands (or gives up) before the end's: never "connected" after it
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await marking
             if still_active:
                 with contextlib.suppress(Exception):
                     await self._mark_connection(False)

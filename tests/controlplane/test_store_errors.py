@@ -164,5 +164,40 @@ async def test_tunnel_session_survives_a_locked_store_and_defers_its_writes(
         await server.stop()
 
 
+async def test_a_session_starting_while_the_store_is_locked_is_served_at_once(tmp_path: Path) -> None:
+    """Recording the connection is informational: it waits for the store beside the session, not
+    before it. With a retry deadline of 60 s the agent's first heartbeat is answered while the lock
+    is still held, and the record lands once the store works again."""
+    db = tmp_path / "cp.db"
+    settings = TunnelSettings(heartbeat_interval=5.0, store_retry_seconds=60.0)
+    server = make_server(db, busy_timeout=0.05, tunnel=settings)
+    await server.start()
+    try:
+        async with httpx.AsyncClient(
+            base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
+        ) as http:
+            token = await register(http)
+            await put_env(http, "dp1", "dev")
+            revision = await put_app(http, "dp1", "dev", "a")
+            snap = await server.store.snapshot("dp1")
+
+            async def connection_recorded() -> bool:
+                return (await http.get("/api/v1/dataplanes/dp1")).json()["lastConnected"] is not None
+
+            assert not await connection_recorded()
+            with write_locked(db):
+                agent = await RawAgent.connect(server.tunnel_url, token)
+                welcome = await agent.hello("dp1", epoch=snap.epoch, revision=revision)
+                assert welcome.mode == "incremental"
+                ref = await agent.send(p.Heartbeat(time="now"))
+                echo = await agent.recv()  # FRAME_TIMEOUT, far below the 60 s the record may wait
+                assert echo.type == "heartbeat" and echo.envelope.corr == ref
+                assert not await connection_recorded()  # still waiting for the store
+            await eventually(connection_recorded, what="the connection recorded once the store works")
+            await agent.close()
+    finally:
+        await server.stop()
+
+
 async def _is(probe: object, value: int) -> bool:
     return bool(await probe() == value)  # type: ignore[operator]
