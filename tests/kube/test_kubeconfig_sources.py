@@ -3,12 +3,8 @@ insecure-skip-tls-verify, exec stanzas."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -18,6 +14,7 @@ from choreo_dp.kube import config as kubeconfig
 from choreo_dp.kube import resources as R
 from choreo_dp.kube.errors import ConfigError
 from tests.fixtures.kube import FaultyApi, RealClusterProcess
+from tests.proxies import ForwardProxy
 
 
 def _doc(
@@ -119,44 +116,6 @@ def test_a_relative_exec_command_resolves_against_its_kubeconfig(tmp_path: Path)
         _single(tmp_path, {"server": "https://x"}, {"exec": {**stanza, "command": "kubelogin"}})
     )
     assert bare.exec_auth is not None and bare.exec_auth.spec.command == "kubelogin"  # from PATH
-
-
-class ForwardProxy:
-    """An HTTP proxy: CONNECT tunnels (https targets) and absolute-form requests (http ones)."""
-
-    def __init__(self) -> None:
-        self.tunnels = 0
-        self.forwarded = 0
-        self.url = ""
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ")
-        if method == "CONNECT":
-            host, port = target.rsplit(":", 1)
-            up_reader, up_writer = await asyncio.open_connection(host, int(port))
-            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            self.tunnels += 1
-        else:
-            url = urlsplit(target)
-            up_reader, up_writer = await asyncio.open_connection(url.hostname, url.port)
-            up_writer.write(head)
-            self.forwarded += 1
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[ForwardProxy]:
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        async with server:
-            yield self
 
 
 async def test_requests_and_watches_go_through_proxy_url(kube_faulty: FaultyApi, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from choreo_dp.agent.cluster import ANN_ORPHANED, ANN_REVISION, ANN_SPEC_HASH, L
 from choreo_dp.kube import KubeClient
 from choreo_dp.kube import resources as R
 from choreo_wire import protocol as P
+from tests.proxies import ForwardProxy
 from tests.tunnel.conftest import Faulty, Names, eventually
 from tests.tunnel.fakecp import FakeControlPlane, frame_text
 
@@ -513,42 +514,15 @@ async def test_https_proxy_is_honoured(
     names: Names,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    seen: list[str] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        line = head.split(b"\r\n", 1)[0].decode()
-        seen.append(line)
-        method, target, _ = line.split(" ", 2)
-        if method != "CONNECT":
-            writer.close()
-            return
-        host, port = target.rsplit(":", 1)
-        up_r, up_w = await asyncio.open_connection(host, int(port))
-        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        await writer.drain()
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
-
-    proxy = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = proxy.sockets[0].getsockname()[1]
-    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    try:
+    async with ForwardProxy().running() as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
         await seed(fake_cp, 1, names)
         async with running(config(fake_cp, token_file, tls, names, proxy=True), kube):
             await eventually(lambda: converged(fake_cp, kube, names))
-        assert seen and seen[0].startswith(f"CONNECT 127.0.0.1:{fake_cp.port} ")
-    finally:
-        proxy.close()
+        assert proxy.requests and proxy.requests[0].startswith(f"CONNECT 127.0.0.1:{fake_cp.port} ")
+        assert proxy.tunnels >= 1
 
 
 async def test_dead_link_is_detected_by_ping_timeout(

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from choreo_dp.kube import KubeClient
+from tests.proxies import splice
 from tests.tunnel.conftest import Faulty, Names, TunnelApi, client_for, eventually
 from tests.tunnel.fakecp import FakeControlPlane
 from tests.tunnel.test_agent import app_spec, config, converged, dataplane, running, seed
@@ -58,7 +59,7 @@ class TcpRelay:
         up_writer: asyncio.StreamWriter | None = None
         try:
             up_reader, up_writer = await asyncio.open_connection(self.host, self.upstream_port)
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(splice(reader, up_writer), splice(up_reader, writer))
         except OSError:
             pass
         finally:
@@ -66,16 +67,6 @@ class TcpRelay:
             for w in (writer, up_writer):
                 if w is not None:
                     w.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    finally:
-        with contextlib.suppress(OSError):
-            writer.write_eof()
 
 
 def relayed_kubeconfig(source: Path, target: Path) -> tuple[str, int, Any]:
