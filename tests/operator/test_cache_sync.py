@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from choreo_dp.kube.config import ConnectionConfig
 from choreo_dp.operator.config import OperatorConfig
 from choreo_dp.operator.controller import Controller
+from choreo_dp.operator.handlers import build_registry
 from choreo_dp.operator.keys import AppKey
 from choreo_dp.operator.reconcile import ReconcileContext, Result
 from choreo_dp.render import ClusterCapabilities
+from choreo_dp.render.labels import APP_LABEL
 from tests.operator.fake_kube import FakeKube
 from tests.operator.test_connection_predicates import body, changed
+from tests.operator.test_predicates import _deployment
 
 
 def _app(name: str, **spec: Any) -> dict[str, Any]:
@@ -127,3 +131,48 @@ async def test_workers_do_not_hang_without_any_event() -> None:
         assert ctl.cache_synced.is_set()
     finally:
         await ctl.stop()
+
+
+def _pod(app: str, image_id: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"{app}-1", "namespace": "choreo-dev", "labels": {APP_LABEL: app}},
+        "spec": {"containers": [{"name": "app", "image": "r/x:1"}]},
+        "status": {"containerStatuses": [{"name": "app", "ready": True, "imageID": image_id}]},
+    }
+
+
+async def test_the_workload_and_its_pods_are_known_before_an_app_is_reconciled() -> None:
+    """After a restart a Deployment known without its pods read as running its tag, not the digest
+    its pods report: a status write, and its undoing once the pods arrived."""
+    ctl, seen = await _controller()
+    key = AppKey("choreo-dev", "orders")
+    try:
+        ctl.on_app_listed(_app("orders"))
+        deployment = _deployment(1, 1, 1)
+        deployment["metadata"].update(name="orders", namespace="choreo-dev")
+        deployment["metadata"]["labels"][APP_LABEL] = "orders"
+        deployment["metadata"]["ownerReferences"][0]["uid"] = ctl.cache.apps[key]["metadata"].get("uid", "a1")
+        ctl.on_child_listed(deployment)
+        ctl.on_pod_listed(_pod("orders", "sha256:" + "a" * 64))
+        await _settle()
+        assert seen == [], "a listed Deployment or pod ended the wait"
+        assert key in ctl.cache.deployments
+        assert [p.image_id for p in ctl.cache.pods[key].values()] == ["sha256:" + "a" * 64]
+        ctl.on_app_event(None, _app("orders"))
+        await seen.at_least(1)
+        # once synced, a listing no longer writes the cache: the event handlers own it
+        ctl.on_pod_listed(_pod("orders", "sha256:" + "b" * 64))
+        assert [p.image_id for p in ctl.cache.pods[key].values()] == ["sha256:" + "a" * 64]
+    finally:
+        await ctl.stop()
+
+
+def test_kopf_lists_the_status_inputs_before_any_handler_runs() -> None:
+    """kopf holds its event handlers until every indexed kind is listed: ChoreoApps, Environments,
+    and what an app's status is computed from."""
+    ctl = Controller(
+        FakeKube(), OperatorConfig(secrets_factory=None), ClusterCapabilities(gateway_api=False), None
+    )
+    registry = build_registry(ctl, ConnectionConfig(server="https://127.0.0.1:1"))
+    indexed = {s.any_name for s in registry._indexing.get_all_selectors()}
+    assert {"choreoapps", "environments", "deployments", "cronjobs", "pods"} <= indexed, indexed

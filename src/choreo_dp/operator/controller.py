@@ -87,7 +87,8 @@ class Controller:
         )
         self._reconcilers: dict[type, Callable[[ReconcileContext, Any], Awaitable[Result]]] = {}
         self._workers: list[asyncio.Task[None]] = []
-        # Set once the ChoreoApps and Environments are listed; workers start reconciling only then.
+        # Set once the ChoreoApps, Environments, Deployments, CronJobs and pods are listed; workers
+        # start reconciling only then.
         self.cache_synced = asyncio.Event()
 
     def register(self, kind: type[K], reconciler: Reconciler[K]) -> None:
@@ -192,8 +193,17 @@ class Controller:
         # Every event: a renewal is status-only, and it is what moves the verdict.
         self.queue.add(key)
 
+    def on_child_listed(self, body: dict[str, Any]) -> None:
+        """A Deployment or CronJob seen by the initial listing (see on_app_listed): an app's status
+        is computed from its workload, which must be known before the app is reconciled."""
+        if not self.cache_synced.is_set():
+            self._on_child(None, body)
+
     def on_child_event(self, etype: str | None, body: dict[str, Any]) -> None:
         self.cache_synced.set()  # see on_app_event
+        self._on_child(etype, body)
+
+    def _on_child(self, etype: str | None, body: dict[str, Any]) -> None:
         owner = owner_key_of_child(body)
         if owner is None:
             return
@@ -240,8 +250,17 @@ class Controller:
             return previous
         return TrackedChild(controller_owner_uid(body), contains(body, json.loads(desired)), basis)
 
+    def on_pod_listed(self, body: dict[str, Any]) -> None:
+        """A pod seen by the initial listing (see on_child_listed): without its pods a Deployment
+        reads as running its tag, not the digest its pods report, and the status would flip."""
+        if not self.cache_synced.is_set():
+            self._on_pod(None, body)
+
     def on_pod_event(self, etype: str | None, body: dict[str, Any]) -> None:
         self.cache_synced.set()  # see on_app_event
+        self._on_pod(etype, body)
+
+    def _on_pod(self, etype: str | None, body: dict[str, Any]) -> None:
         meta = body.get("metadata") or {}
         app = (meta.get("labels") or {}).get(APP_LABEL)
         if not app or not meta.get("namespace"):

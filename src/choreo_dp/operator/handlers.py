@@ -42,6 +42,8 @@ ENV_CHILDREN: tuple[tuple[str, str, str], ...] = (
     ("rbac.authorization.k8s.io", "v1", "rolebindings"),
 )
 PODS = ("", "v1", "pods")
+# The children an app's status is computed from (with its pods).
+STATUS_INPUTS: tuple[tuple[str, str, str], ...] = (("apps", "v1", "deployments"), ("batch", "v1", "cronjobs"))
 MANAGED = {MANAGED_BY: MANAGED_BY_VALUE}
 
 
@@ -95,6 +97,21 @@ def build_registry(ctl: Controller, conn: ConnectionConfig) -> kopf.OperatorRegi
             child_event
         )
     kopf.on.event(*PODS, labels=MANAGED, registry=registry, id="pods")(pod_event)
+
+    # An app's status is computed from its workload and the workload's pods: indexed too, so that
+    # after a restart no status is written from a Deployment whose pods are not known yet (it read
+    # as running its tag, then the digest: a status write and its undoing on every restart).
+    async def child_listed(body: kopf.Body, **_: Any) -> None:
+        ctl.on_child_listed(dict(body))
+
+    async def pod_listed(body: kopf.Body, **_: Any) -> None:
+        ctl.on_pod_listed(dict(body))
+
+    for group, version, plural in STATUS_INPUTS:
+        kopf.index(group, version, plural, labels=MANAGED, registry=registry, id=f"listed-{plural}")(
+            child_listed
+        )
+    kopf.index(*PODS, labels=MANAGED, registry=registry, id="listed-pods")(pod_listed)
     return registry
 
 
