@@ -48,7 +48,7 @@ from choreo_dp.cli.main import main
 
 def probe(coro, **_):
     coro.close()
-    loaded = [m for m in ("choreo_dp.agent.agent", "choreo_dp.operator", "kube_emulator") if m in sys.modules]
+    loaded = [m for m in sys.modules if m.startswith(("choreo_dp.", "kube_emulator"))]
     print(json.dumps({"frozen": gc.get_freeze_count(), "thresholds": gc.get_threshold(), "loaded": loaded}))
     return 0
 
@@ -56,25 +56,19 @@ asyncio.run = probe
 sys.exit(main(sys.argv[1:]))
 """
 
-# what each command's loop runs, imported (and so frozen) before the loop starts
+# What each command's loop runs: imported (its flags are checked with it) before the collector is
+# tuned, so it is frozen; a command that imported it only inside its loop would fail here.
 SERVES = {
     "agent": ["choreo_dp.agent.agent"],
     "operator": ["choreo_dp.operator"],
     "run": ["choreo_dp.agent.agent", "choreo_dp.operator"],
     "sandbox apiserver": ["kube_emulator"],
 }
+AGENT_FLAGS = ["--control-plane", "wss://127.0.0.1:1", "--dataplane", "dp", "--token-file", "{token}"]
 SERVER_COMMANDS = {
-    "agent": [
-        "agent",
-        "--control-plane",
-        "wss://127.0.0.1:1",
-        "--dataplane",
-        "dp",
-        "--token-file",
-        "{token}",
-    ],
+    "agent": ["agent", *AGENT_FLAGS],
     "operator": ["operator"],
-    "run": ["run", "--control-plane", "wss://127.0.0.1:1", "--dataplane", "dp", "--token-file", "{token}"],
+    "run": ["run", *AGENT_FLAGS],
     "sandbox apiserver": ["sandbox", "apiserver", "--port", "0", "--kubeconfig", "{kubeconfig}"],
 }
 
