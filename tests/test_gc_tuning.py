@@ -48,7 +48,7 @@ from choreo_dp.cli.main import main
 
 def probe(coro, **_):
     coro.close()
-    loaded = [m for m in sys.modules if m.startswith(("choreo_dp.", "kube_emulator"))]
+    loaded = [m for m in ("choreo_dp.agent.agent", "choreo_dp.operator", "kube_emulator") if m in sys.modules]
     print(json.dumps({"frozen": gc.get_freeze_count(), "thresholds": gc.get_threshold(), "loaded": loaded}))
     return 0
 
@@ -56,19 +56,25 @@ asyncio.run = probe
 sys.exit(main(sys.argv[1:]))
 """
 
-# What each command's loop runs: imported (its flags are checked with it) before the collector is
-# tuned, so it is frozen; a command that imported it only inside its loop would fail here.
+# what each command's loop runs, imported (and so frozen) before the loop starts
 SERVES = {
     "agent": ["choreo_dp.agent.agent"],
     "operator": ["choreo_dp.operator"],
     "run": ["choreo_dp.agent.agent", "choreo_dp.operator"],
     "sandbox apiserver": ["kube_emulator"],
 }
-AGENT_FLAGS = ["--control-plane", "wss://127.0.0.1:1", "--dataplane", "dp", "--token-file", "{token}"]
 SERVER_COMMANDS = {
-    "agent": ["agent", *AGENT_FLAGS],
+    "agent": [
+        "agent",
+        "--control-plane",
+        "wss://127.0.0.1:1",
+        "--dataplane",
+        "dp",
+        "--token-file",
+        "{token}",
+    ],
     "operator": ["operator"],
-    "run": ["run", *AGENT_FLAGS],
+    "run": ["run", "--control-plane", "wss://127.0.0.1:1", "--dataplane", "dp", "--token-file", "{token}"],
     "sandbox apiserver": ["sandbox", "apiserver", "--port", "0", "--kubeconfig", "{kubeconfig}"],
 }
 

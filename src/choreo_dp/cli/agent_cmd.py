@@ -176,7 +176,7 @@ def handle(args: argparse.Namespace) -> int:
 
     agent_config(args)  # flag errors before anything starts
     configure_logging(args.log_format, args.log_level)
-    tune_for_server()
+    tune_for_server("choreo_dp.agent.agent")
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run_agent(args))
     return 0

@@ -73,7 +73,7 @@ def handle(args: argparse.Namespace) -> int:
 
     operator_config(args)  # flag errors before anything starts
     configure_logging(args.log_format, args.log_level)
-    tune_for_server()
+    tune_for_server("choreo_dp.operator")
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run(args))
     return 0

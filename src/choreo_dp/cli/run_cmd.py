@@ -131,7 +131,7 @@ def handle(args: argparse.Namespace) -> int:
     operator_config(args)  # flag errors before anything starts
     agent_config(args)
     configure_logging(args.log_format, args.log_level)
-    tune_for_server()
+    tune_for_server("choreo_dp.agent.agent", "choreo_dp.operator")
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run_both(args))
     return 0
